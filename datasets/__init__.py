@@ -1,0 +1,1 @@
+"""Dataset layer: manifest with provenance, validated import, leakage-safe splits."""

@@ -1,0 +1,224 @@
+"""Leakage-safe train/val/test splits.
+
+Images that must not be separated form a group: the same physical part, exact and near
+duplicates, and (with ``hold_out_session``) every image of that session together with
+anything grouped with it. A group goes to one split whole. The test split is frozen: an
+image once in test stays in test across re-imports and re-splits, and anything grouped
+with it joins it there.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import manifest as mf
+from .duplicates import DEFAULT_MAX_DISTANCE, UnionFind, duplicate_groups
+from .ingest import now_iso
+
+UNASSIGNED = "unassigned"
+
+
+@dataclass
+class SplitReport:
+    counts: dict[str, dict[str, dict[str, int]]]  # class -> split -> session -> images
+    groups: int
+    frozen_test: int  # images that were in test before and stayed there
+    pulled_into_test: int  # images placed in test only because their group was there
+    unlabelled: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """split -> class -> images."""
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for cls, by_split in self.counts.items():
+            for split, by_session in by_split.items():
+                out[split][cls] = sum(by_session.values())
+        return dict(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts,
+            "splits": self.totals(),
+            "groups": self.groups,
+            "frozen_test": self.frozen_test,
+            "pulled_into_test": self.pulled_into_test,
+            "unlabelled": self.unlabelled,
+            "params": self.params,
+        }
+
+
+def leakage_groups(records: list[mf.Record], max_distance: int) -> list[list[str]]:
+    """Ids that must share a split: same part, exact or near duplicates."""
+    uf = UnionFind(r.id for r in records)
+    by_part: dict[tuple[str, str], str] = {}
+    for r in records:
+        if r.group is not None:
+            first = by_part.setdefault((r.source, r.group), r.id)
+            uf.union(first, r.id)
+    _, near = duplicate_groups([(r.id, r.sha256, r.phash) for r in records], max_distance)
+    for members in near:
+        for other in members[1:]:
+            uf.union(members[0], other)
+    return sorted(uf.groups().values())
+
+
+def _stratified(
+    groups: list[list[mf.Record]],
+    targets: dict[str, Counter[str]],
+    counts: dict[str, Counter[str]],
+) -> dict[str, str]:
+    """Greedy: biggest groups first, each to the split whose targets for its classes are
+    least filled. Returns record id -> split."""
+    out = {}
+    for group in groups:
+        classes = Counter(r.label for r in group if r.label is not None)
+
+        def fill(split: str, classes: Counter[str] = classes) -> float:
+            score = 0.0
+            for cls, n in classes.items():
+                target = targets[split][cls]
+                score += n * ((target - counts[split][cls]) / target if target > 0 else -1e9)
+            return score
+
+        best = max(mf.SPLITS, key=fill)  # ties go to the first: train
+        counts[best].update(classes)
+        out.update({r.id: best for r in group})
+    return out
+
+
+def _time_forward(
+    groups: list[list[mf.Record]], targets: dict[str, Counter[str]], counts: dict[str, Counter[str]]
+) -> dict[str, str]:
+    """Oldest groups train, then val, newest test: the model never sees the future."""
+    missing = [r.id for g in groups for r in g if not r.captured_at]
+    if missing:
+        raise mf.DatasetError(
+            f"time-forward split needs captured_at on every image; {len(missing)} lack it "
+            f"(e.g. {', '.join(missing[:3])})"
+        )
+    ordered = sorted(groups, key=lambda g: min(str(r.captured_at) for r in g))
+    quota = {s: sum(targets[s].values()) - sum(counts[s].values()) for s in mf.SPLITS}
+    out = {}
+    split_iter = iter(mf.SPLITS)
+    split = next(split_iter)
+    for group in ordered:
+        while quota[split] <= 0 and split != "test":
+            split = next(split_iter)
+        quota[split] -= len(group)
+        out.update({r.id: split for r in group})
+    return out
+
+
+def assign(
+    manifest: mf.Manifest,
+    *,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+    hold_out_session: str | None = None,
+    time_forward: bool = False,
+    unfreeze_test: bool = False,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+) -> SplitReport:
+    """Assign every labelled record of ``manifest`` to a split, in place."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise mf.DatasetError(f"fractions val={val}, test={test} must be >= 0 and sum below 1")
+    records = [r for r in manifest if r.label is not None]
+    if hold_out_session is not None and not any(r.session == hold_out_session for r in records):
+        sessions = sorted({str(r.session) for r in records})
+        raise mf.DatasetError(
+            f"session {hold_out_session!r} has no labelled images; sessions: {', '.join(sessions)}"
+        )
+    by_id = {r.id: r for r in records}
+    groups = [[by_id[i] for i in ids] for ids in leakage_groups(records, max_distance)]
+
+    was_test = {r.id for r in records if r.split == "test" and not unfreeze_test}
+    forced: list[list[mf.Record]] = []
+    free: list[list[mf.Record]] = []
+    for group in groups:
+        held = any(r.session == hold_out_session for r in group) if hold_out_session else False
+        (forced if held or any(r.id in was_test for r in group) else free).append(group)
+
+    per_class = Counter(r.label for r in records if r.label is not None)
+    test_share = 0.0 if hold_out_session else test  # the held-out session is the test set
+    shares = {"train": 1.0 - val - test_share, "val": val, "test": test_share}
+    targets = {s: Counter({c: shares[s] * n for c, n in per_class.items()}) for s in mf.SPLITS}
+    counts: dict[str, Counter[str]] = {s: Counter() for s in mf.SPLITS}
+    for group in forced:
+        counts["test"].update(r.label for r in group if r.label is not None)
+
+    random.Random(seed).shuffle(free)
+    free.sort(key=len, reverse=True)  # stable: equal sizes keep the seeded order
+    chosen = (_time_forward if time_forward else _stratified)(free, targets, counts)
+    pulled = 0
+    for group in forced:
+        for r in group:
+            chosen[r.id] = "test"
+            held_out = hold_out_session is not None and r.session == hold_out_session
+            pulled += not (held_out or r.id in was_test)
+
+    for r in manifest:
+        r.split = chosen.get(r.id)  # unlabelled images get no split
+    params = {
+        "val": val,
+        "test": test,
+        "seed": seed,
+        "hold_out_session": hold_out_session,
+        "time_forward": time_forward,
+        "max_distance": max_distance,
+        "at": now_iso(),
+    }
+    manifest.split_params = params
+    counts_out: dict[str, dict[str, dict[str, int]]] = {}
+    for r in records:
+        by_split = counts_out.setdefault(str(r.label), {})
+        by_session = by_split.setdefault(str(r.split), {})
+        by_session[str(r.session)] = by_session.get(str(r.session), 0) + 1
+    return SplitReport(
+        counts=counts_out,
+        groups=len(groups),
+        frozen_test=len(was_test),
+        pulled_into_test=pulled,
+        unlabelled=len(manifest) - len(records),
+        params=params,
+    )
+
+
+def split_dataset(root: Path | str, **options: Any) -> SplitReport:
+    """Split the dataset at ``root`` and save its manifest atomically."""
+    manifest = mf.load(root)
+    if not len(manifest):
+        raise mf.DatasetError(f"{root}: the dataset has no images; import some first")
+    report = assign(manifest, **options)
+    mf.save(root, manifest)
+    return report
+
+
+def format_report(report: SplitReport) -> str:
+    """A class x split table, then class x split x session."""
+    splits = [*mf.SPLITS]
+    sessions = sorted({s for b in report.counts.values() for d in b.values() for s in d})
+    lines = [f"{'class':<16}" + "".join(f"{s:>8}" for s in splits)]
+    totals = report.totals()
+    for cls in sorted(report.counts):
+        lines.append(f"{cls:<16}" + "".join(f"{totals.get(s, {}).get(cls, 0):>8}" for s in splits))
+    lines.append(f"{'all':<16}" + "".join(f"{sum(totals.get(s, {}).values()):>8}" for s in splits))
+    lines.append("")
+    lines.append(f"{'class / split':<24}" + "".join(f"{s:>8}" for s in sessions))
+    for cls in sorted(report.counts):
+        for split in splits:
+            row = report.counts[cls].get(split, {})
+            if row:
+                label = f"{cls} / {split}"
+                lines.append(f"{label:<24}" + "".join(f"{row.get(s, 0):>8}" for s in sessions))
+    lines.append("")
+    lines.append(
+        f"{report.groups} groups; {report.frozen_test} test images kept frozen; "
+        f"{report.pulled_into_test} pulled into test with their group; "
+        f"{report.unlabelled} unlabelled (no split)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Content-addressed image files inside a dataset folder, and reading them back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .manifest import DatasetError, Record
+
+CANONICAL_EXTENSION = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp"}
+
+
+def image_relpath(sha256: str, fmt: str) -> str:
+    return f"images/{sha256[:2]}/{sha256}{CANONICAL_EXTENSION[fmt]}"
+
+
+def mask_relpath(sha256: str) -> str:
+    return f"masks/{sha256[:2]}/{sha256}.png"
+
+
+def decode(data: bytes, name: str) -> np.ndarray:
+    """Bytes of a validated image -> uint8 array as OpenCV gives it (HxW gray or HxWx3 BGR)."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DatasetError(f"{name}: OpenCV cannot decode this image")
+    if image.dtype == np.uint16:  # 16-bit PNGs: keep the high byte
+        image = (image // 256).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def read_image(root: Path | str, record: Record) -> np.ndarray:
+    """The image of a manifest row, decoded to uint8 (gray HxW or BGR HxWx3)."""
+    path = Path(root) / record.path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read image of row {record.id} ({exc})") from None
+    return decode(data, str(path))

@@ -1,0 +1,1 @@
+"""Edge runtime. Owns the contracts every stage honours; never imports torch."""

@@ -1,0 +1,3 @@
+"""lineqc: edge vision quality control."""
+
+__version__ = "0.1.0"

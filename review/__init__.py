@@ -1,0 +1,1 @@
+"""Review: collector, inspectors web app, labels back into the dataset (Review issue)."""

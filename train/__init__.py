@@ -1,0 +1,1 @@
+"""Training: timm defect classifiers (built in the Training issue)."""
