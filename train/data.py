@@ -1,0 +1,156 @@
+"""Images of a dataset split for training and evaluation.
+
+Decoded frames are cached as uint8 arrays when the split fits in memory (decoding a JPEG
+costs more than augmenting it); otherwise DataLoader workers decode from disk. Every epoch's
+sample order and every sample's augmentation come from (seed, epoch, position), so the same
+seed gives the same batches with any worker count, across DDP ranks, and after ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from lineqc.datasets.manifest import DatasetError, Manifest, Record
+from lineqc.datasets.storage import read_image
+from lineqc.edge.preprocess import PreprocessSpec, preprocess
+
+from .augment import augment
+
+UNKNOWN_LABEL = -1  # a label the model does not know: a defect it never saw
+
+
+def split_records(manifest: Manifest, split: str, root: Path) -> list[Record]:
+    """Labelled rows of a split ("all": every labelled row); an error names an empty split."""
+    rows = [r for r in manifest if r.label is not None and (split == "all" or r.split == split)]
+    if not rows:
+        have = sorted({r.split or "(none)" for r in manifest if r.label is not None})
+        hint = f"; it has labelled images in: {', '.join(have)}" if have else ""
+        raise DatasetError(
+            f"{root}: no labelled images in split '{split}'{hint}"
+            + ("" if have else " (is it a dataset? run `lineqc data split` first?)")
+        )
+    return rows
+
+
+def label_indices(
+    records: Sequence[Record], classes: Sequence[str], ok_class: str, dataset_ok: str | None
+) -> np.ndarray:
+    """Class index per row; the dataset's OK class maps to the model's, unknown labels to -1."""
+    index = {name: i for i, name in enumerate(classes)}
+    ok = index[ok_class]
+    return np.array(
+        [ok if r.label == dataset_ok else index.get(r.label or "", UNKNOWN_LABEL) for r in records],
+        dtype=np.int64,
+    )
+
+
+class FrameStore:
+    """The uint8 frames of some records, decoded once into memory or read on demand."""
+
+    def __init__(self, root: Path, records: Sequence[Record], cache: bool, desc: str = "decode"):
+        self.root = root
+        self.records = list(records)
+        self.frames: list[np.ndarray] | None = None
+        if cache:
+            self.frames = [read_image(root, r) for r in tqdm(self.records, desc=desc, leave=False)]
+
+    @staticmethod
+    def decoded_mb(records: Sequence[Record]) -> float:
+        return sum(r.width * r.height * max(r.channels, 1) for r in records) / 2**20
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self.frames is not None:
+            return self.frames[i]
+        return read_image(self.root, self.records[i])
+
+
+class TrainImages(Dataset[tuple[torch.Tensor, int]]):
+    """Augmented, preprocessed training samples, indexed by (row, augmentation seed)."""
+
+    def __init__(
+        self, frames: FrameStore, labels: np.ndarray, transform: A.Compose, spec: PreprocessSpec
+    ):
+        self.frames, self.labels, self.transform, self.spec = frames, labels, transform, spec
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = item
+        image = augment(self.transform, self.frames[i], seed)
+        return torch.from_numpy(preprocess(image, self.spec)), int(self.labels[i])
+
+
+def epoch_order(labels: np.ndarray, seed: int, epoch: int, balanced: bool) -> list[tuple[int, int]]:
+    """(row, augmentation seed) for each sample of one epoch, the same on every rank.
+
+    Balanced: as many draws as rows, each class equally likely (rows drawn with replacement).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    n = len(labels)
+    if balanced:
+        counts = np.bincount(labels, minlength=int(labels.max()) + 1)
+        weights = 1.0 / counts[labels]
+        rows = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+    else:
+        rows = rng.permutation(n)
+    seeds = rng.integers(0, 2**31 - 1, size=n)
+    return [(int(r), int(s)) for r, s in zip(rows, seeds, strict=True)]
+
+
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """This rank's batches of the epoch: positions rank, rank+world, ..., in equal step counts.
+
+    The epoch holds exactly one sample per row (or draw) whatever the world size, and every
+    rank gets the same number of steps (DDP needs that), so batches may differ by one image.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        balanced: bool,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self.labels, self.seed, self.balanced = labels, seed, balanced
+        self.rank, self.world = rank, world
+        self.per_rank = max(1, batch_size // world)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def steps(self) -> int:
+        return max(1, math.ceil(math.ceil(len(self.labels) / self.world) / self.per_rank))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        mine = epoch_order(self.labels, self.seed, self.epoch, self.balanced)[
+            self.rank :: self.world
+        ]
+        for chunk in np.array_split(np.arange(len(mine)), self.steps):
+            yield [mine[j] for j in chunk]
+
+
+def eval_inputs(frames: FrameStore, spec: PreprocessSpec) -> torch.Tensor:
+    """The device's preprocessing of every frame, stacked (N, C, H, W) float32."""
+    out = torch.empty((len(frames), spec.channels, spec.height, spec.width), dtype=torch.float32)
+    for i in range(len(frames)):
+        out[i] = torch.from_numpy(preprocess(frames[i], spec))
+    return out

@@ -1,0 +1,291 @@
+"""The evaluation report: plots (matplotlib PNG), ``report.html`` and ``model_card.md``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on a training box
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from lineqc.edge.decision import softmax
+
+from .calibration import reliability_bins
+
+if TYPE_CHECKING:
+    from .evaluate import SplitResult
+
+HEADLINE = (
+    "macro_f1",
+    "balanced_accuracy",
+    "auroc_defect_vs_ok",
+    "recall_at_95_precision",
+    "accuracy",
+    "ece_before",
+    "ece_after",
+    "temperature",
+)
+SLICE_COLUMNS = (
+    "n",
+    "accuracy",
+    "macro_f1",
+    "balanced_accuracy",
+    "auroc_defect_vs_ok",
+    "recall_at_95_precision",
+    "defect_recall_at_argmax",
+    "ok_false_reject_rate",
+)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str]) -> bytes:
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(classes), 1 + 0.7 * len(classes)))
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(
+            j,
+            i,
+            str(n),
+            ha="center",
+            va="center",
+            color="white" if share[i, j] > 0.5 else "black",
+            fontsize=9,
+        )
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (colour: row share)")
+    return _png(fig)
+
+
+def plot_reliability(logits: np.ndarray, labels: np.ndarray, temperature: float) -> bytes:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for ax, t, title in ((axes[0], 1.0, "before"), (axes[1], temperature, "after")):
+        conf, acc, count = reliability_bins(softmax(logits, t), labels)
+        filled = count > 0
+        edges = np.linspace(0, 1, len(count) + 1)
+        ax.bar(
+            edges[:-1][filled],
+            acc[filled],
+            width=1 / len(count),
+            align="edge",
+            edgecolor="k",
+            alpha=0.7,
+            label="accuracy",
+        )
+        ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+        ax.scatter(conf[filled], acc[filled], s=10, c="k", zorder=3)
+        ax.set_title(f"{title} temperature scaling (T={t:.2f})")
+        ax.set_xlabel("confidence")
+        ax.legend(loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    return _png(fig)
+
+
+def plot_curves(probs: np.ndarray, labels: np.ndarray, classes: list[str], ok: int) -> bytes:
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
+    defect = labels != ok
+    score = 1 - probs[:, ok]
+    if 0 < defect.sum() < len(defect):
+        fpr, tpr, _ = roc_curve(defect, score)
+        roc.plot(fpr, tpr, "k", lw=2, label="defect vs OK")
+        precision, recall, _ = precision_recall_curve(defect, score)
+        pr.plot(recall, precision, "k", lw=2, label="defect vs OK")
+    for i, name in enumerate(classes):
+        positive = labels == i
+        if i != ok and 0 < positive.sum() < len(labels):
+            fpr, tpr, _ = roc_curve(positive, probs[:, i])
+            roc.plot(fpr, tpr, lw=1, label=name)
+    pr.axhline(0.95, color="r", ls="--", lw=1, label="95% precision")
+    roc.plot([0, 1], [0, 1], ":", color="grey")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    pr.set(xlabel="recall", ylabel="precision", title="Precision-recall, defect vs OK")
+    roc.legend(fontsize=8)
+    pr.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_history(history: list[dict[str, Any]]) -> bytes:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = [h["epoch"] for h in history]
+    a.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    a.plot(epochs, [h.get("val_loss") for h in history], label="val loss")
+    a.set(xlabel="epoch", title="Loss")
+    a.legend()
+    for key in ("val_macro_f1", "val_balanced_accuracy", "val_auroc_defect_vs_ok"):
+        b.plot(epochs, [h.get(key) for h in history], label=key[4:])
+    b.set(xlabel="epoch", title="Validation")
+    b.legend()
+    return _png(fig)
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _slice_rows(slices: dict[str, Any]) -> list[list[str]]:
+    return [[name] + [_fmt(s.get(c)) for c in SLICE_COLUMNS] for name, s in slices.items()]
+
+
+def _class_rows(per_class: dict[str, Any]) -> list[list[str]]:
+    cols = ("support", "precision", "recall", "f1", "auroc", "recall_at_95_precision")
+    return [[name] + [_fmt(s[c]) for c in cols] for name, s in per_class.items()]
+
+
+def write_all(
+    out: Path,
+    result: SplitResult,
+    history: list[dict[str, Any]],
+    run_info: dict[str, Any],
+    meta: dict[str, Any],
+) -> list[Path]:
+    """Write plots/*.png, report.html and model_card.md into ``out``; return their paths."""
+    m = result.metrics
+    classes, ok = m["classes"], m["classes"].index(m["ok_class"])
+    known = result.labels >= 0
+    probs = softmax(result.logits, m["temperature"])
+    plots = {
+        "confusion": plot_confusion(np.array(m["confusion_matrix"]), classes),
+        "reliability": plot_reliability(
+            result.logits[known], result.labels[known], m["temperature"]
+        ),
+        "curves": plot_curves(probs[known], result.labels[known], classes, ok),
+    }
+    if history:
+        plots["history"] = plot_history(history)
+    plot_dir = out / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in plots.items():
+        (plot_dir / f"{name}.png").write_bytes(data)
+        written.append(plot_dir / f"{name}.png")
+
+    headline = [[k, _fmt(m.get(k))] for k in HEADLINE]
+    slice_head = ["slice", *SLICE_COLUMNS]
+    class_head = ["class", "support", "precision", "recall", "f1", "auroc", "recall@95%P"]
+    sections = [
+        f"<h1>lineqc evaluation: {html.escape(meta['model'])} on "
+        f"{html.escape(m['split'])} ({m['n']} images)</h1>",
+        f"<p>run {html.escape(str(run_info.get('run_id')))}, dataset "
+        f"{html.escape(m.get('dataset', ''))}, manifest "
+        f"{html.escape(str(meta.get('dataset_manifest_hash', ''))[:16])}</p>",
+        "<h2>Headline</h2>",
+        _table(headline, ["metric", "value"]),
+        "<h2>By class</h2>",
+        _table(_class_rows(m["slices"]["class"]), class_head),
+    ]
+    for kind, slices in m["slices"].items():
+        if kind != "class":
+            sections += [
+                f"<h2>By {html.escape(kind)}</h2>",
+                _table(_slice_rows(slices), slice_head),
+            ]
+    for name, data in plots.items():
+        b64 = base64.b64encode(data).decode()
+        sections.append(f'<h2>{name}</h2><img alt="{name}" src="data:image/png;base64,{b64}">')
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+        "img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>lineqc report</title>"
+        f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n"
+    )
+    (out / "report.html").write_text(page)
+    (out / "model_card.md").write_text(model_card(m, run_info, meta))
+    return [*written, out / "report.html", out / "model_card.md"]
+
+
+def _md_table(rows: list[list[str]], head: list[str]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def model_card(m: dict[str, Any], run_info: dict[str, Any], meta: dict[str, Any]) -> str:
+    spec = meta["preprocess"]
+    cfg = meta.get("config", {})
+    git = run_info.get("git", {})
+    counts = run_info.get("train_counts", {})
+    sizes = run_info.get("split_sizes", {})
+    origin = f"from {cfg['pretrained']}" if cfg.get("pretrained") else "from scratch"
+    dirty = " (dirty tree)" if git.get("dirty") else ""
+    lineage = meta.get("dataset_manifest_hash")
+    small = [name for name, s in m["slices"]["class"].items() if s["support"] < 20]
+    return f"""# Model card: {meta["model"]} defect classifier
+
+## Model
+- Architecture: timm `{meta["model"]}`, {spec["channels"]} input channel(s),
+  {spec["height"]}x{spec["width"]} px, trained {origin}.
+- Classes: {", ".join(m["classes"])}; the OK class is `{m["ok_class"]}`.
+- Preprocessing: `lineqc.edge.preprocess` with {spec} (the device runs the same function).
+- Calibration: temperature {m["temperature"]:.3f}, fitted on the validation split.
+- Run: `{run_info.get("run_id")}`, git commit `{git.get("commit")}`{dirty},
+  seed {run_info.get("seed")}, best epoch {m.get("best_epoch", "n/a")}.
+
+## Data lineage
+- Dataset: `{run_info.get("dataset", m.get("dataset"))}`, manifest hash `{lineage}`.
+- Split sizes: {sizes}; train images per class: {counts}.
+- Evaluated on split `{m["split"]}` of `{m.get("dataset")}` ({m["n"]} images).
+
+## Intended use
+Classifying single frames of one product's surface on the inspection line into OK or a known
+defect class, with calibrated probabilities that feed the edge decision policy (OK / defect /
+uncertain). Uncertain frames go to human review. It is not meant for other products,
+cameras or lighting than those in its training data without re-evaluation, and not as the
+only safeguard where a missed defect is safety-critical.
+
+## Metrics ({m["split"]} split)
+{_md_table([[k, _fmt(m.get(k))] for k in HEADLINE], ["metric", "value"])}
+
+Recall at 95% precision means: the share of defective frames caught while at most 5% of
+rejected frames are actually OK.
+
+## By class
+{
+        _md_table(
+            _class_rows(m["slices"]["class"]),
+            ["class", "support", "precision", "recall", "f1", "auroc", "recall@95%P"],
+        )
+    }
+
+## By capture session
+{_md_table(_slice_rows(m["slices"].get("session", {})), ["session", *SLICE_COLUMNS])}
+
+## Limits
+- Metrics come from {m["n"]} images; classes with few examples ({", ".join(small) or "none"})
+  have wide uncertainty: treat their per-class figures as indicative only.
+- Sessions, cameras or lighting absent from training may behave worse than the slices shown.
+- {m.get("n_unknown_label", 0)} evaluated images had labels the model does not know; the model
+  can only answer with its own classes and counts them as defects at best.
+- Calibration was fitted on the validation split; re-check ECE after any change of camera.
+"""
