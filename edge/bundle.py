@@ -1,0 +1,392 @@
+"""The model bundle: the one artifact a device may load (format in DESIGN.md).
+
+A folder (or one tar of it) holding ``manifest.json``, the model files it names and
+``manifest.sig``, a detached Ed25519 signature over the manifest's exact bytes. The manifest
+lists the sha256 of every other file, so the signature covers the whole bundle.
+
+``load_bundle`` does every check before anything is loaded, and refuses with a
+``BundleError`` naming the bundle and the reason: a missing or wrong signature, a file whose
+hash differs (or one the manifest does not list), an unknown schema version, ONNX external
+data that points outside the bundle, or a bundle older than the installed one (unless forced).
+No torch or onnx here: this module runs on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from lineqc.errors import LineqcError
+
+from .decision import DecisionPolicy
+from .preprocess import PreprocessSpec
+from .signing import load_public_key, sign, verify
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+REQUIRED = (
+    "schema_version",
+    "model",
+    "classes",
+    "ok_class",
+    "input",
+    "preprocess",
+    "decision",
+    "models",
+    "default_precision",
+    "files",
+)
+
+
+class BundleError(LineqcError):
+    """A bundle that must not be loaded; the message names it and the reason."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """A model version is dotted integers ("3", "2025.611.1432"); compared numerically."""
+    try:
+        parts = tuple(int(p) for p in str(version).split("."))
+    except ValueError:
+        raise BundleError(f"model version {version!r} is not dotted integers") from None
+    if any(p < 0 for p in parts):
+        raise BundleError(f"model version {version!r} has a negative part")
+    return parts
+
+
+def _payload_files(root: Path) -> Iterator[str]:
+    """Every file below root except the manifest and signature, as posix relative paths."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                raise BundleError(f"{root}: {path.relative_to(root)} is a symbolic link")
+        for name in sorted(filenames):
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel not in (MANIFEST, SIGNATURE):
+                yield rel
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def seal(root: Path, manifest: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Hash every file of the bundle folder into the manifest, write it and its signature."""
+    root = Path(root)
+    doc = dict(manifest, schema_version=SCHEMA_VERSION)
+    doc["files"] = {rel: sha256_file(root / rel) for rel in _payload_files(root)}
+    data = manifest_bytes(doc)
+    (root / MANIFEST).write_bytes(data)
+    (root / SIGNATURE).write_bytes(sign(data, key))
+    return doc
+
+
+# ---- checks ------------------------------------------------------------------------------
+
+
+def read_verified_manifest(root: Path, pubkey: Ed25519PublicKey) -> dict[str, Any]:
+    """Signature, schema version, required keys and every file hash; returns the manifest."""
+    manifest_path, sig_path = root / MANIFEST, root / SIGNATURE
+    if not manifest_path.is_file():
+        raise BundleError(f"{root}: no {MANIFEST} (not a model bundle?)")
+    if not sig_path.is_file():
+        raise BundleError(f"{root}: unsigned bundle ({SIGNATURE} is missing)")
+    data = manifest_path.read_bytes()
+    if not verify(data, sig_path.read_bytes(), pubkey):
+        raise BundleError(
+            f"{root}: the signature does not match the manifest (tampered, or signed with "
+            "another key)"
+        )
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise BundleError(f"{manifest_path}: not a JSON object")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: schema_version {doc.get('schema_version')!r} is not supported "
+            f"(this lineqc reads {SCHEMA_VERSION})"
+        )
+    missing = [k for k in REQUIRED if k not in doc]
+    if missing:
+        raise BundleError(f"{manifest_path}: missing key(s) {', '.join(missing)}")
+    check_files(root, doc["files"])
+    return doc
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """root/rel, refusing absolute paths and any that leave root."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or rel.startswith(("/", "\\")) or ":" in rel:
+        raise BundleError(f"{root}: path {rel!r} leaves the bundle folder")
+    return root / pure
+
+
+def check_files(root: Path, files: dict[str, str]) -> None:
+    have = set(_payload_files(root))
+    unlisted = sorted(have - set(files))
+    if unlisted:
+        raise BundleError(f"{root}: file(s) not covered by the signed manifest: {unlisted}")
+    for rel, expected in sorted(files.items()):
+        path = _inside(root, rel)
+        if not path.is_file():
+            raise BundleError(f"{root}: {rel} is listed in the manifest but missing")
+        if sha256_file(path) != expected:
+            raise BundleError(f"{root}: {rel} was modified (its sha256 differs from the manifest)")
+
+
+# ONNX external data, found by walking the protobuf wire format (no onnx package on the
+# device). Field numbers from onnx.proto: message -> {field: message type it holds}.
+_ONNX_PATHS: dict[str, dict[int, str]] = {
+    "Model": {7: "Graph", 25: "Function"},
+    "Function": {7: "Node"},
+    "Graph": {1: "Node", 5: "Tensor", 15: "Sparse"},
+    "Node": {5: "Attribute"},
+    "Attribute": {5: "Tensor", 6: "Graph", 10: "Tensor", 11: "Graph", 22: "Sparse", 23: "Sparse"},
+    "Sparse": {1: "Tensor", 2: "Tensor"},
+    "Tensor": {13: "Entry"},
+}
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, bytes | None]]:
+    """(field number, bytes of a length-delimited field or None) for each field."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+            yield tag >> 3, None
+        elif wire == 1:
+            pos += 8
+            yield tag >> 3, None
+        elif wire == 5:
+            pos += 4
+            yield tag >> 3, None
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            if pos + size > len(buf):
+                raise ValueError("truncated field")
+            yield tag >> 3, buf[pos : pos + size]
+            pos += size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def external_data_locations(onnx_bytes: bytes) -> list[str]:
+    """Every external-data ``location`` named anywhere in a serialized ONNX model."""
+    found: list[str] = []
+
+    def walk(buf: bytes, kind: str) -> None:
+        children = _ONNX_PATHS.get(kind, {})
+        for number, value in _fields(buf):
+            if value is None or number not in children:
+                continue
+            child = children[number]
+            if child == "Entry":
+                entry = {n: v for n, v in _fields(value) if v is not None}
+                if entry.get(1) == b"location":
+                    found.append(entry.get(2, b"").decode("utf-8", "replace"))
+            else:
+                walk(value, child)
+
+    walk(onnx_bytes, "Model")
+    return found
+
+
+def check_external_data(root: Path, rel: str) -> None:
+    try:
+        locations = external_data_locations(_inside(root, rel).read_bytes())
+    except ValueError as exc:
+        raise BundleError(f"{root}: {rel} is not a readable ONNX file ({exc})") from None
+    folder = PurePosixPath(rel).parent.as_posix()
+    for location in locations:
+        joined = location if folder == "." else f"{folder}/{location}"
+        try:
+            _inside(root, joined)
+        except BundleError:
+            raise BundleError(
+                f"{root}: {rel} has external data at {location!r}, outside the bundle folder"
+            ) from None
+
+
+# ---- tar ---------------------------------------------------------------------------------
+
+
+def pack_tar(root: Path, tar_path: Path) -> Path:
+    """One uncompressed tar of a bundle folder (files at the top level of the archive)."""
+    root, tar_path = Path(root), Path(tar_path)
+    tmp = tar_path.with_name(f".{tar_path.name}.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for rel in [*sorted(_payload_files(root)), MANIFEST, SIGNATURE]:
+            info = tar.gettarinfo(root / rel, arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(root / rel, "rb") as f:
+                tar.addfile(info, f)
+    os.replace(tmp, tar_path)
+    return tar_path
+
+
+def unpack_tar(tar_path: Path, dest: Path) -> Path:
+    """Extract a bundle tar into ``dest``, refusing links, devices and paths that escape."""
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            _unpack_checked(tar, tar_path, dest)
+    except (OSError, tarfile.TarError) as exc:
+        raise BundleError(f"{tar_path}: not a readable tar ({exc})") from None
+    return dest
+
+
+def _unpack_checked(tar: tarfile.TarFile, tar_path: Path, dest: Path) -> None:
+    """Every member is checked before anything is written."""
+    members = tar.getmembers()
+    for m in members:
+        if not (m.isfile() or m.isdir()):
+            raise BundleError(f"{tar_path}: member {m.name!r} is not a plain file or folder")
+        _inside(dest, m.name)
+    dest.mkdir(parents=True, exist_ok=True)
+    for m in members:
+        target = _inside(dest, m.name)
+        if m.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(m)
+        assert src is not None  # a regular file always has content
+        with src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
+
+
+# ---- loading -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its folder and manifest. Nothing else is loaded yet."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["model"]["version"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def ok_class(self) -> str:
+        return str(self.manifest["ok_class"])
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_json(self.manifest["preprocess"])
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        return DecisionPolicy.from_json(self.manifest["decision"])
+
+    @property
+    def default_precision(self) -> str:
+        return str(self.manifest["default_precision"])
+
+    def model_path(self, precision: str | None = None) -> Path:
+        precision = precision or self.default_precision
+        models = self.manifest["models"]
+        if precision not in models:
+            raise BundleError(f"{self.root}: no {precision} model (has {sorted(models)})")
+        return _inside(self.root, models[precision]["file"])
+
+    def engine_for(self, tensorrt_version: str, compute_capability: str) -> Path | None:
+        """The engine built for exactly this TensorRT version and GPU, if the bundle has one."""
+        for engine in self.manifest.get("engines", []):
+            if (engine["tensorrt_version"], engine["compute_capability"]) == (
+                tensorrt_version,
+                compute_capability,
+            ):
+                return _inside(self.root, engine["file"])
+        return None
+
+
+def load_bundle(
+    path: Path,
+    pubkey: Path | Ed25519PublicKey,
+    installed_version: str | None = None,
+    force: bool = False,
+    unpack_dir: Path | None = None,
+) -> Bundle:
+    """Verify a bundle folder or tar and return it; raises BundleError on any refusal.
+
+    A tar is unpacked into ``unpack_dir`` (a new temporary folder by default) and checked
+    there. ``installed_version``: the version the device runs now; an older bundle is refused
+    unless ``force``.
+    """
+    path = Path(path)
+    key = pubkey if isinstance(pubkey, Ed25519PublicKey) else load_public_key(pubkey)
+    if path.is_file():
+        dest = unpack_dir or Path(tempfile.mkdtemp(prefix="lineqc-bundle-"))
+        try:
+            root = unpack_tar(path, dest)
+            return _load_folder(root, key, installed_version, force)
+        except BaseException:
+            if unpack_dir is None:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder or tar")
+    return _load_folder(path, key, installed_version, force)
+
+
+def _load_folder(
+    root: Path, key: Ed25519PublicKey, installed_version: str | None, force: bool
+) -> Bundle:
+    doc = read_verified_manifest(root, key)
+    for rel in doc["files"]:
+        if rel.endswith(".onnx"):
+            check_external_data(root, rel)
+    version = str(doc["model"].get("version", ""))
+    if (
+        installed_version is not None
+        and not force
+        and parse_version(version) < parse_version(installed_version)
+    ):
+        raise BundleError(
+            f"{root}: model version {version} is older than the installed "
+            f"{installed_version} (use force to roll back)"
+        )
+    return Bundle(root, doc)

@@ -1,0 +1,139 @@
+"""The one decision policy: logits -> calibrated probabilities -> OK, a defect class, or uncertain.
+
+The export chooses the parameters on the validation split and stores them in the bundle; the
+device applies them. Pure numpy: this module runs on the device.
+
+A frame is uncertain (routed to review) when, in this order:
+  1. its top probability is under ``prob_floor`` (reason ``low_confidence``),
+  2. the top-two margin is under ``margin`` (reason ``ambiguous``),
+  3. its top class has no threshold meeting the target precision, or its probability is under
+     that class's threshold (reason ``below_class_threshold``).
+Otherwise the top class is the decision: OK when it is the OK class, else that defect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Verdict = Literal["ok", "defect", "uncertain"]
+REASONS = ("low_confidence", "ambiguous", "below_class_threshold")
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64 (numerically stable)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, not {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    classes: tuple[str, ...]
+    ok_class: str
+    temperature: float = 1.0
+    prob_floor: float = 0.0
+    margin: float = 0.0
+    # class -> minimum calibrated probability to decide it; None: never decided (always review)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ok_class not in self.classes:
+            raise ValueError(f"ok_class {self.ok_class!r} is not one of {list(self.classes)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, not {self.temperature}")
+        if not (0 <= self.prob_floor <= 1 and 0 <= self.margin <= 1):
+            raise ValueError("prob_floor and margin must lie in [0, 1]")
+        unknown = set(self.thresholds) - set(self.classes)
+        if unknown:
+            raise ValueError(f"thresholds for unknown classes: {sorted(unknown)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": "softmax-temperature-floor-margin-v1",
+            "classes": list(self.classes),
+            "ok_class": self.ok_class,
+            "temperature": self.temperature,
+            "prob_floor": self.prob_floor,
+            "margin": self.margin,
+            "thresholds": dict(self.thresholds),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DecisionPolicy:
+        return cls(
+            classes=tuple(doc["classes"]),
+            ok_class=doc["ok_class"],
+            temperature=float(doc["temperature"]),
+            prob_floor=float(doc["prob_floor"]),
+            margin=float(doc["margin"]),
+            thresholds={
+                k: (None if v is None else float(v)) for k, v in doc.get("thresholds", {}).items()
+            },
+        )
+
+    def threshold_vector(self) -> np.ndarray:
+        """Per-class thresholds; a class without a reachable threshold gets +inf."""
+        return np.array(
+            [
+                np.inf if self.thresholds.get(c, 0.0) is None else self.thresholds.get(c, 0.0)
+                for c in self.classes
+            ],
+            dtype=np.float64,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    label: str  # the top class, also for uncertain frames (what the model leaned to)
+    confidence: float  # calibrated top probability
+    reason: str | None  # why it is uncertain; None otherwise
+    probabilities: tuple[float, ...]
+
+
+def decide_batch(logits: np.ndarray, policy: DecisionPolicy) -> list[Decision]:
+    """Decisions for logits of shape (N, classes)."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] != len(policy.classes):
+        raise ValueError(f"expected logits of shape (N, {len(policy.classes)}), got {logits.shape}")
+    probs = softmax(logits, policy.temperature)
+    top, reasons = _uncertain_reasons(probs, policy)
+    ok_index = policy.classes.index(policy.ok_class)
+    out = []
+    for p, t, reason in zip(probs, top, reasons, strict=True):
+        verdict: Verdict = "uncertain" if reason else ("ok" if t == ok_index else "defect")
+        out.append(
+            Decision(verdict, policy.classes[t], float(p[t]), reason or None, tuple(p.tolist()))
+        )
+    return out
+
+
+def decide(logits: Sequence[float] | np.ndarray, policy: DecisionPolicy) -> Decision:
+    """The decision for one frame's logits."""
+    return decide_batch(np.asarray(logits)[None, :], policy)[0]
+
+
+def uncertain_mask(probs: np.ndarray, policy: DecisionPolicy) -> np.ndarray:
+    """Which rows of calibrated probabilities the policy sends to review."""
+    return np.array([bool(r) for r in _uncertain_reasons(probs, policy)[1]], dtype=bool)
+
+
+def _uncertain_reasons(probs: np.ndarray, policy: DecisionPolicy) -> tuple[np.ndarray, list[str]]:
+    order = np.argsort(-probs, axis=1, kind="stable")
+    top = order[:, 0]
+    rows = np.arange(len(probs))
+    p1 = probs[rows, top]
+    p2 = probs[rows, order[:, 1]] if probs.shape[1] > 1 else np.zeros(len(probs))
+    below = p1 < policy.threshold_vector()[top]
+    reasons = [
+        "low_confidence" if lo else "ambiguous" if amb else "below_class_threshold" if b else ""
+        for lo, amb, b in zip(p1 < policy.prob_floor, (p1 - p2) < policy.margin, below, strict=True)
+    ]
+    return top, reasons

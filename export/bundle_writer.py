@@ -1,0 +1,117 @@
+"""Write a signed bundle folder (and optionally its tar) atomically; add engines to one.
+
+The format and the checks belong to ``lineqc.edge.bundle``; this module only assembles files
+and hands them to ``seal``. A failed write leaves no bundle and an existing one untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from lineqc.edge.bundle import MANIFEST, load_bundle, pack_tar, seal
+
+from .errors import ExportError
+
+MODEL_FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}
+
+
+def engine_file_name(precision: str, tensorrt_version: str, compute_capability: str) -> str:
+    """e.g. model.int8.trt10.3.0.sm87.engine: an engine only runs where both match."""
+    if not re.fullmatch(r"\d+(\.\d+)*", tensorrt_version):
+        raise ExportError(f"TensorRT version {tensorrt_version!r} is not dotted integers")
+    if not re.fullmatch(r"\d+\.\d+", compute_capability):
+        raise ExportError(f"compute capability {compute_capability!r} is not MAJOR.MINOR")
+    return f"model.{precision}.trt{tensorrt_version}.sm{compute_capability.replace('.', '')}.engine"
+
+
+def tar_path_of(bundle: Path) -> Path:
+    return bundle.with_name(bundle.name + ".tar")
+
+
+def write_bundle(
+    out: Path,
+    models: Mapping[str, Path],
+    manifest: dict[str, Any],
+    key: Ed25519PrivateKey,
+    tar: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Copy the model files into ``out``, seal it; returns the signed manifest."""
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: already exists (use --overwrite to replace it)")
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        doc = dict(manifest)
+        doc["models"] = {p: dict(doc["models"][p], file=MODEL_FILES[p]) for p in models}
+        for precision, src in models.items():
+            shutil.copyfile(src, partial / MODEL_FILES[precision])
+        signed = seal(partial, doc, key)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if tar:
+        pack_tar(out, tar_path_of(out))
+    return signed
+
+
+def add_engine(
+    bundle: Path,
+    engine: Path,
+    record: dict[str, Any],
+    key: Ed25519PrivateKey,
+    pubkey: Ed25519PublicKey,
+) -> dict[str, Any]:
+    """Move a built engine into a verified bundle folder and re-sign its manifest.
+
+    ``record`` names the engine's file, TensorRT version, compute capability and precision;
+    an engine for the same TensorRT version and GPU replaces the earlier one.
+    """
+    current = load_bundle(bundle, pubkey)  # never re-sign a bundle that fails verification
+    manifest = dict(current.manifest)
+    same = (record["tensorrt_version"], record["compute_capability"], record["precision"])
+    kept = []
+    for e in manifest.get("engines", []):
+        if (e["tensorrt_version"], e["compute_capability"], e["precision"]) == same:
+            (bundle / e["file"]).unlink(missing_ok=True)
+        else:
+            kept.append(e)
+    os.replace(engine, bundle / record["file"])
+    manifest["engines"] = [*kept, record]
+    manifest.pop("files", None)
+    signed = seal(bundle, manifest, key)
+    if tar_path_of(bundle).exists():
+        pack_tar(bundle, tar_path_of(bundle))
+    return signed
+
+
+def read_manifest_unverified(bundle: Path) -> dict[str, Any]:
+    """The manifest as it stands, for `bundle info` (verification is `bundle verify`)."""
+    try:
+        if bundle.is_file():
+            with tarfile.open(bundle) as tar:
+                member = tar.extractfile(MANIFEST)
+                if member is None:
+                    raise KeyError(MANIFEST)
+                data = member.read()
+        else:
+            data = (bundle / MANIFEST).read_bytes()
+        doc = json.loads(data)
+    except (OSError, KeyError, tarfile.TarError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{bundle}: no readable {MANIFEST} ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ExportError(f"{bundle}: {MANIFEST} is not a JSON object")
+    return doc

@@ -1,0 +1,238 @@
+"""`lineqc export RUN_DIR`: training run -> ONNX -> INT8 (gated) -> thresholds -> signed bundle."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lineqc import __version__
+from lineqc.datasets.manifest import DatasetError, load, manifest_hash
+from lineqc.edge.signing import load_private_key
+from lineqc.train import checkpoint
+
+from . import bundle_writer, calibration_set, data, latency, onnx_export, quantize, runtime
+from .errors import ExportError, GateFailed
+from .gate import GateLimits, GateResult, run_gate
+from .thresholds import choose_policy
+
+SENSITIVITY_IMAGES = 64  # enough to rank layers; the gate itself runs on the whole split
+
+
+@dataclass
+class ExportOptions:
+    calib_size: int = 256
+    calib_seed: int = 0
+    calib_method: str = "minmax"
+    gate: bool = True
+    limits: GateLimits = field(default_factory=GateLimits)
+    keep_sensitive: int = 0  # on a failing gate: up to this many layers kept in FP32, retried
+    target_precision: float = 0.95
+    review_share: float = 0.05
+    opset: int = onnx_export.OPSET
+    parity_tolerance: float = onnx_export.PARITY_TOLERANCE
+    parity_images: int = 64
+    threads: int = 2
+    latency_reps: int = 200
+    model_version: str | None = None
+    tar: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class ExportResult:
+    manifest: dict[str, Any]
+    gate: GateResult | None
+
+
+def log(message: str) -> None:
+    print(f"export: {message}", file=sys.stderr, flush=True)
+
+
+def export_run(
+    run_dir: Path, dataset: Path, out: Path, key_path: Path, options: ExportOptions
+) -> ExportResult:
+    key = load_private_key(key_path)  # fail on a bad key before minutes of work
+    if out.exists() and not options.overwrite:
+        raise ExportError(f"{out}: already exists (use --overwrite to replace it)")
+    model, meta = checkpoint.load_model(run_dir)
+    spec = checkpoint.spec_of(meta)
+    classes, ok_class = list(meta["classes"]), str(meta["ok_class"])
+    temperature = float(meta.get("temperature") or 1.0)
+    if not meta.get("temperature"):
+        log(f"{run_dir} has no fitted temperature; using 1.0")
+    manifest = load(dataset)
+    if not manifest.records:
+        raise DatasetError(f"{dataset}: no manifest.json or no images (not a lineqc dataset?)")
+    dataset_hash = manifest_hash(dataset)
+    if meta.get("dataset_manifest_hash") not in (None, dataset_hash):
+        log(f"{dataset} is not the dataset the run was trained on (manifest hashes differ)")
+
+    val = data.split_inputs(dataset, manifest, "val", meta, spec)
+    train_records = [r for r in manifest.in_split("train") if r.label is not None]
+    calib_records = calibration_set.calibration_records(
+        train_records, options.calib_size, options.calib_seed
+    )
+    with tempfile.TemporaryDirectory(prefix="lineqc-export-") as tmp:
+        work = Path(tmp)
+        fp32_path = work / "model.fp32.onnx"
+        log(f"ONNX (opset {options.opset}) of {meta['model']}")
+        onnx_export.export_onnx(model, spec, fp32_path, options.opset)
+        parity = onnx_export.check_parity(
+            model,
+            fp32_path,
+            val.inputs[: options.parity_images],
+            temperature,
+            options.parity_tolerance,
+            options.threads,
+        )
+        log(f"parity on {parity.n_images} val images: max |dp| {parity.max_abs_prob_diff:.1e}")
+
+        log(f"INT8: {options.calib_method} calibration on {len(calib_records)} train images")
+        calib_inputs = data.load_inputs(dataset, calib_records, spec, "load calibration")
+        cal = quantize.calibrate(fp32_path, work / "quant", calib_inputs, options.calib_method)
+        int8_path = quantize.quantize(cal, work / "model.int8.onnx")
+
+        fp32_logits = runtime.logits(runtime.session(fp32_path, options.threads), val.inputs)
+        ok_index = classes.index(ok_class)
+
+        def gate_of(keep: list[str]) -> GateResult:
+            int8_logits = runtime.logits(runtime.session(int8_path, options.threads), val.inputs)
+            result = run_gate(
+                fp32_logits,
+                int8_logits,
+                val.labels,
+                classes,
+                ok_index,
+                temperature,
+                options.limits,
+            )
+            result.kept_fp32 = keep
+            return result
+
+        gate: GateResult | None = None
+        if options.gate:
+            gate = gate_of([])
+            if not gate.passed and options.keep_sensitive > 0:
+                gate = _retry_with_fp32_layers(
+                    cal, int8_path, val.inputs, fp32_logits, gate_of, work, options
+                )
+            if not gate.passed:
+                raise GateFailed(gate)
+
+        log(f"latency on this CPU ({options.threads} threads, batch 1)")
+        lat = latency.measure(
+            {
+                p: latency.onnx_runner(m, spec, options.threads)
+                for p, m in (("fp32", fp32_path), ("int8", int8_path))
+            },
+            reps=options.latency_reps,
+        )
+        eligible = ["fp32"] + (["int8"] if gate is not None and gate.passed else [])
+        default = min(eligible, key=lambda p: lat[p]["p50"])
+        if gate is not None:
+            gate.latency_ms = {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()}
+
+        default_logits = (
+            fp32_logits
+            if default == "fp32"
+            else runtime.logits(runtime.session(int8_path, options.threads), val.inputs)
+        )
+        policy, decision_report = choose_policy(
+            default_logits,
+            val.labels,
+            classes,
+            ok_class,
+            temperature,
+            options.target_precision,
+            options.review_share,
+        )
+        doc = {
+            "model": {
+                "name": meta["model"],
+                "version": options.model_version or time.strftime("%Y%m%d.%H%M%S", time.gmtime()),
+                "run_id": meta.get("run_id"),
+                "epoch": meta.get("epoch"),
+            },
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_by": f"lineqc {__version__}",
+            "classes": classes,
+            "ok_class": ok_class,
+            "input": {
+                "name": runtime.INPUT_NAME,
+                "layout": "NCHW",
+                "dtype": "float32",
+                "channels": spec.channels,
+                "height": spec.height,
+                "width": spec.width,
+            },
+            "output": {"name": runtime.OUTPUT_NAME, "kind": "logits", "classes": len(classes)},
+            "preprocess": spec.to_json(),
+            "decision": policy.to_json(),
+            "dataset": {
+                "manifest_hash": dataset_hash,
+                "training_manifest_hash": meta.get("dataset_manifest_hash"),
+            },
+            "models": {
+                "fp32": {"opset": options.opset},
+                "int8": {
+                    "opset": options.opset,
+                    "quantization": "explicit Q/DQ; weights int8 per-channel symmetric, "
+                    "activations int8 symmetric",
+                    "calibration": {
+                        "method": options.calib_method,
+                        "images": len(calib_records),
+                        "seed": options.calib_seed,
+                        "split": "train",
+                        "strata": "label x session",
+                    },
+                    "kept_fp32": gate.kept_fp32 if gate else [],
+                    "qdq_nodes": quantize.qdq_counts(int8_path),
+                    "gate_passed": bool(gate and gate.passed),
+                },
+            },
+            "default_precision": default,
+            "engines": [],
+            "evaluation": {
+                "parity": vars(parity),
+                "gate": gate.to_json() if gate else None,
+                "decision_on_val": decision_report,
+                "training_test_metrics": meta.get("test_metrics"),
+            },
+            "latency_ms": {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()},
+            "latency_environment": latency.environment(options.threads),
+        }
+        signed = bundle_writer.write_bundle(
+            out, {"fp32": fp32_path, "int8": int8_path}, doc, key, options.tar, options.overwrite
+        )
+    log(f"signed bundle {out} (default precision {default})")
+    return ExportResult(signed, gate)
+
+
+def _retry_with_fp32_layers(
+    cal: quantize.Calibrated,
+    int8_path: Path,
+    val_inputs: np.ndarray,
+    fp32_logits: np.ndarray,
+    gate_of: Any,
+    work: Path,
+    options: ExportOptions,
+) -> GateResult:
+    """Keep the 1, 2, 4, ... most sensitive layers in FP32 until the gate passes."""
+    n = SENSITIVITY_IMAGES
+    log(f"gate failed; ranking {len(cal.weighted_nodes)} layers by INT8 sensitivity")
+    ranking = quantize.sensitivity(cal, val_inputs[:n], fp32_logits[:n], work, options.threads)
+    k, gate = 1, None
+    while True:
+        keep = [name for name, _ in ranking[:k]]
+        quantize.quantize(cal, int8_path, keep_fp32=keep)
+        gate = gate_of(keep)
+        log(f"  {k} layer(s) in FP32: {'passed' if gate.passed else 'failed'}")
+        if gate.passed or k >= min(options.keep_sensitive, len(ranking)):
+            return gate
+        k = min(2 * k, options.keep_sensitive, len(ranking))

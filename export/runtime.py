@@ -1,0 +1,32 @@
+"""ONNX Runtime on this machine: sessions with a fixed thread count, batched logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers are noise here
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def logits(
+    sess: ort.InferenceSession, inputs: np.ndarray, batch_size: int = 32, desc: str = "infer"
+) -> np.ndarray:
+    """Logits (float32, N x classes) of preprocessed inputs, batch by batch."""
+    name = sess.get_inputs()[0].name
+    out = [
+        sess.run(None, {name: inputs[start : start + batch_size]})[0]
+        for start in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False)
+    ]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)

@@ -1,0 +1,89 @@
+"""Decision thresholds chosen on the validation split (applied by lineqc.edge.decision).
+
+* Per-class thresholds: the lowest calibrated probability at which deciding a class (as the
+  top class) still meets the target precision on validation; None when no threshold does
+  (the device then sends that class to review).
+* The uncertainty band: a probability floor and a top-two margin that together route at most
+  ``review_share`` of validation frames to review, both cut at the same rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lineqc.edge.decision import DecisionPolicy, softmax, uncertain_mask
+from lineqc.train.metrics import recall_at_precision
+
+
+def class_thresholds(
+    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], target_precision: float
+) -> dict[str, float | None]:
+    top = probs.argmax(axis=1)
+    out: dict[str, float | None] = {}
+    for i, name in enumerate(classes):
+        decided = top == i
+        # Among frames whose top class is i, the score threshold with the highest recall
+        # whose precision is still >= target (training's metric function).
+        _, threshold = recall_at_precision(
+            labels[decided] == i, probs[decided, i], target_precision
+        )
+        out[name] = threshold
+    return out
+
+
+def uncertainty_band(probs: np.ndarray, review_share: float) -> tuple[float, float]:
+    """(floor, margin): frames with top probability < floor or top-two margin < margin.
+
+    Both cut at the j-th smallest value, j as large as possible while the union of the two
+    stays within ``review_share`` of the frames. Ties at a cut route fewer, never more.
+    """
+    if not 0 <= review_share < 1:
+        raise ValueError(f"review share must lie in [0, 1), not {review_share}")
+    ordered = np.sort(probs, axis=1)
+    p1 = ordered[:, -1]
+    margin = p1 - ordered[:, -2] if probs.shape[1] > 1 else p1
+    budget = int(np.floor(review_share * len(probs) + 1e-9))
+    floors, margins = np.sort(p1), np.sort(margin)
+    best = (0.0, 0.0)
+    for j in range(min(budget, len(probs) - 1) + 1):
+        floor, band = float(floors[j]), float(margins[j])
+        if int(((p1 < floor) | (margin < band)).sum()) > budget:
+            break
+        best = (floor, band)
+    return best
+
+
+def choose_policy(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    ok_class: str,
+    temperature: float,
+    target_precision: float = 0.95,
+    review_share: float = 0.05,
+) -> tuple[DecisionPolicy, dict[str, Any]]:
+    """The bundle's decision policy and a report of what it does on validation."""
+    probs = softmax(logits, temperature)
+    floor, margin = uncertainty_band(probs, review_share)
+    policy = DecisionPolicy(
+        classes=tuple(classes),
+        ok_class=ok_class,
+        temperature=float(temperature),
+        prob_floor=floor,
+        margin=margin,
+        thresholds=class_thresholds(probs, labels, classes, target_precision),
+    )
+    routed = uncertain_mask(probs, policy)
+    band_only = DecisionPolicy(tuple(classes), ok_class, float(temperature), floor, margin)
+    report = {
+        "target_precision": target_precision,
+        "review_share_target": review_share,
+        "review_share_band_val": float(uncertain_mask(probs, band_only).mean()),
+        "review_share_val": float(routed.mean()),
+        "unreachable_classes": [c for c, t in policy.thresholds.items() if t is None],
+        "n_val": len(labels),
+    }
+    return policy, report
