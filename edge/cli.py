@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,109 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging(verbose: bool) -> None:
+    import logging
+    import sys
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{args.file}: {line}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: OK (device {cfg.device.id}, camera {cfg.camera.source}, "
+        f"topics {cfg.topic_root}/...)"
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .config import SCHEMA_FILE, schema_text
+
+    text = schema_text()
+    if args.write:
+        target = args.out or SCHEMA_FILE
+        Path(target).write_text(text)
+        print(f"wrote {target}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runtime import Runtime, latency_table
+
+    _setup_logging(args.verbose)
+    cfg = load_config(args.config)
+    broker = None
+    if args.private_broker:
+        from .broker import Mosquitto
+
+        broker = Mosquitto().start()
+        print(f"private mosquitto on 127.0.0.1:{broker.port}", flush=True)
+        mqtt = cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": broker.port, "tls": None})
+        cfg = cfg.model_copy(update={"mqtt": mqtt})
+    try:
+        runtime = Runtime(cfg, max_frames=args.max_frames)
+        runtime.install_signal_handlers()
+        summary = runtime.run()
+    finally:
+        if broker is not None:
+            broker.stop()
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(
+            f"{summary['frames']} frames in {summary['elapsed_s']:.1f} s "
+            f"({summary['fps']:.1f} fps), "
+            f"{summary['ended']}; model {summary['model_version']} on {summary['backend']}"
+        )
+        print(
+            "decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["decisions"].items()))
+        )
+        cap = summary["capture"]
+        print(
+            f"capture: {cap['frames']} frames, {cap['drops']} dropped, {cap['reopens']} reopen(s)"
+        )
+        box = summary["outbox"]
+        print(
+            f"outbox: {box['left']} message(s) left"
+            + (" (all delivered)" if box["flushed"] else " (delivered at the next start)")
+        )
+        print(latency_table(summary["latency_ms"]))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_report, run_bench
+
+    report = run_bench(
+        args.bundle,
+        str(args.source),
+        frames=args.frames,
+        precision=args.precision,
+        threads=args.threads,
+        pubkey=args.pubkey,
+        broker=args.broker,
+        baseline=not args.no_baseline,
+        baseline_frames=args.baseline_frames,
+    )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("info", help="this device's runtime and available inference backends")
@@ -86,3 +190,37 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("check-config", help="validate a device config; every error with its key")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("schema", help="print (or --write) the device config's JSON Schema")
+    p.add_argument("--write", action="store_true", help="write firmware_config/device.schema.json")
+    p.add_argument("--out", type=Path, help="with --write: another file")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("run", help="run the inspection pipeline of a device config")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--private-broker",
+        action="store_true",
+        help="start a Mosquitto on a free loopback port and publish there (demo)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="latency and throughput on frames replayed from memory")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--source", required=True, help="image folder, glob, dataset://... or video")
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--precision", choices=("int8", "fp32"), default="int8")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pubkey", type=Path, help="verify the bundle's signature first")
+    p.add_argument("--broker", default="auto", help="auto (private mosquitto), none, or HOST:PORT")
+    p.add_argument("--no-baseline", action="store_true", help="skip the PyTorch eager loop")
+    p.add_argument("--baseline-frames", type=int, help="frames for the baseline (default 200)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,104 @@
+"""Inference backends behind one small interface: ONNX Runtime everywhere, TensorRT on Jetson.
+
+A backend takes one preprocessed input (1, C, H, W) float32 and returns its logits
+(1, classes) float32. ``open_backend`` picks one: ``auto`` means TensorRT where the
+``tensorrt`` module and a GPU exist, else ONNX Runtime. The TensorRT implementation lives in
+``backend_tensorrt`` and is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lineqc.errors import LineqcError
+
+from .bundle import Bundle
+
+
+class BackendError(LineqcError):
+    """A backend that cannot be used here; the message says why."""
+
+
+class Backend(Protocol):
+    name: str
+    model_path: Path
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """(1, C, H, W) float32 -> (1, classes) float32 logits."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, threads: int = 2) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from None
+        self.model_path = Path(model_path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.input_shape = tuple(self.session.get_inputs()[0].shape)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        del self.session
+
+
+def tensorrt_available() -> bool:
+    return (
+        importlib.util.find_spec("tensorrt") is not None
+        and importlib.util.find_spec("pycuda") is not None
+    )
+
+
+def available_backends() -> list[str]:
+    names = []
+    if importlib.util.find_spec("onnxruntime") is not None:
+        names.append("onnxruntime")
+    if tensorrt_available():
+        names.append("tensorrt")
+    return names
+
+
+def open_backend(
+    bundle: Bundle,
+    kind: str = "auto",
+    threads: int = 2,
+    precision: str | None = None,
+    engine_cache: Path | None = None,
+) -> Backend:
+    """The backend for a verified bundle's model of ``precision`` (default: the bundle's)."""
+    if kind not in ("auto", "tensorrt", "onnxruntime"):
+        raise BackendError(f"unknown backend {kind!r} (auto, tensorrt, onnxruntime)")
+    if kind == "tensorrt" or (kind == "auto" and tensorrt_available()):
+        if not tensorrt_available():
+            raise BackendError(
+                "backend tensorrt: the tensorrt and pycuda modules are not installed"
+            )
+        from .backend_tensorrt import TensorRTBackend
+
+        return TensorRTBackend.from_bundle(bundle, precision, engine_cache)
+    return OnnxRuntimeBackend(bundle.model_path(precision), threads)

@@ -1,0 +1,313 @@
+"""The device configuration: one YAML file per device, validated into typed settings.
+
+Every key is checked (unknown keys are errors), files the device needs must exist (relative
+paths are resolved against the config file's folder), and every error names its key path:
+``mqtt.tls.ca_file: file not found (/etc/lineqc/ca.pem)``. The JSON Schema generated from
+these models is committed as ``firmware_config/device.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic import model_validator as _model_validator
+
+from lineqc.errors import LineqcError
+
+CONFIG_VERSION = 1
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "firmware_config" / "device.schema.json"
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe inside an MQTT topic level and a file name
+
+
+class ConfigError(LineqcError):
+    """A device config that cannot be used; the message lists every error with its key path."""
+
+    def __init__(self, path: Path | str, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__(f"{path}: {len(errors)} error(s)\n  " + "\n  ".join(errors))
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base")
+    value = Path(value).expanduser()
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    value = _resolve(value, info)
+    if (info.context or {}).get("check_files", True) and not value.is_file():
+        raise ValueError(f"file not found ({value})")
+    return value
+
+
+def _existing_path(value: Path, info: ValidationInfo) -> Path:
+    value = _resolve(value, info)
+    if (info.context or {}).get("check_files", True) and not value.exists():
+        raise ValueError(f"file or folder not found ({value})")
+    return value
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+ExistingPath = Annotated[Path, AfterValidator(_existing_path)]
+LocalPath = Annotated[Path, AfterValidator(_resolve)]
+Ident = Annotated[str, Field(pattern=_ID)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceIds(_Strict):
+    id: Ident = Field(description="device id, unique in the plant; part of every topic")
+    site: Ident
+    line: Ident
+
+
+class CameraConfig(_Strict):
+    id: Ident = Field(default="cam0", description="camera id stamped on every frame")
+    source: str = Field(
+        description=(
+            "csi://N (GStreamer nvarguscamerasrc), /dev/videoN or v4l2://N, rtsp://..., a video "
+            "file, an image folder, a glob of images, or dataset://FOLDER?session=S&split=S"
+        ),
+        min_length=1,
+    )
+    width: int | None = Field(default=None, gt=0, description="requested capture width")
+    height: int | None = Field(default=None, gt=0)
+    fps: float = Field(
+        default=0.0,
+        ge=0,
+        description="camera: requested rate; replay: pace (0 = as fast as inference takes them)",
+    )
+    gstreamer_pipeline: str | None = Field(
+        default=None, description="a full GStreamer pipeline ending in appsink (overrides URI)"
+    )
+    exposure: float | None = Field(default=None, description="V4L2 exposure (camera units)")
+    gain: float | None = None
+    frame_timeout_s: float = Field(default=2.0, gt=0, description="no frame this long: reopen")
+    stale_frames: int = Field(
+        default=30, ge=0, description="identical consecutive frames before reopen (0 = off)"
+    )
+    reopen_min_s: float = Field(default=0.5, gt=0)
+    reopen_max_s: float = Field(default=30.0, gt=0)
+    loop: bool = Field(default=False, description="replay: start again at the end")
+    preload: bool = Field(default=False, description="replay: decode every frame into memory")
+
+    @field_validator("source")
+    @classmethod
+    def _local_source(cls, value: str, info: ValidationInfo) -> str:
+        """A file, folder or glob source is resolved against the config's folder and checked."""
+        if "://" in value and not value.startswith(("file://", "dataset://")):
+            return value  # a camera or stream: opened (and retried) at run time
+        if value.startswith("/dev/"):
+            return value
+        scheme = "dataset://" if value.startswith("dataset://") else ""
+        rest = value.removeprefix("dataset://").removeprefix("file://")
+        folder, sep, query = rest.partition("?") if scheme else (rest, "", "")
+        path = _resolve(Path(folder), info)
+        check = (info.context or {}).get("check_files", True)
+        if check and not any(c in folder for c in "*?[") and not path.exists():
+            raise ValueError(f"file or folder not found ({path})")
+        if check and scheme and not (path / "manifest.json").is_file():
+            raise ValueError(f"no dataset manifest at {path / 'manifest.json'}")
+        return f"{scheme}{path}{sep}{query}"
+
+
+class ModelConfig(_Strict):
+    bundle: ExistingPath = Field(description="signed model bundle: folder or .tar")
+    public_key: ExistingFile = Field(description="trusted Ed25519 public key (PREFIX.pub)")
+    precision: Literal["fp32", "int8"] | None = Field(
+        default=None, description="model precision (default: the bundle's default)"
+    )
+    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    threads: int = Field(default=2, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    engine_cache: LocalPath | None = Field(
+        default=None, description="TensorRT: folder for engines built on this device"
+    )
+
+
+class DecisionOverrides(_Strict):
+    prob_floor: float | None = Field(default=None, ge=0, le=1)
+    margin: float | None = Field(default=None, ge=0, le=1)
+    thresholds: dict[str, float | None] = Field(
+        default_factory=dict, description="class -> minimum probability (null: always review)"
+    )
+    reject_uncertain: bool = Field(
+        default=False, description="also send uncertain frames to the actuator"
+    )
+
+
+class ActuatorConfig(_Strict):
+    kind: Literal["log", "none", "hook"] = "log"
+    hook: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="kind=hook: 'package.module:factory' returning an actuator (GPIO, PLC)",
+    )
+
+    @_model_validator(mode="after")
+    def _hook_needed(self) -> ActuatorConfig:
+        if self.kind == "hook" and not self.hook:
+            raise ValueError("kind 'hook' needs hook: 'package.module:factory'")
+        return self
+
+
+class TLSConfig(_Strict):
+    ca_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = Field(default=None, description="client certificate")
+    key_file: ExistingFile | None = None
+    insecure: bool = Field(default=False, description="skip host name check (testing only)")
+
+    @_model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MQTTConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = Field(default=None, description="default: lineqc-<device id>")
+    keepalive_s: int = Field(default=30, ge=5)
+    username: str | None = None
+    password: str | None = None
+    password_file: ExistingFile | None = Field(default=None, description="file with the password")
+    tls: TLSConfig | None = None
+    topic_prefix: str = Field(default="lineqc/v1", pattern=r"^[^#+\s]+[^/#+\s]$")
+    max_payload_bytes: int = Field(
+        default=256 * 1024,
+        ge=4096,
+        description="largest message sent (the broker's limit may lower it); bigger frames are "
+        "re-encoded smaller, or refused and reported",
+    )
+    publish_results: bool = Field(default=True, description="a small JSON per frame (QoS 1)")
+    max_inflight: int = Field(default=64, ge=1, le=1000)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @_model_validator(mode="after")
+    def _one_password(self) -> MQTTConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+
+class OutboxConfig(_Strict):
+    path: LocalPath = Field(description="SQLite file of the durable outbox")
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024, description="disk bound")
+
+
+class SamplingConfig(_Strict):
+    uncertain: bool = Field(default=True, description="send every uncertain frame for review")
+    audit_share: float = Field(
+        default=0.01, ge=0, le=1, description="share of confident frames sent as an audit"
+    )
+    audit_cap_per_hour: dict[str, int] = Field(
+        default_factory=dict, description="class -> most audit frames per hour (default below)"
+    )
+    default_audit_cap_per_hour: int = Field(default=60, ge=0)
+    max_per_minute: int = Field(
+        default=0, ge=0, description="rate limit on all samples (0 = none); refusals are counted"
+    )
+    jpeg_quality: int = Field(default=90, ge=10, le=100)
+    seed: int | None = None
+
+
+class TelemetryConfig(_Strict):
+    interval_s: float = Field(default=10.0, gt=0)
+    window: int = Field(default=2048, ge=16, description="latency samples kept per stage")
+
+
+class DeviceConfig(_Strict):
+    version: Literal[1] = Field(default=1, description="config format version")
+    device: DeviceIds
+    camera: CameraConfig
+    model: ModelConfig
+    decision: DecisionOverrides = DecisionOverrides()
+    actuator: ActuatorConfig = ActuatorConfig()
+    mqtt: MQTTConfig = MQTTConfig()
+    outbox: OutboxConfig
+    sampling: SamplingConfig = SamplingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    latency_budget_ms: float = Field(default=30.0, gt=0, description="capture to decision")
+    shutdown_flush_s: float = Field(
+        default=3.0, ge=0, description="on SIGTERM or end of replay: time to flush the outbox"
+    )
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"lineqc-{self.device.id}"
+
+    @property
+    def topic_root(self) -> str:
+        d = self.device
+        return f"{self.mqtt.topic_prefix}/{d.site}/{d.line}/{d.id}"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    return ".".join(parts) or "(top level)"
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        msg = re.sub(r"^(Value error|Assertion failed), ", "", err["msg"])
+        out.append(f"{_key_path(tuple(err['loc']))}: {msg}")
+    return out
+
+
+def parse_config(doc: Any, base: Path | None = None, check_files: bool = True) -> DeviceConfig:
+    """Validate a loaded YAML document; raises ConfigError listing every error."""
+    try:
+        return DeviceConfig.model_validate(doc, context={"base": base, "check_files": check_files})
+    except ValidationError as exc:
+        raise ConfigError(base or "config", format_errors(exc)) from None
+
+
+def load_config(path: Path | str, check_files: bool = True) -> DeviceConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(path, [f"(file): cannot read ({exc.strerror})"]) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"(file): not valid YAML ({exc})"]) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(path, ["(top level): expected a mapping of keys"])
+    try:
+        return DeviceConfig.model_validate(
+            doc, context={"base": path.resolve().parent, "check_files": check_files}
+        )
+    except ValidationError as exc:
+        raise ConfigError(path, format_errors(exc)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = DeviceConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://lineqc.example/firmware_config/device.schema.json"
+    schema["title"] = "lineqc device config"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

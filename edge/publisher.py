@@ -1,0 +1,321 @@
+"""MQTT publishing (paho-mqtt 2.x, MQTT 5) fed from the durable outbox.
+
+The inference thread hands messages to ``submit`` (a bounded in-memory hand-off that never
+blocks). One worker thread commits them to the outbox (one transaction per batch), publishes
+committed rows at QoS 1 while connected (review samples first, at most ``max_inflight`` at a
+time) and deletes a row when its PUBACK arrives (``on_publish``). paho reconnects with
+backoff; rows whose publish was cut by a disconnect are published again (duplicates only).
+
+The device status is retained, with a Last Will saying ``offline``; telemetry goes out at
+QoS 0 (latest wins). Commands arrive on ``<root>/cmd`` and are handed to the runtime.
+The broker's Maximum Packet Size (from CONNACK) lowers the configured payload limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from .config import DeviceConfig
+from .outbox import Outbox, OutMessage
+from .sampling import encode_sample
+from .wire import dumps, topic
+
+log = logging.getLogger("lineqc.edge.publisher")
+PACKET_OVERHEAD = 512  # fixed header, topic, properties: kept free below the packet limit
+HANDOFF_LIMIT = 4096  # messages waiting for the worker before new ones are counted as dropped
+RESEND_AFTER_S = 60.0  # an unacknowledged publish is sent again after this long
+
+
+@dataclass
+class PendingSample:
+    """A review sample whose JPEG is encoded by the worker, off the inference thread."""
+
+    doc: dict[str, Any]
+    frame: np.ndarray
+    quality: int
+
+
+def read_password(cfg: DeviceConfig) -> str | None:
+    if cfg.mqtt.password_file is not None:
+        return cfg.mqtt.password_file.read_text().strip()
+    return cfg.mqtt.password
+
+
+class Publisher:
+    def __init__(
+        self,
+        cfg: DeviceConfig,
+        outbox: Outbox,
+        on_command: Callable[[bytes], None] | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.on_command = on_command
+        self.status_fn = status
+        self.root = cfg.topic_root
+        self.connected = False
+        self.broker_max_packet: int | None = None
+        self.last_error: str | None = None
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._handoff: collections.deque[tuple[str, str | None, Any]] = collections.deque()
+        self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, sent at)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self.client = self._make_client()
+
+    # ---- paho --------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.cfg.mqtt
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.cfg.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(m.max_inflight)
+        password = read_password(self.cfg)
+        if m.username is not None or password is not None:
+            client.username_pw_set(m.username or "", password)
+        if m.tls is not None:
+            client.tls_set(
+                ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                keyfile=str(m.tls.key_file) if m.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(m.tls.insecure)
+        will = {"v": 1, "type": "status", "device": self.cfg.device.id, "ts": 0.0}
+        will["state"] = "offline"
+        client.will_set(topic(self.root, "status"), dumps(will), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            self.counters["connect_refused"] += 1
+            log.error("mqtt %s:%s: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.last_error)
+            return
+        self.broker_max_packet = getattr(props, "MaximumPacketSize", None) if props else None
+        self.connected = True
+        self.last_error = None
+        log.info("mqtt connected to %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
+        client.subscribe(topic(self.root, "cmd"), qos=1)
+        self.publish_status()
+        self._wake.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        if self.connected and self._accepting:
+            log.warning("mqtt disconnected: %s", reason)
+            self.counters["disconnects"] += 1
+        self.connected = False
+        if reason.is_failure and self.last_error is None:
+            self.last_error = f"disconnected: {reason}"
+        self._acks.append((-1, False))  # tells the worker to forget what was in flight
+        self._wake.set()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        self._acks.append((mid, not reason.is_failure))
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.on_command is not None:
+            self.on_command(bytes(msg.payload))
+
+    # ---- the public side -------------------------------------------------------------------
+
+    @property
+    def max_payload(self) -> int:
+        limit = self.cfg.mqtt.max_payload_bytes
+        if self.broker_max_packet:
+            limit = min(limit, int(self.broker_max_packet) - PACKET_OVERHEAD)
+        return max(limit, 256)
+
+    def start(self) -> None:
+        m = self.cfg.mqtt
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="lineqc-publisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, key: str | None, item: bytes | PendingSample) -> bool:
+        """Hand a result (bytes) or a sample to the worker; False (and counted) if refused."""
+        if not self._accepting or len(self._handoff) >= HANDOFF_LIMIT:
+            self.counters[f"handoff_dropped_{kind}"] += 1
+            return False
+        self._handoff.append((kind, key, item))
+        self._wake.set()
+        return True
+
+    def publish_direct(
+        self, kind: str, doc: dict[str, Any], qos: int = 0, retain: bool = False
+    ) -> None:
+        """Status and telemetry: not queued, sent only while connected (latest wins)."""
+        if self.connected:
+            self.client.publish(topic(self.root, kind), dumps(doc), qos=qos, retain=retain)
+
+    def publish_status(self) -> None:
+        if self.status_fn is not None:
+            self.publish_direct("status", self.status_fn(), qos=1, retain=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.outbox.stats(),
+            "inflight": len(self._inflight),
+            "waiting": len(self._handoff),
+            "connected": self.connected,
+        }
+
+    def stop(self, flush_s: float) -> bool:
+        """Stop taking messages, commit what was handed over, publish for up to ``flush_s``.
+
+        True when the outbox is empty at the end (everything acknowledged).
+        """
+        self._accepting = False
+        deadline = time.monotonic() + flush_s
+        while time.monotonic() < deadline:
+            if not self._handoff and self.outbox.depth == 0:
+                break
+            if not self.connected and not self._handoff and self.last_error:
+                time.sleep(0.05)
+            self._idle.clear()
+            self._wake.set()
+            self._idle.wait(0.05)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._commit_handoff()  # anything the worker did not get to
+        clean = self.outbox.depth == 0
+        if self.connected and self.status_fn is not None:
+            doc = self.status_fn()
+            doc["state"] = "stopped"
+            info = self.client.publish(topic(self.root, "status"), dumps(doc), qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=1.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return clean
+
+    # ---- the worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.1)
+            self._wake.clear()
+            try:
+                self._commit_handoff()
+                self._handle_acks()
+                self._publish_pending()
+            except Exception as exc:  # keep delivering; the error is reported
+                self.last_error = f"publisher: {exc}"
+                self.counters["publisher_errors"] += 1
+                log.exception("publisher worker")
+                time.sleep(0.2)
+            if not self._handoff and not self._acks:
+                self._idle.set()
+
+    def _commit_handoff(self) -> None:
+        batch: list[OutMessage] = []
+        while self._handoff and len(batch) < 512:
+            kind, key, item = self._handoff.popleft()
+            if isinstance(item, PendingSample):
+                payload, note = encode_sample(item.doc, item.frame, item.quality, self.max_payload)
+                if note:
+                    self.counters[note] += 1
+            else:
+                payload = item
+            batch.append(OutMessage(kind, topic(self.root, kind), payload, key))
+        if batch:
+            for row_id in self.outbox.add_many(batch):
+                if row_id < 0:
+                    self.counters["outbox_refused"] += 1
+            if self._handoff:
+                self._wake.set()
+
+    def _handle_acks(self) -> None:
+        done: list[int] = []
+        while self._acks:
+            mid, ok = self._acks.popleft()
+            if mid == -1:  # disconnected: whatever was in flight is sent again later
+                self._inflight.clear()
+                continue
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue
+            if ok:
+                done.append(entry[0])
+            else:
+                self.counters["publish_rejected"] += 1
+                self.last_error = "the broker rejected a publish (check its ACL)"
+        if done:
+            self.outbox.delete(done)
+            self.counters["delivered"] += len(done)
+
+    def _publish_pending(self) -> None:
+        now = time.monotonic()
+        for mid, (_row, sent) in list(self._inflight.items()):
+            if now - sent > RESEND_AFTER_S:
+                del self._inflight[mid]
+        room = self.cfg.mqtt.max_inflight - len(self._inflight)
+        if not self.connected or room <= 0 or self.outbox.depth == 0:
+            return
+        busy = [row for row, _ in self._inflight.values()]
+        for row in self.outbox.pending(room, exclude=busy):
+            payload = row.payload
+            if len(payload) > self.max_payload:
+                payload = self._shrink(row.id, row.kind, payload)
+            info = self.client.publish(row.topic, payload, qos=row.qos)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                break
+            self._inflight[info.mid] = (row.id, now)
+
+    def _shrink(self, row_id: int, kind: str, payload: bytes) -> bytes:
+        """A committed row over the (broker's) limit: drop its image, say so, keep the row."""
+        doc = json.loads(payload)
+        doc["image"] = None
+        doc["image_error"] = (
+            f"message of {len(payload)} bytes exceeds the broker's limit of {self.max_payload}"
+        )
+        self.counters["image_refused_oversized"] += 1
+        return dumps(doc)

@@ -1,0 +1,369 @@
+"""The pipeline: capture -> preprocess -> backend -> decision -> actuator, sampling, MQTT.
+
+One inference thread runs the per-frame hot path (numpy in, numpy out; no JSON for the
+model input). Capture, publishing (outbox, JPEG encoding) and MQTT networking run in their
+own threads. Commands from MQTT are applied between frames. SIGTERM or SIGINT (or the end
+of a replay) stops the loop; the publisher then flushes the outbox for up to
+``shutdown_flush_s`` and the process exits (undelivered messages stay in the outbox and go
+out at the next start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .actuator import RejectEvent, make_actuator
+from .backends import Backend, BackendError, open_backend
+from .bundle import Bundle, BundleError, load_bundle
+from .config import DecisionOverrides, DeviceConfig
+from .decision import DecisionPolicy, decide
+from .outbox import Outbox
+from .preprocess import preprocess
+from .publisher import PendingSample, Publisher
+from .sampling import Sampler
+from .sources import Capture, EndOfStream, Reader
+from .telemetry import Telemetry
+from .wire import (
+    ReloadBundle,
+    SetThresholds,
+    WireError,
+    command_reply,
+    dumps,
+    parse_command,
+    result_message,
+    sample_message,
+)
+
+log = logging.getLogger("lineqc.edge.runtime")
+
+
+def apply_overrides(
+    policy: DecisionPolicy,
+    prob_floor: float | None,
+    margin: float | None,
+    thresholds: dict[str, float | None] | None,
+) -> DecisionPolicy:
+    """The policy with some parameters replaced; raises ValueError for invalid ones."""
+    changes: dict[str, Any] = {}
+    if prob_floor is not None:
+        changes["prob_floor"] = prob_floor
+    if margin is not None:
+        changes["margin"] = margin
+    if thresholds:
+        changes["thresholds"] = {**policy.thresholds, **thresholds}
+    return dataclasses.replace(policy, **changes) if changes else policy
+
+
+def config_policy(bundle: Bundle, overrides: DecisionOverrides) -> DecisionPolicy:
+    try:
+        return apply_overrides(
+            bundle.policy, overrides.prob_floor, overrides.margin, overrides.thresholds
+        )
+    except ValueError as exc:
+        raise BundleError(f"decision overrides do not fit bundle {bundle.root}: {exc}") from None
+
+
+class Runtime:
+    def __init__(
+        self,
+        cfg: DeviceConfig,
+        max_frames: int | None = None,
+        bundle: Bundle | None = None,
+        reader_factory: Callable[[], Reader] | None = None,
+    ) -> None:
+        """``bundle``: already verified (default: load and verify the configured one)."""
+        self.cfg = cfg
+        self.max_frames = max_frames
+        self.bundle = bundle or load_bundle(cfg.model.bundle, cfg.model.public_key)
+        self.policy = config_policy(self.bundle, cfg.decision)
+        self.backend: Backend = self._open_backend(self.bundle)
+        self.spec = self.bundle.spec
+        self.run_id = f"{int(time.time() * 1000):x}"
+        self.telemetry = Telemetry(cfg.telemetry.window)
+        self.sampler = Sampler(cfg.sampling)
+        self.actuator = make_actuator(cfg.actuator)
+        self.commands: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.stop_event = threading.Event()
+        self.last_command: dict[str, Any] | None = None
+        self.counters: Counter[str] = Counter()
+        self.verdicts: Counter[str] = Counter()
+        self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes)
+        self.publisher = Publisher(cfg, self.outbox, self.commands.put, self.status)
+        self.capture = Capture(
+            cfg.camera, on_event=self._camera_event, reader_factory=reader_factory
+        )
+        self._status_dirty = threading.Event()
+        self.frames = 0
+        self.problems_seen: set[str] = set()
+
+    def _open_backend(self, bundle: Bundle) -> Backend:
+        m = self.cfg.model
+        return open_backend(bundle, m.backend, m.threads, m.precision, m.engine_cache)
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        out = []
+        cam = self.capture.stats()
+        if cam["state"] == "error":
+            out.append(f"camera {cam['id']}: {cam['detail']}")
+        if self.outbox.at_bound:
+            out.append(
+                f"outbox at its disk bound ({self.outbox.bytes} of {self.outbox.max_bytes} bytes); "
+                f"dropped so far: {self.outbox.counters()}"
+            )
+        if self.publisher.last_error:
+            out.append(f"mqtt: {self.publisher.last_error}")
+        if self.counters["over_budget_recent"]:
+            out.append(
+                f"{self.counters['over_budget_recent']} frame(s) over the latency budget of "
+                f"{self.cfg.latency_budget_ms:g} ms in the last interval"
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        problems = self.problems()
+        return {
+            "v": 1,
+            "type": "status",
+            "device": self.cfg.device.id,
+            "ts": round(time.time(), 3),
+            "state": "degraded" if problems else "online",
+            "model_version": self.bundle.version,
+            "camera": self.capture.stats(),
+            "outbox": self.outbox.stats(),
+            "problems": problems,
+            "last_command": self.last_command,
+        }
+
+    def _camera_event(self, state: str, detail: str) -> None:
+        self._status_dirty.set()
+
+    def telemetry_message(self) -> dict[str, Any]:
+        rep = self.telemetry.report()
+        drops = {"capture": self.capture.drops}
+        for key, n in self.publisher.counters.items():
+            if key.startswith("handoff_dropped"):
+                drops[key] = n
+        for key, n in self.outbox.counters().items():
+            drops[f"outbox_{key}"] = n
+        counters = {**self.sampler.counters, **self.publisher.counters, **self.counters}
+        counters.pop("over_budget_recent", None)
+        return {
+            "v": 1,
+            "type": "telemetry",
+            "device": self.cfg.device.id,
+            "ts": round(time.time(), 3),
+            "interval_s": rep["interval_s"],
+            "frames": rep["frames"],
+            "fps": rep["fps"],
+            "drops": drops,
+            "verdicts": rep["verdicts"],
+            "latency_ms": rep["latency_ms"],
+            "outbox": self.publisher.stats(),
+            "input": rep["input"],
+            "counters": {k: int(v) for k, v in counters.items()},
+        }
+
+    # ---- commands ----------------------------------------------------------------------------
+
+    def _handle_commands(self) -> None:
+        while True:
+            try:
+                payload = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            cmd_id: str | None = None
+            name: str | None = None
+            try:
+                cmd = parse_command(payload)
+                cmd_id, name = cmd.id, cmd.cmd
+                if isinstance(cmd, ReloadBundle):
+                    self._reload(cmd)
+                elif isinstance(cmd, SetThresholds):
+                    self.policy = apply_overrides(
+                        self.policy, cmd.prob_floor, cmd.margin, cmd.thresholds
+                    )
+                    log.info("decision policy changed by command: %s", self.policy.to_json())
+                error = None
+            except (WireError, BundleError, BackendError, ValueError) as exc:
+                error = str(exc)
+                self.counters["commands_refused"] += 1
+                log.warning("command refused: %s", error)
+            self.counters["commands"] += 1
+            now = time.time()
+            self.last_command = {"id": cmd_id, "cmd": name, "ok": error is None, "error": error}
+            reply = command_reply(self.cfg.device.id, now, cmd_id, name, error is None, error)
+            self.publisher.publish_direct("cmd/reply", reply, qos=1)
+            self._status_dirty.set()
+
+    def _reload(self, cmd: ReloadBundle) -> None:
+        path = Path(cmd.bundle) if cmd.bundle else self.cfg.model.bundle
+        bundle = load_bundle(
+            path, self.cfg.model.public_key, installed_version=self.bundle.version, force=cmd.force
+        )
+        policy = config_policy(bundle, self.cfg.decision)
+        backend = self._open_backend(bundle)
+        old = self.backend
+        self.bundle, self.policy, self.backend, self.spec = bundle, policy, backend, bundle.spec
+        old.close()
+        log.info("bundle reloaded: %s version %s", bundle.root, bundle.version)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> dict[str, Any]:
+        """Run until stopped or the replay ends; returns the summary."""
+        cfg = self.cfg
+        log.info(
+            "device %s: bundle %s (model %s, %s, %s), camera %s",
+            cfg.device.id,
+            self.bundle.root,
+            self.bundle.version,
+            self.backend.name,
+            self.backend.model_path.name,
+            cfg.camera.source,
+        )
+        self.publisher.start()
+        self.capture.start()
+        started = time.perf_counter()
+        next_report = time.monotonic() + cfg.telemetry.interval_s
+        ended = False
+        try:
+            while not self.stop_event.is_set():
+                self._handle_commands()
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + cfg.telemetry.interval_s
+                    self.publisher.publish_direct("telemetry", self.telemetry_message())
+                    self.publisher.publish_status()
+                    self.counters["over_budget_recent"] = 0
+                elif self._status_dirty.is_set():
+                    self._status_dirty.clear()
+                    self.publisher.publish_status()
+                try:
+                    frame = self.capture.get(timeout=0.1)
+                except EndOfStream:
+                    ended = True
+                    break
+                if frame is None:
+                    continue
+                self._process(frame)
+                if self.max_frames is not None and self.frames >= self.max_frames:
+                    break
+        finally:
+            elapsed = time.perf_counter() - started
+            self.capture.stop()
+            clean = self.publisher.stop(cfg.shutdown_flush_s)
+            self.outbox.close()
+        return self.summary(elapsed, ended, clean)
+
+    def _process(self, frame: Any) -> None:
+        t1 = time.perf_counter()
+        x = preprocess(frame.image, self.spec)[None]
+        t2 = time.perf_counter()
+        logits = self.backend.infer(x)
+        t3 = time.perf_counter()
+        d = decide(logits[0], self.policy)
+        t4 = time.perf_counter()
+        cfg = self.cfg
+        frame_id = f"{cfg.device.id}-{frame.camera}-{self.run_id}-{frame.seq:07d}"
+        if d.verdict == "defect" or (d.verdict == "uncertain" and cfg.decision.reject_uncertain):
+            self.actuator.reject(
+                RejectEvent(
+                    frame_id,
+                    frame.camera,
+                    frame.seq,
+                    frame.ts,
+                    d.verdict,
+                    d.label,
+                    d.confidence,
+                    d.reason,
+                )
+            )
+        why = self.sampler.choose(d)
+        latency = (t4 - frame.t_mono) * 1000
+        if cfg.mqtt.publish_results:
+            result = result_message(
+                frame_id=frame_id, device=cfg.device.id, camera=frame.camera, seq=frame.seq,
+                ts=frame.ts, model_version=self.bundle.version, verdict=d.verdict, label=d.label,
+                confidence=d.confidence, reason=d.reason, latency_ms=latency, sampled=why,
+            )  # fmt: skip
+            self.publisher.submit("result", frame_id, dumps(result))
+        if why is not None:
+            doc = sample_message(
+                why=why, frame_id=frame_id, device=cfg.device.id, site=cfg.device.site,
+                line=cfg.device.line, camera=frame.camera, seq=frame.seq, ts=frame.ts,
+                model_version=self.bundle.version, classes=list(self.policy.classes),
+                probabilities=list(d.probabilities), verdict=d.verdict, label=d.label,
+                confidence=d.confidence, reason=d.reason,
+            )  # fmt: skip
+            self.publisher.submit(
+                "sample", frame_id, PendingSample(doc, frame.image, cfg.sampling.jpeg_quality)
+            )
+        t5 = time.perf_counter()
+        tel = self.telemetry
+        tel.record(
+            {
+                "queue": (t1 - frame.t_mono) * 1000,
+                "preprocess": (t2 - t1) * 1000,
+                "infer": (t3 - t2) * 1000,
+                "decide": (t4 - t3) * 1000,
+                "publish": (t5 - t4) * 1000,
+                "capture_to_decision": latency,
+                "total": (t5 - frame.t_mono) * 1000,
+            }
+        )
+        tel.inputs[frame.camera].add(frame.image)
+        tel.frames += 1
+        tel.verdicts[d.verdict] += 1
+        self.verdicts[d.verdict] += 1
+        if d.verdict == "defect":
+            self.verdicts[f"defect:{d.label}"] += 1
+        if latency > cfg.latency_budget_ms:
+            self.counters["over_budget"] += 1
+            self.counters["over_budget_recent"] += 1
+        self.frames += 1
+
+    def summary(self, elapsed: float, ended: bool, clean: bool) -> dict[str, Any]:
+        return {
+            "device": self.cfg.device.id,
+            "model_version": self.bundle.version,
+            "backend": self.backend.name,
+            "frames": self.frames,
+            "elapsed_s": round(elapsed, 3),
+            "fps": round(self.frames / elapsed, 2) if elapsed > 0 else 0.0,
+            "ended": "replay finished" if ended else "stopped",
+            "decisions": dict(self.verdicts),
+            "latency_ms": self.telemetry.latency(),
+            "capture": self.capture.stats(),
+            "sampling": dict(self.sampler.counters),
+            "publisher": {k: int(v) for k, v in self.publisher.counters.items()},
+            "outbox": {
+                "left": self.outbox.depth,
+                "bytes": self.outbox.bytes,
+                "flushed": clean,
+            },
+        }
+
+
+def latency_table(latency: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'stage':<22}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"]
+    for stage, p in latency.items():
+        lines.append(f"{stage:<22}{p['p50']:>9.2f}{p['p95']:>9.2f}{p['p99']:>9.2f}{p['max']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,452 @@
+"""Frame sources chosen by URI, and the capture thread that feeds the pipeline.
+
+URIs: ``csi://N`` (Jetson CSI camera through GStreamer ``nvarguscamerasrc``), ``/dev/videoN``
+or ``v4l2://N`` (USB camera), ``rtsp://...`` (IP camera), a video file, an image folder, a
+glob of images, or ``dataset://FOLDER?session=S&split=S`` (rows of a lineqc dataset).
+
+The capture thread stamps every frame (camera id, sequence number, monotonic time) and keeps
+only the newest one: when inference falls behind, the older frame is dropped and counted.
+A replay without a pace (fps 0) waits for the pipeline instead, so it drops nothing. A source
+that fails, hangs (no frame within ``frame_timeout_s``) or repeats a stale frame is reported
+and reopened with exponential backoff; the end of a replay ends the stream cleanly.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import cv2
+import numpy as np
+
+from lineqc.errors import LineqcError
+
+from .config import CameraConfig
+
+log = logging.getLogger("lineqc.edge.sources")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".h264"}
+
+
+class SourceError(LineqcError):
+    """A source that cannot be opened or read; the message names it and the reason."""
+
+
+class EndOfStream(Exception):
+    """A replay source has delivered its last frame."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    camera: str
+    seq: int
+    t_mono: float  # time.perf_counter() at capture: latencies are measured from here
+    ts: float  # wall clock (Unix seconds) at capture
+    image: np.ndarray
+    origin: str | None = None  # replay: the file it came from
+
+
+# ---- readers ----------------------------------------------------------------------------------
+
+
+class Reader:
+    """One opened source. ``read`` returns a frame, None at the end of a replay, or raises."""
+
+    replay = False
+    name = "source"
+
+    def open(self) -> None:
+        """Open the device or file; raises SourceError."""
+
+    def read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device (may be called from another thread to unblock a read)."""
+
+
+def decode_image(data: bytes) -> np.ndarray | None:
+    """Bytes of an image file -> uint8 gray or BGR, decoded exactly as training decodes them."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None
+    if image.dtype == np.uint16:  # 16-bit: keep the high byte (as lineqc.datasets does)
+        image = (image // 256).astype(np.uint8)
+    if image.dtype != np.uint8:
+        return None
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+class ImageListReader(Reader):
+    replay = True
+
+    def __init__(self, name: str, paths: list[Path], loop: bool = False, preload: bool = False):
+        if not paths:
+            raise SourceError(f"{name}: no images")
+        self.name, self.paths, self.loop = name, paths, loop
+        self.frames: list[np.ndarray | None] | None = None
+        if preload:
+            self.frames = [self._load(p) for p in paths]
+        self.index = 0
+        self.bad = 0
+        self.origin: str | None = None
+
+    @staticmethod
+    def _load(path: Path) -> np.ndarray | None:
+        try:
+            return decode_image(path.read_bytes())
+        except OSError:
+            return None
+
+    def read(self) -> np.ndarray | None:
+        while True:
+            if self.index >= len(self.paths):
+                if not self.loop:
+                    return None
+                self.index = 0
+            i = self.index
+            self.index += 1
+            image = self.frames[i] if self.frames is not None else self._load(self.paths[i])
+            if image is None:
+                self.bad += 1
+                log.warning("%s: %s is not a readable image; skipped", self.name, self.paths[i])
+                continue
+            self.origin = str(self.paths[i])
+            return image
+
+
+class CaptureReader(Reader):
+    """OpenCV VideoCapture: cameras (V4L2, GStreamer, RTSP) and video files."""
+
+    def __init__(
+        self, name: str, target: str | int, api: int, replay: bool, cfg: CameraConfig
+    ) -> None:
+        self.name, self.target, self.api, self.replay, self.cfg = name, target, api, replay, cfg
+        self.cap: cv2.VideoCapture | None = None
+        self.loop = cfg.loop and replay
+
+    def open(self) -> None:
+        cap = cv2.VideoCapture(self.target, self.api)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.name}: cannot open")
+        if not self.replay:
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height),
+                (cv2.CAP_PROP_FPS, self.cfg.fps or None),
+                (cv2.CAP_PROP_EXPOSURE, self.cfg.exposure),
+                (cv2.CAP_PROP_GAIN, self.cfg.gain),
+            ):
+                if value is not None:
+                    cap.set(prop, float(value))
+        self.cap = cap
+
+    def read(self) -> np.ndarray | None:
+        cap = self.cap
+        if cap is None:
+            raise SourceError(f"{self.name}: not open")
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            if self.replay:
+                if self.loop:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    ok, frame = cap.read()
+                    if ok and frame is not None:
+                        return np.asarray(frame)
+                return None
+            raise SourceError(f"{self.name}: read failed (camera unplugged or stream lost?)")
+        return np.asarray(frame)
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+
+
+def csi_pipeline(sensor: int, cfg: CameraConfig) -> str:
+    w, h, fps = cfg.width or 1920, cfg.height or 1080, int(cfg.fps or 30)
+    return (
+        f"nvarguscamerasrc sensor-id={sensor} ! "
+        f"video/x-raw(memory:NVMM), width={w}, height={h}, framerate={fps}/1 ! "
+        "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
+        "appsink drop=true max-buffers=1 sync=false"
+    )
+
+
+def dataset_images(spec: str, base: Path | None) -> list[Path]:
+    """``FOLDER?session=S&split=S&label=L``: the image files of matching dataset rows."""
+    folder, _, query = spec.partition("?")
+    root = Path(folder).expanduser()
+    if not root.is_absolute() and base is not None:
+        root = base / root
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SourceError(f"dataset://{spec}: no readable manifest.json ({exc})") from None
+    filters = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(filters) - {"session", "split", "label", "source"}
+    if unknown:
+        raise SourceError(f"dataset://{spec}: unknown filter(s) {sorted(unknown)}")
+    rows = [
+        r for r in manifest.get("images", []) if all(str(r.get(k)) == v for k, v in filters.items())
+    ]
+    rows.sort(key=lambda r: (str(r.get("origin")), str(r.get("id"))))
+    return [root / r["path"] for r in rows]
+
+
+def open_reader(cfg: CameraConfig, base: Path | None = None) -> Reader:
+    """The reader for ``cfg.source`` (not opened yet)."""
+    uri = cfg.source
+    if cfg.gstreamer_pipeline:
+        return CaptureReader(
+            f"gstreamer:{cfg.id}", cfg.gstreamer_pipeline, cv2.CAP_GSTREAMER, False, cfg
+        )
+    if uri.startswith("csi://"):
+        sensor = _index(uri, "csi://")
+        return CaptureReader(uri, csi_pipeline(sensor, cfg), cv2.CAP_GSTREAMER, False, cfg)
+    if uri.startswith("v4l2://"):
+        return CaptureReader(uri, _index(uri, "v4l2://"), cv2.CAP_V4L2, False, cfg)
+    if uri.startswith("/dev/video"):
+        return CaptureReader(uri, uri, cv2.CAP_V4L2, False, cfg)
+    if uri.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        return CaptureReader(uri, uri, cv2.CAP_FFMPEG, False, cfg)
+    if uri.startswith("dataset://"):
+        paths = dataset_images(uri[len("dataset://") :], base)
+        return ImageListReader(uri, paths, cfg.loop, cfg.preload)
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if any(c in uri for c in "*?["):
+        paths = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
+        return ImageListReader(
+            uri, [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES], cfg.loop, cfg.preload
+        )
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return ImageListReader(str(path), paths, cfg.loop, cfg.preload)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return ImageListReader(str(path), [path], cfg.loop, cfg.preload)
+        return CaptureReader(str(path), str(path), cv2.CAP_ANY, True, cfg)
+    raise SourceError(f"{uri}: no such camera, file or folder")
+
+
+def _index(uri: str, prefix: str) -> int:
+    rest = uri[len(prefix) :]
+    if not rest.isdigit():
+        raise SourceError(f"{uri}: expected {prefix}N with a device number")
+    return int(rest)
+
+
+# ---- the capture thread -------------------------------------------------------------------
+
+
+def _fingerprint(image: np.ndarray) -> bytes:
+    step = max(1, min(image.shape[:2]) // 32)
+    return hashlib.blake2b(image[::step, ::step].tobytes(), digest_size=16).digest()
+
+
+class Capture:
+    """Runs a source in its own thread; ``get`` returns the newest frame."""
+
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        base: Path | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+        reader_factory: Callable[[], Reader] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.factory = reader_factory or (lambda: open_reader(cfg, base))
+        self.on_event = on_event or (lambda state, detail: None)
+        self.state = "starting"
+        self.detail = ""
+        self.drops = 0
+        self.reopens = 0
+        self.frames = 0
+        self.bad_frames = 0
+        self._slot: Frame | None = None
+        self._waiting = False  # the consumer is inside get(): a lockstep replay may deliver
+        self._cond = threading.Condition()
+        self._ended = False
+        self._stop = threading.Event()
+        self._seq = 0
+        self._generation = 0
+        self._reader: Reader | None = None
+        self._last_frame = time.monotonic()
+        self._replay = False
+        self._threads: list[threading.Thread] = []
+        self._watchdog: threading.Thread | None = None
+
+    # ---- consumer side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn()
+        self._watchdog = threading.Thread(
+            target=self._watch, name="lineqc-capture-watch", daemon=True
+        )
+        self._watchdog.start()
+
+    def get(self, timeout: float) -> Frame | None:
+        """The newest frame, or None after ``timeout``; raises EndOfStream after a replay."""
+        with self._cond:
+            if self._slot is None and not self._ended:
+                self._waiting = True
+                self._cond.notify_all()
+                self._cond.wait(timeout)
+                self._waiting = False
+            frame, self._slot = self._slot, None
+            if frame is None and self._ended:
+                raise EndOfStream
+            self._cond.notify_all()
+            return frame
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        reader = self._reader
+        if reader is not None:
+            reader.close()
+
+    @property
+    def is_replay(self) -> bool:
+        return self._replay
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "id": self.cfg.id,
+            "source": self.cfg.source,
+            "state": self.state,
+            "detail": self.detail,
+            "frames": self.frames,
+            "drops": self.drops,
+            "reopens": self.reopens,
+            "bad_frames": self.bad_frames,
+        }
+
+    # ---- producer side ----------------------------------------------------------------------
+
+    def _event(self, state: str, detail: str) -> None:
+        changed = (state, detail) != (self.state, self.detail)
+        self.state, self.detail = state, detail
+        if changed:
+            (log.info if state in ("ok", "ended") else log.warning)(
+                "camera %s: %s %s", self.cfg.id, state, detail
+            )
+            self.on_event(state, detail)
+
+    def _spawn(self) -> None:
+        self._generation += 1
+        t = threading.Thread(
+            target=self._run, args=(self._generation,), name="lineqc-capture", daemon=True
+        )
+        self._threads = [t]
+        self._last_frame = time.monotonic()
+        t.start()
+
+    def _watch(self) -> None:
+        """Reopen a source that hangs: no frame within frame_timeout_s while it is open."""
+        while not self._stop.wait(0.1):
+            waiting_on_us = self._replay and self.cfg.fps == 0  # lockstep: paced by us
+            if self.state != "ok" or waiting_on_us or self._ended:
+                self._last_frame = time.monotonic()
+                continue
+            if time.monotonic() - self._last_frame > self.cfg.frame_timeout_s:
+                self._event(
+                    "error", f"no frame for {self.cfg.frame_timeout_s:g} s (hung); reopening"
+                )
+                reader = self._reader
+                self._reader = None
+                if reader is not None:
+                    threading.Thread(target=reader.close, daemon=True).start()
+                self.reopens += 1
+                self._spawn()
+
+    def _run(self, generation: int) -> None:
+        backoff = self.cfg.reopen_min_s
+        reader: Reader | None = None
+        stale, last_print = 0, b""
+        next_due = time.perf_counter()
+        while not self._stop.is_set() and generation == self._generation:
+            if reader is None:
+                try:
+                    reader = self.factory()
+                    reader.open()
+                except (SourceError, cv2.error, OSError) as exc:
+                    reader = None
+                    self._event("error", f"{exc}; retry in {backoff:.1f} s")
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, self.cfg.reopen_max_s)
+                    continue
+                self._reader = reader
+                self._replay = reader.replay
+                self._event("ok", f"opened {reader.name}")
+                self._last_frame = time.monotonic()
+            try:
+                image = reader.read()
+            except (SourceError, cv2.error) as exc:
+                self._event("error", f"{exc}; reopening in {backoff:.1f} s")
+                reader.close()
+                reader = None
+                self.reopens += 1
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.cfg.reopen_max_s)
+                continue
+            if generation != self._generation:
+                return  # the watchdog gave up on this reader
+            if image is None:
+                self.bad_frames += getattr(reader, "bad", 0)
+                self._event("ended", "end of replay")
+                with self._cond:
+                    self._ended = True
+                    self._cond.notify_all()
+                return
+            self._last_frame = time.monotonic()
+            if self.cfg.stale_frames and not reader.replay:
+                fp = _fingerprint(image)
+                stale = stale + 1 if fp == last_print else 0
+                last_print = fp
+                if stale >= self.cfg.stale_frames:
+                    self._event("error", f"{stale} identical frames (stale source); reopening")
+                    reader.close()
+                    reader, stale = None, 0
+                    self.reopens += 1
+                    continue
+            backoff = self.cfg.reopen_min_s
+            if reader.replay and self.cfg.fps > 0:
+                next_due += 1.0 / self.cfg.fps
+                delay = next_due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    next_due = time.perf_counter()
+            self._put(
+                image, getattr(reader, "origin", None), lockstep=reader.replay and self.cfg.fps == 0
+            )
+
+    def _put(self, image: np.ndarray, origin: str | None, lockstep: bool) -> None:
+        frame = Frame(self.cfg.id, self._seq, time.perf_counter(), time.time(), image, origin)
+        self._seq += 1
+        self.frames += 1
+        with self._cond:
+            if lockstep:  # a triggered camera: capture when the pipeline asks for a frame
+                while (self._slot is not None or not self._waiting) and not self._stop.is_set():
+                    self._cond.wait(0.1)
+                frame = Frame(frame.camera, frame.seq, time.perf_counter(), frame.ts, image, origin)
+            elif self._slot is not None:
+                self.drops += 1
+            self._slot = frame
+            self._cond.notify_all()

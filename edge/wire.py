@@ -1,0 +1,310 @@
+"""The MQTT wire format, version 1: topics, message builders and parsers (see WIRE.md).
+
+One definition for both sides: the device builds its messages with the ``*_message``
+functions (plain dicts, cheap on the hot path) and every reader (the review collector,
+tests, tools) parses them with ``parse_message``, which validates against the pydantic
+models below. Every message is one UTF-8 JSON object carrying ``"v": 1`` and ``"type"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from lineqc.errors import LineqcError
+
+WIRE_VERSION = 1
+KINDS = ("result", "sample", "status", "telemetry", "cmd", "cmd/reply")
+
+
+class WireError(LineqcError):
+    """A message that is not valid wire format v1; the message says what is wrong."""
+
+
+def topic(root: str, kind: str) -> str:
+    """``<prefix>/<site>/<line>/<device>/<kind>``; root is DeviceConfig.topic_root."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown topic kind {kind!r}")
+    return f"{root}/{kind}"
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+# ---- models (the definition readers validate against) -------------------------------------
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)  # newer minor fields are ignored
+    v: Literal[1]
+
+
+class Result(_Msg):
+    type: Literal["result"]
+    frame_id: str
+    device: str
+    camera: str
+    seq: int
+    ts: float = Field(description="capture time, Unix seconds")
+    model_version: str
+    verdict: Literal["ok", "defect", "uncertain"]
+    label: str
+    confidence: float
+    reason: str | None = None
+    latency_ms: float
+    sampled: Literal["uncertain", "audit"] | None = None
+
+
+class SampleImage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    format: Literal["jpeg"]
+    encoding: Literal["base64"]
+    width: int
+    height: int
+    quality: int
+    scale: float = Field(description="1.0, or the factor the frame was shrunk by to fit")
+    data: str
+
+    def jpeg_bytes(self) -> bytes:
+        return base64.b64decode(self.data)
+
+
+class Sample(_Msg):
+    type: Literal["sample"]
+    why: Literal["uncertain", "audit"]
+    frame_id: str
+    device: str
+    site: str
+    line: str
+    camera: str
+    seq: int
+    ts: float
+    model_version: str
+    classes: list[str]
+    probabilities: list[float]
+    verdict: Literal["ok", "defect", "uncertain"]
+    label: str
+    confidence: float
+    reason: str | None = None
+    image: SampleImage | None = None
+    image_error: str | None = Field(
+        default=None, description="why the image is missing (e.g. too large even re-encoded)"
+    )
+
+
+class Status(_Msg):
+    type: Literal["status"]
+    device: str
+    ts: float
+    state: Literal["starting", "online", "degraded", "offline", "stopped"]
+    model_version: str | None = None
+    camera: dict[str, Any] = Field(default_factory=dict)
+    outbox: dict[str, Any] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+    last_command: dict[str, Any] | None = None
+
+
+class Telemetry(_Msg):
+    type: Literal["telemetry"]
+    device: str
+    ts: float
+    interval_s: float
+    frames: int
+    fps: float
+    drops: dict[str, int]
+    verdicts: dict[str, int]
+    latency_ms: dict[str, dict[str, float]]
+    outbox: dict[str, Any]
+    input: dict[str, dict[str, float]]
+    counters: dict[str, int] = Field(default_factory=dict)
+
+
+class ReloadBundle(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1]
+    cmd: Literal["reload_bundle"]
+    id: str | None = None
+    bundle: str | None = Field(default=None, description="default: the configured bundle path")
+    force: bool = False
+
+
+class SetThresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1]
+    cmd: Literal["set_thresholds"]
+    id: str | None = None
+    prob_floor: float | None = Field(default=None, ge=0, le=1)
+    margin: float | None = Field(default=None, ge=0, le=1)
+    thresholds: dict[str, float | None] | None = None
+
+
+class StatusRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1]
+    cmd: Literal["status"]
+    id: str | None = None
+
+
+Command = Annotated[ReloadBundle | SetThresholds | StatusRequest, Field(discriminator="cmd")]
+_COMMAND = TypeAdapter(Command)
+
+
+class CommandReply(_Msg):
+    type: Literal["command_reply"]
+    device: str
+    ts: float
+    id: str | None
+    cmd: str | None
+    ok: bool
+    error: str | None = None
+
+
+Message = Annotated[
+    Result | Sample | Status | Telemetry | CommandReply, Field(discriminator="type")
+]
+_MESSAGE = TypeAdapter(Message)
+
+
+def _load(payload: bytes | str, what: str) -> Any:
+    try:
+        doc = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WireError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise WireError(f"{what}: not a JSON object")
+    if doc.get("v") != WIRE_VERSION:
+        raise WireError(f"{what}: wire version {doc.get('v')!r} is not supported (expected 1)")
+    return doc
+
+
+def _explain(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
+def parse_message(payload: bytes | str) -> Result | Sample | Status | Telemetry | CommandReply:
+    """Any device message, validated; raises WireError naming what is wrong."""
+    doc = _load(payload, "message")
+    try:
+        return _MESSAGE.validate_python(doc)
+    except ValidationError as exc:
+        raise WireError(f"message: {_explain(exc)}") from None
+
+
+def parse_command(payload: bytes | str) -> ReloadBundle | SetThresholds | StatusRequest:
+    doc = _load(payload, "command")
+    try:
+        return _COMMAND.validate_python(doc)
+    except ValidationError as exc:
+        raise WireError(f"command: {_explain(exc)}") from None
+
+
+# ---- builders (the device side) -----------------------------------------------------------
+
+
+def result_message(
+    *,
+    frame_id: str,
+    device: str,
+    camera: str,
+    seq: int,
+    ts: float,
+    model_version: str,
+    verdict: str,
+    label: str,
+    confidence: float,
+    reason: str | None,
+    latency_ms: float,
+    sampled: str | None,
+) -> dict[str, Any]:
+    return {
+        "v": WIRE_VERSION,
+        "type": "result",
+        "frame_id": frame_id,
+        "device": device,
+        "camera": camera,
+        "seq": seq,
+        "ts": round(ts, 6),
+        "model_version": model_version,
+        "verdict": verdict,
+        "label": label,
+        "confidence": round(confidence, 6),
+        "reason": reason,
+        "latency_ms": round(latency_ms, 3),
+        "sampled": sampled,
+    }
+
+
+def sample_message(
+    *,
+    why: str,
+    frame_id: str,
+    device: str,
+    site: str,
+    line: str,
+    camera: str,
+    seq: int,
+    ts: float,
+    model_version: str,
+    classes: list[str],
+    probabilities: list[float],
+    verdict: str,
+    label: str,
+    confidence: float,
+    reason: str | None,
+) -> dict[str, Any]:
+    """The sample's metadata; ``attach_image`` adds the JPEG (or the reason it is missing)."""
+    return {
+        "v": WIRE_VERSION,
+        "type": "sample",
+        "why": why,
+        "frame_id": frame_id,
+        "device": device,
+        "site": site,
+        "line": line,
+        "camera": camera,
+        "seq": seq,
+        "ts": round(ts, 6),
+        "model_version": model_version,
+        "classes": list(classes),
+        "probabilities": [round(float(p), 6) for p in probabilities],
+        "verdict": verdict,
+        "label": label,
+        "confidence": round(float(confidence), 6),
+        "reason": reason,
+        "image": None,
+        "image_error": None,
+    }
+
+
+def image_part(jpeg: bytes, width: int, height: int, quality: int, scale: float) -> dict[str, Any]:
+    return {
+        "format": "jpeg",
+        "encoding": "base64",
+        "width": width,
+        "height": height,
+        "quality": quality,
+        "scale": round(scale, 4),
+        "data": base64.b64encode(jpeg).decode("ascii"),
+    }
+
+
+def command_reply(
+    device: str, ts: float, cmd_id: str | None, cmd: str | None, ok: bool, error: str | None
+) -> dict[str, Any]:
+    return {
+        "v": WIRE_VERSION,
+        "type": "command_reply",
+        "device": device,
+        "ts": round(ts, 3),
+        "id": cmd_id,
+        "cmd": cmd,
+        "ok": ok,
+        "error": error,
+    }

@@ -1,0 +1,180 @@
+"""Sources and the capture thread: replay ends, newest frame wins, failures are reopened."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lineqc.edge.config import CameraConfig
+from lineqc.edge.sources import Capture, EndOfStream, Reader, SourceError, open_reader
+
+
+def _frames(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((20, 30), i, np.uint8))
+    return folder
+
+
+def _drain(cap: Capture, timeout: float = 10) -> list:
+    out = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            f = cap.get(0.2)
+        except EndOfStream:
+            return out
+        if f is not None:
+            out.append(f)
+    raise AssertionError("replay did not end")
+
+
+def test_folder_replay_in_lockstep_delivers_every_frame_then_ends(tmp_path: Path) -> None:
+    cap = Capture(CameraConfig(source=str(_frames(tmp_path / "f", 25))))
+    cap.start()
+    frames = _drain(cap)
+    cap.stop()
+    assert [f.seq for f in frames] == list(range(25)) and cap.drops == 0
+    assert [int(f.image[0, 0]) for f in frames] == list(range(25))
+    assert all(f.camera == "cam0" for f in frames)
+    assert all(a.t_mono < b.t_mono for a, b in itertools.pairwise(frames))
+
+
+def test_paced_replay_keeps_the_newest_frame_and_counts_drops(tmp_path: Path) -> None:
+    cap = Capture(CameraConfig(source=str(_frames(tmp_path / "f", 60)), fps=200))
+    cap.start()
+    got = []
+    while True:
+        time.sleep(0.03)  # a slow consumer
+        try:
+            f = cap.get(0.5)
+        except EndOfStream:
+            break
+        if f is not None:
+            got.append(f.seq)
+    cap.stop()
+    assert cap.drops > 0 and len(got) + cap.drops == 60
+    assert got == sorted(got)
+
+
+def test_video_file_and_dataset_sources(tmp_path: Path) -> None:
+    video = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for i in range(12):
+        w.write(np.full((24, 32, 3), i * 10, np.uint8))
+    w.release()
+    cap = Capture(CameraConfig(source=str(video)))
+    cap.start()
+    assert len(_drain(cap)) == 12
+    cap.stop()
+    ds = tmp_path / "ds"
+    _frames(ds / "images", 4)
+    rows = [
+        {"id": str(i), "path": f"images/{i:03d}.png", "session": "exp5" if i % 2 else "exp1",
+         "origin": str(i)}
+        for i in range(4)
+    ]  # fmt: skip
+    (ds / "manifest.json").write_text(json.dumps({"images": rows}))
+    reader = open_reader(CameraConfig(source=f"dataset://{ds}?session=exp5"))
+    assert [p.name for p in reader.paths] == ["001.png", "003.png"]
+    with pytest.raises(SourceError, match="unknown filter"):
+        open_reader(CameraConfig(source=f"dataset://{ds}?colour=red"))
+
+
+class Flaky(Reader):
+    """Fails to open twice, then delivers, then its read fails (a camera unplugged)."""
+
+    opens = 0
+
+    def open(self) -> None:
+        Flaky.opens += 1
+        if Flaky.opens <= 2:
+            raise SourceError("flaky: cannot open")
+        self.n = 0
+
+    def read(self) -> np.ndarray | None:
+        self.n += 1
+        if self.n > 5:
+            raise SourceError("flaky: read failed")
+        time.sleep(0.01)
+        return np.full((8, 8), self.n, np.uint8)
+
+
+def test_failing_source_is_reported_and_reopened_with_backoff() -> None:
+    events = []
+    cfg = CameraConfig(source="flaky://", reopen_min_s=0.05, reopen_max_s=0.2)
+    cap = Capture(cfg, on_event=lambda s, d: events.append((s, d)), reader_factory=Flaky)
+    cap.start()
+    got = 0
+    deadline = time.monotonic() + 5
+    while cap.reopens < 2 and time.monotonic() < deadline:
+        got += cap.get(0.1) is not None
+    cap.stop()
+    assert got > 0 and cap.reopens >= 2
+    assert any("cannot open" in d for s, d in events if s == "error")
+    assert any("read failed" in d for s, d in events if s == "error")
+    assert any(s == "ok" for s, _ in events)
+
+
+class Hangs(Reader):
+    def __init__(self) -> None:
+        self.n = 0
+        self.released = threading.Event()
+
+    def read(self) -> np.ndarray | None:
+        self.n += 1
+        if self.n > 3:
+            self.released.wait(30)  # a driver that never returns
+            raise SourceError("released")
+        return np.full((8, 8), self.n, np.uint8)
+
+    def close(self) -> None:
+        self.released.set()
+
+
+class Stale(Reader):
+    def read(self) -> np.ndarray | None:
+        time.sleep(0.005)
+        return np.zeros((16, 16), np.uint8)
+
+
+def test_hung_source_is_detected_and_reopened() -> None:
+    events = []
+    cfg = CameraConfig(source="hang://", frame_timeout_s=0.3, reopen_min_s=0.05)
+    cap = Capture(cfg, on_event=lambda s, d: events.append((s, d)), reader_factory=Hangs)
+    cap.start()
+    deadline = time.monotonic() + 5
+    while cap.reopens < 1 and time.monotonic() < deadline:
+        cap.get(0.1)
+    cap.stop()
+    assert cap.reopens >= 1 and any("hung" in d for _, d in events)
+
+
+def test_stale_source_is_detected_and_reopened() -> None:
+    events = []
+    cfg = CameraConfig(source="stale://", stale_frames=10, reopen_min_s=0.05)
+    cap = Capture(cfg, on_event=lambda s, d: events.append((s, d)), reader_factory=Stale)
+    cap.start()
+    deadline = time.monotonic() + 5
+    while cap.reopens < 1 and time.monotonic() < deadline:
+        cap.get(0.1)
+    cap.stop()
+    assert any("stale" in d for _, d in events)
+
+
+def test_missing_camera_and_bad_uris() -> None:
+    reader = open_reader(CameraConfig(source="v4l2://63"))
+    with pytest.raises(SourceError, match="cannot open"):
+        reader.open()
+    with pytest.raises(SourceError, match="device number"):
+        open_reader(CameraConfig(source="csi://front"))
+    with pytest.raises(SourceError, match="no such camera"):
+        unchecked = {"source": "/nonexistent/folder"}
+        open_reader(CameraConfig.model_validate(unchecked, context={"check_files": False}))
