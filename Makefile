@@ -11,7 +11,7 @@ HOLD_OUT ?= exp5
 STAGES := datasets train export edge review
 EXTRAS := edge,train,export,review,dev
 
-.PHONY: setup system-deps test lint typecheck-tree demo clean
+.PHONY: setup system-deps test lint typecheck-tree demo bench bench-train bench-export bench-edge clean
 
 ## setup: .venv with every extra for development (torch pinned by constraints.txt), Mosquitto
 setup: $(VENV)/.installed system-deps
@@ -41,7 +41,8 @@ test: lint
 lint: typecheck-tree
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	MYPYPATH=build/typecheck $(BIN)/mypy -p lineqc $(wildcard bench/*.py)
+	MYPYPATH=build/typecheck $(BIN)/mypy -p lineqc
+	$(if $(wildcard bench/*.py),MYPYPATH=build/typecheck $(BIN)/mypy $(wildcard bench/*.py))
 
 # mypy cannot follow the editable install's import hook, so it reads the package through a
 # tree of links laid out as installed: build/typecheck/lineqc/<stage> -> <stage>/.
@@ -51,10 +52,42 @@ typecheck-tree:
 	@for s in $(STAGES); do ln -s ../../../$$s build/typecheck/lineqc/$$s; done
 
 ## demo: the main job end to end on the real magnetic-tile images
-demo: setup
-	$(BIN)/lineqc data import $(MT_SRC) --format magnetic-tile --dataset $(DATA)/magnetic-tile
-	$(BIN)/lineqc data split $(DATA)/magnetic-tile --hold-out-session $(HOLD_OUT)
-	$(BIN)/lineqc data stats $(DATA)/magnetic-tile
+DS := $(DATA)/magnetic-tile
+RUN := $(RUNS)/default
+BUNDLE := $(RUNS)/bundle
+KEY := $(RUNS)/keys/signing
+
+demo: setup $(BUNDLE)/manifest.json
+	$(BIN)/lineqc data stats $(DS)
+	$(BIN)/lineqc bundle verify $(BUNDLE) --pubkey $(KEY).pub
+	$(BIN)/lineqc edge run --config firmware_config/replay-demo.yaml --private-broker
+
+# Each step runs once; delete its output (or `make clean`) to run it again.
+$(DS)/manifest.json: | setup
+	$(BIN)/lineqc data import $(MT_SRC) --format magnetic-tile --dataset $(DS)
+	$(BIN)/lineqc data split $(DS) --hold-out-session $(HOLD_OUT)
+
+$(RUN)/metrics.json: $(DS)/manifest.json train/configs/default.yaml
+	rm -rf $(RUN)
+	$(BIN)/lineqc train --config train/configs/default.yaml --dataset $(DS) --out $(RUN)
+
+$(KEY).key: | setup
+	$(BIN)/lineqc keys generate --out $(KEY)
+
+$(BUNDLE)/manifest.json: $(RUN)/metrics.json $(KEY).key
+	$(BIN)/lineqc export $(RUN) --dataset $(DS) --out $(BUNDLE) --key $(KEY).key --overwrite
+
+## bench: every benchmark (figures beside a baseline measured in the same run)
+bench: bench-train bench-export bench-edge
+
+bench-train: $(DS)/manifest.json
+	$(PY) bench/bench_train.py --dataset $(DS)
+
+bench-export: setup
+	$(PY) bench/bench_export.py $$([ -f $(RUN)/best.pt ] && echo --run $(RUN) --dataset $(DS))
+
+bench-edge: $(BUNDLE)/manifest.json
+	$(PY) bench/bench_edge.py --bundle $(BUNDLE) --source '$(MT_SRC)/MT_*/Imgs/*.jpg'
 
 clean:
 	rm -rf build $(DATA) $(RUNS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

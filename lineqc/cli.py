@@ -20,6 +20,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "edge": ("lineqc.edge.cli", "the device runtime"),
     "train": ("lineqc.train.cli", "train a defect classifier (timm) into a run folder"),
     "eval": ("lineqc.train.cli_eval", "evaluate a trained run on a dataset split"),
+    "export": ("lineqc.export.cli", "export a run to a signed bundle (ONNX, gated INT8, engines)"),
+    "keys": ("lineqc.export.cli_keys", "generate the Ed25519 key pair that signs bundles"),
+    "bundle": ("lineqc.export.cli_bundle", "verify or describe a model bundle"),
 }
 
 
