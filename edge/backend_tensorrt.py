@@ -2,9 +2,10 @@
 
 Imported only where ``tensorrt`` and ``pycuda`` exist (``backends.open_backend``). The engine
 is the bundle's own one when it was built for exactly this TensorRT version and GPU compute
-capability; otherwise one is built here from the bundle's ONNX (INT8 from its explicit Q/DQ
-nodes, FP16 allowed) and cached in ``engine_cache`` under the same naming. An engine built for
-another TensorRT version or GPU is never deserialized.
+capability; otherwise one is built here from the bundle's TensorRT source ONNX
+(``Bundle.tensorrt_model_path``: INT8 from its signed symmetric Q/DQ nodes, FP16 allowed)
+and cached in ``engine_cache`` under the same naming. An engine built for another TensorRT
+version or GPU is never deserialized.
 
 Not exercised by this repository's CI (no GPU there): the conformance test runs it on a
 device with TensorRT and skips elsewhere.
@@ -127,7 +128,7 @@ class TensorRTBackend:
         target = cache / f"{bundle.version}" / engine_name(precision)
         if not target.is_file():
             log.info("building a TensorRT engine for %s (once; cached at %s)", precision, target)
-            build_engine(bundle.model_path(precision), target)
+            build_engine(bundle.tensorrt_model_path(precision), target)
         return cls(target)
 
     def infer(self, x: np.ndarray) -> np.ndarray:

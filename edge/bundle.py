@@ -9,6 +9,13 @@ lists the sha256 of every other file, so the signature covers the whole bundle.
 hash differs (or one the manifest does not list), an unknown schema version, ONNX external
 data that points outside the bundle, or a bundle older than the installed one (unless forced).
 No torch or onnx here: this module runs on the device.
+
+``models`` maps a precision to its entry; ``file`` is the ONNX that ONNX Runtime runs. An
+entry may also name a ``tensorrt_file``: the ONNX that TensorRT compiles, where that differs
+(the INT8 model: signed symmetric activations for TensorRT, the same quantization grid
+re-expressed as UINT8 activations for ONNX Runtime's fast CPU kernels; see
+``lineqc.export.quantize.unsigned_activations``). Without it TensorRT compiles ``file``.
+The key is optional, so schema version 1 covers bundles with and without it.
 """
 
 from __future__ import annotations
@@ -325,12 +332,25 @@ class Bundle:
     def default_precision(self) -> str:
         return str(self.manifest["default_precision"])
 
-    def model_path(self, precision: str | None = None) -> Path:
+    def _model_entry(self, precision: str | None) -> dict[str, Any]:
         precision = precision or self.default_precision
         models = self.manifest["models"]
         if precision not in models:
             raise BundleError(f"{self.root}: no {precision} model (has {sorted(models)})")
-        return _inside(self.root, models[precision]["file"])
+        return dict(models[precision])
+
+    def model_path(self, precision: str | None = None) -> Path:
+        """The ONNX file ONNX Runtime runs for ``precision`` (default: the bundle's)."""
+        return _inside(self.root, self._model_entry(precision)["file"])
+
+    def tensorrt_model_path(self, precision: str | None = None) -> Path:
+        """The ONNX file TensorRT compiles for ``precision``: its ``tensorrt_file`` if the
+        manifest names one (INT8: signed symmetric Q/DQ), else the ONNX Runtime file."""
+        entry = self._model_entry(precision)
+        rel = entry.get("tensorrt_file") or entry["file"]
+        if rel not in self.manifest["files"]:
+            raise BundleError(f"{self.root}: {rel} is not among the manifest's files")
+        return _inside(self.root, rel)
 
     def engine_for(self, tensorrt_version: str, compute_capability: str) -> Path | None:
         """The engine built for exactly this TensorRT version and GPU, if the bundle has one."""

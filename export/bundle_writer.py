@@ -21,7 +21,9 @@ from lineqc.edge.bundle import MANIFEST, load_bundle, pack_tar, seal
 
 from .errors import ExportError
 
-MODEL_FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}
+MODEL_FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}  # what ONNX Runtime runs
+# what TensorRT compiles, where it differs from the above (manifest: models.P.tensorrt_file)
+TENSORRT_FILES = {"int8": "model.int8.tensorrt.onnx"}
 
 
 def engine_file_name(precision: str, tensorrt_version: str, compute_capability: str) -> str:
@@ -44,10 +46,20 @@ def write_bundle(
     key: Ed25519PrivateKey,
     tar: bool = False,
     overwrite: bool = False,
+    tensorrt_models: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Copy the model files into ``out``, seal it; returns the signed manifest."""
+    """Copy the model files into ``out``, seal it; returns the signed manifest.
+
+    ``models``: precision -> the ONNX that ONNX Runtime runs (manifest ``file``);
+    ``tensorrt_models``: precision -> the ONNX that TensorRT compiles instead, where there is
+    one (manifest ``tensorrt_file``).
+    """
     if out.exists() and not overwrite:
         raise ExportError(f"{out}: already exists (use --overwrite to replace it)")
+    tensorrt_models = dict(tensorrt_models or {})
+    if not set(tensorrt_models) <= set(models):
+        extra = sorted(set(tensorrt_models) - set(models))
+        raise ExportError(f"TensorRT source files for precisions without a model: {extra}")
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -56,6 +68,9 @@ def write_bundle(
         doc["models"] = {p: dict(doc["models"][p], file=MODEL_FILES[p]) for p in models}
         for precision, src in models.items():
             shutil.copyfile(src, partial / MODEL_FILES[precision])
+        for precision, src in tensorrt_models.items():
+            doc["models"][precision]["tensorrt_file"] = TENSORRT_FILES[precision]
+            shutil.copyfile(src, partial / TENSORRT_FILES[precision])
         signed = seal(partial, doc, key)
         if out.exists():
             shutil.rmtree(out)

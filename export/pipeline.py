@@ -1,4 +1,12 @@
-"""`lineqc export RUN_DIR`: training run -> ONNX -> INT8 (gated) -> thresholds -> signed bundle."""
+"""`lineqc export RUN_DIR`: training run -> ONNX -> INT8 (gated) -> thresholds -> signed bundle.
+
+INT8 is written twice from one calibration: the TensorRT source (signed symmetric
+activations) and the ONNX Runtime file (the same grid with UINT8 activations, which ONNX
+Runtime's CPU kernels run several times faster; ``quantize.unsigned_activations``). The gate,
+the thresholds and the latency are those of the ONNX Runtime file, as CPU devices run it.
+The export fails unless both files define the same function: the same probabilities on the
+validation images under ONNX Runtime's reference Q/DQ execution (``quantize.check_rewrite``).
+"""
 
 from __future__ import annotations
 
@@ -96,12 +104,15 @@ def export_run(
         log(f"INT8: {options.calib_method} calibration on {len(calib_records)} train images")
         calib_inputs = data.load_inputs(dataset, calib_records, spec, "load calibration")
         cal = quantize.calibrate(fp32_path, work / "quant", calib_inputs, options.calib_method)
-        int8_path = quantize.quantize(cal, work / "model.int8.onnx")
+        trt_path, int8_path = work / "model.int8.tensorrt.onnx", work / "model.int8.onnx"
+        write_int8(cal, trt_path, int8_path, [])
 
         fp32_logits = runtime.logits(runtime.session(fp32_path, options.threads), val.inputs)
         ok_index = classes.index(ok_class)
+        int8_logits: np.ndarray | None = None  # the ONNX Runtime file's, on val
 
         def gate_of(keep: list[str]) -> GateResult:
+            nonlocal int8_logits
             int8_logits = runtime.logits(runtime.session(int8_path, options.threads), val.inputs)
             result = run_gate(
                 fp32_logits,
@@ -120,10 +131,24 @@ def export_run(
             gate = gate_of([])
             if not gate.passed and options.keep_sensitive > 0:
                 gate = _retry_with_fp32_layers(
-                    cal, int8_path, val.inputs, fp32_logits, gate_of, work, options
+                    cal, trt_path, int8_path, val.inputs, fp32_logits, gate_of, work, options
                 )
             if not gate.passed:
                 raise GateFailed(gate)
+
+        def reference_logits(path: Path) -> np.ndarray:  # Q/DQ as the ONNX spec defines them
+            sess = runtime.session(path, options.threads, optimize=False)
+            return runtime.logits(sess, val.inputs, desc="int8 files")
+
+        rewrite = quantize.check_rewrite(
+            reference_logits(trt_path), reference_logits(int8_path), temperature
+        )
+        log(
+            f"INT8 ONNX Runtime file vs TensorRT source on {rewrite.n_images} val images "
+            f"(reference Q/DQ execution): max |dp| {rewrite.max_abs_prob_diff:.1e}"
+        )
+        if int8_logits is None:  # no gate: not run yet
+            int8_logits = runtime.logits(runtime.session(int8_path, options.threads), val.inputs)
 
         log(f"latency on this CPU ({options.threads} threads, batch 1)")
         lat = latency.measure(
@@ -138,11 +163,7 @@ def export_run(
         if gate is not None:
             gate.latency_ms = {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()}
 
-        default_logits = (
-            fp32_logits
-            if default == "fp32"
-            else runtime.logits(runtime.session(int8_path, options.threads), val.inputs)
-        )
+        default_logits = fp32_logits if default == "fp32" else int8_logits
         policy, decision_report = choose_policy(
             default_logits,
             val.labels,
@@ -182,8 +203,10 @@ def export_run(
                 "fp32": {"opset": options.opset},
                 "int8": {
                     "opset": options.opset,
-                    "quantization": "explicit Q/DQ; weights int8 per-channel symmetric, "
-                    "activations int8 symmetric",
+                    "quantization": "explicit Q/DQ; weights int8 per-channel symmetric; "
+                    "activations uint8 zero point 128 in file (ONNX Runtime; Relu between Q/DQ "
+                    "as LeakyRelu alpha 0), int8 symmetric in tensorrt_file (TensorRT): the "
+                    "same quantization grid and function",
                     "calibration": {
                         "method": options.calib_method,
                         "images": len(calib_records),
@@ -200,6 +223,7 @@ def export_run(
             "engines": [],
             "evaluation": {
                 "parity": vars(parity),
+                "int8_tensorrt_vs_onnxruntime": vars(rewrite),
                 "gate": gate.to_json() if gate else None,
                 "decision_on_val": decision_report,
                 "training_test_metrics": meta.get("test_metrics"),
@@ -208,14 +232,27 @@ def export_run(
             "latency_environment": latency.environment(options.threads),
         }
         signed = bundle_writer.write_bundle(
-            out, {"fp32": fp32_path, "int8": int8_path}, doc, key, options.tar, options.overwrite
+            out,
+            {"fp32": fp32_path, "int8": int8_path},
+            doc,
+            key,
+            options.tar,
+            options.overwrite,
+            tensorrt_models={"int8": trt_path},
         )
     log(f"signed bundle {out} (default precision {default})")
     return ExportResult(signed, gate)
 
 
+def write_int8(cal: quantize.Calibrated, trt_path: Path, ort_path: Path, keep: list[str]) -> None:
+    """Both INT8 files: the TensorRT source, then its UINT8-activation ONNX Runtime rewrite."""
+    quantize.quantize(cal, trt_path, keep_fp32=keep)
+    quantize.write_onnxruntime_model(trt_path, ort_path)
+
+
 def _retry_with_fp32_layers(
     cal: quantize.Calibrated,
+    trt_path: Path,
     int8_path: Path,
     val_inputs: np.ndarray,
     fp32_logits: np.ndarray,
@@ -230,7 +267,7 @@ def _retry_with_fp32_layers(
     k, gate = 1, None
     while True:
         keep = [name for name, _ in ranking[:k]]
-        quantize.quantize(cal, int8_path, keep_fp32=keep)
+        write_int8(cal, trt_path, int8_path, keep)
         gate = gate_of(keep)
         log(f"  {k} layer(s) in FP32: {'passed' if gate.passed else 'failed'}")
         if gate.passed or k >= min(options.keep_sensitive, len(ranking)):

@@ -12,11 +12,15 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def session(path: Path, threads: int = 2) -> ort.InferenceSession:
+def session(path: Path, threads: int = 2, optimize: bool = True) -> ort.InferenceSession:
+    """``optimize=False``: no graph optimizations, so Q/DQ nodes run one by one exactly as
+    the ONNX spec defines them (no fused integer kernels with their own rounding)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers are noise here
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

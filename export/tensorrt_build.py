@@ -1,5 +1,9 @@
 """TensorRT 10+ engines from the bundle's Q/DQ ONNX (explicit quantization).
 
+The ONNX compiled is the INT8 entry's ``tensorrt_file`` (signed symmetric activations, as
+TensorRT requires), not the UINT8-activation file ONNX Runtime runs: the bundle's
+``tensorrt_model_path`` picks it (``file`` for a bundle that names none).
+
 Imported only where ``tensorrt`` exists (the device, or any NVIDIA GPU machine). The INT8
 ranges come from the Q/DQ nodes the export calibrated, so TensorRT only compiles: no
 calibrator here. FP16 is allowed for the layers left unquantized. An engine only runs on the
@@ -122,9 +126,11 @@ def build_into_bundle(
     verified = load_bundle(bundle, pubkey)
     spec = verified.spec
     version, cc = trt.__version__, compute_capability()
+    source = verified.tensorrt_model_path("int8")
     record = {
         "file": engine_file_name("int8", version, cc),
         "precision": "int8",
+        "onnx": source.name,  # the bundle file it was compiled from
         "tensorrt_version": version,
         "compute_capability": cc,
         "max_batch": MAX_BATCH,
@@ -135,7 +141,7 @@ def build_into_bundle(
     with tempfile.TemporaryDirectory(dir=bundle.parent) as tmp:
         engine = Path(tmp) / record["file"]
         build_engine(
-            verified.model_path("int8"),
+            source,
             engine,
             (spec.channels, spec.height, spec.width),
             cache,

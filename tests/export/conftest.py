@@ -38,8 +38,12 @@ def export_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def fit_run(dataset: Path, out: Path, steps: int = 60, seed: int = 0) -> Path:
-    """Fit a tiny model and write it as a run folder (best.pt + best.json)."""
+def fit_run(dataset: Path, out: Path, steps: int = 120, seed: int = 0) -> Path:
+    """Fit a tiny model and write it as a run folder (best.pt + best.json).
+
+    120 steps, not fewer: the gate on 38 val images allows no top-1 flip, and a barely fitted
+    model has val images so close to a class boundary that INT8 rounding flips them.
+    """
     manifest = load(dataset)
     classes = manifest.classes
     meta = {"classes": classes, "ok_class": manifest.ok_class}

@@ -42,7 +42,11 @@ def test_intact_bundle_loads(signed_bundle: Path, keys: tuple[Path, Path]) -> No
     bundle = load_bundle(signed_bundle, keys[1])
     assert bundle.version == "5.0"
     assert bundle.manifest["schema_version"] == SCHEMA_VERSION
-    assert set(bundle.manifest["files"]) == {"model.fp32.onnx", "model.int8.onnx"}
+    assert set(bundle.manifest["files"]) == {
+        "model.fp32.onnx",
+        "model.int8.onnx",
+        "model.int8.tensorrt.onnx",
+    }
     assert bundle.policy.ok_class == bundle.ok_class
     assert bundle.spec.height == 32
     assert bundle.model_path("int8").is_file()
