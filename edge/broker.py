@@ -1,17 +1,34 @@
-"""A private Mosquitto broker on a free loopback port: for the demo, the bench and tests."""
+"""A private MQTT broker on a free loopback port: for the demo, the bench and tests.
+
+Mosquitto when it is installed (MQTT 5); otherwise an embedded Python broker (amqtt, in a
+subprocess, MQTT 3.1.1 only; ``pip install amqtt``, part of the ``dev`` extra). Tests force
+one with ``LINEQC_BROKER=python`` (or ``mosquitto``; default ``auto``) or ``private_broker(kind)``.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
+
+import yaml
 
 from lineqc.errors import LineqcError
+
+log = logging.getLogger("lineqc.edge.broker")
+BROKER_ENV = "LINEQC_BROKER"
+BrokerKind = Literal["auto", "mosquitto", "python"]
 
 
 def mosquitto_binary() -> str | None:
@@ -34,9 +51,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> bool:
+def wait_for_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> bool:
+    """True once something accepts on 127.0.0.1:port; False on timeout or if ``proc`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return True
@@ -46,6 +68,9 @@ def wait_for_port(port: int, timeout: float = 10.0) -> bool:
 
 class Mosquitto:
     """``with Mosquitto() as broker: broker.port``; ``stop``/``kill``/``start`` for outages."""
+
+    name = "mosquitto"
+    mqtt_protocol: Literal[5, "3.1.1"] = 5
 
     def __init__(
         self,
@@ -82,13 +107,14 @@ class Mosquitto:
         self.log = self.folder / "mosquitto.log"
 
     def start(self) -> Mosquitto:
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+                [self.binary, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
             )
-        if not wait_for_port(self.port):
+        if not wait_for_port(self.port, proc=self.proc):
             self.kill()
             raise LineqcError(f"mosquitto did not start on port {self.port}: {self.log}")
+        log.info("private broker: mosquitto (%s) on 127.0.0.1:%d, MQTT 5", self.binary, self.port)
         return self
 
     def kill(self) -> None:
@@ -118,3 +144,112 @@ class Mosquitto:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def python_broker_available() -> bool:
+    return importlib.util.find_spec("amqtt") is not None
+
+
+class PythonBroker:
+    """amqtt in a subprocess, the same interface as ``Mosquitto`` (no persistence, no ACLs).
+
+    It speaks MQTT 3.1.1 only (it refuses an MQTT 5 CONNECT): clients of it need
+    ``mqtt.protocol: 3.1.1``.
+    """
+
+    name = "amqtt"
+    mqtt_protocol: Literal[5, "3.1.1"] = "3.1.1"
+
+    def __init__(self, port: int | None = None, folder: Path | None = None) -> None:
+        if not python_broker_available():
+            raise LineqcError(
+                "no MQTT broker: mosquitto is not installed (apt-get install mosquitto) and "
+                "neither is the embedded Python broker (pip install amqtt)"
+            )
+        self.version = importlib.metadata.version("amqtt")
+        self.port = port or free_port()
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="lineqc-amqtt-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+        self.conf = self.folder / "amqtt.yaml"
+        self.conf.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.folder / "amqtt.log"
+
+    def start(self) -> PythonBroker:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if not wait_for_port(self.port, timeout=30.0, proc=self.proc):
+            self.kill()
+            raise LineqcError(f"amqtt did not start on port {self.port}: {self.log}")
+        log.info(
+            "private broker: embedded Python broker amqtt %s on 127.0.0.1:%d, MQTT 3.1.1 only",
+            self.version,
+            self.port,
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: an outage without any goodbye."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        """SIGINT (amqtt shuts down cleanly on KeyboardInterrupt), then SIGKILL after 5 s."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def __enter__(self) -> PythonBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def broker_kind(kind: str | None = None) -> Literal["mosquitto", "python"]:
+    """Which private broker to start: ``kind``, else ``$LINEQC_BROKER``, else ``auto``
+    (Mosquitto when installed, else the Python broker)."""
+    choice = (kind or os.environ.get(BROKER_ENV) or "auto").strip().lower()
+    if choice == "mosquitto":
+        return "mosquitto"
+    if choice in ("python", "amqtt"):
+        return "python"
+    if choice != "auto":
+        raise LineqcError(f"{BROKER_ENV}={choice!r}: expected auto, mosquitto or python")
+    return "mosquitto" if mosquitto_binary() is not None else "python"
+
+
+def private_broker(
+    kind: str | None = None, port: int | None = None, folder: Path | None = None
+) -> Mosquitto | PythonBroker:
+    """A (not yet started) private broker: see ``broker_kind``."""
+    chosen = broker_kind(kind)
+    if chosen == "mosquitto":
+        return Mosquitto(port=port, folder=folder)
+    if mosquitto_binary() is None:
+        log.warning("mosquitto is not installed: using the embedded Python broker (amqtt)")
+    return PythonBroker(port=port, folder=folder)

@@ -123,11 +123,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     broker = None
     if args.private_broker:
-        from .broker import Mosquitto
+        from .broker import private_broker
 
-        broker = Mosquitto().start()
-        print(f"private mosquitto on 127.0.0.1:{broker.port}", flush=True)
-        mqtt = cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": broker.port, "tls": None})
+        broker = private_broker().start()
+        print(
+            f"private {broker.name} on 127.0.0.1:{broker.port} (MQTT {broker.mqtt_protocol})",
+            flush=True,
+        )
+        mqtt = cfg.mqtt.model_copy(
+            update={
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "tls": None,
+                "protocol": broker.mqtt_protocol,
+            }
+        )
         cfg = cfg.model_copy(update={"mqtt": mqtt})
     try:
         runtime = Runtime(cfg, max_frames=args.max_frames)
@@ -207,7 +217,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--private-broker",
         action="store_true",
-        help="start a Mosquitto on a free loopback port and publish there (demo)",
+        help="start a broker on a free loopback port and publish there (demo): Mosquitto, or "
+        "the embedded Python broker amqtt when Mosquitto is not installed (LINEQC_BROKER=python "
+        "forces it)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)

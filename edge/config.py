@@ -190,6 +190,11 @@ class MQTTConfig(_Strict):
     password_file: ExistingFile | None = Field(default=None, description="file with the password")
     tls: TLSConfig | None = None
     topic_prefix: str = Field(default="lineqc/v1", pattern=r"^[^#+\s]+[^/#+\s]$")
+    protocol: Literal[5, "3.1.1"] = Field(
+        default=5,
+        description="MQTT version: 5 (the broker's Maximum Packet Size lowers max_payload_bytes) "
+        "or 3.1.1 (older brokers; max_payload_bytes alone bounds a message)",
+    )
     max_payload_bytes: int = Field(
         default=256 * 1024,
         ge=4096,
@@ -200,6 +205,18 @@ class MQTTConfig(_Strict):
     max_inflight: int = Field(default=64, ge=1, le=1000)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_spelling(cls, value: Any) -> Any:
+        """``5``, ``"5"`` and ``5.0`` are MQTT 5; ``"3.1.1"`` (a YAML string) is 3.1.1."""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            text = str(value).strip().lower().removeprefix("mqtt").removeprefix("v")
+            if text in ("5", "5.0"):
+                return 5
+            if text in ("3.1.1", "311"):
+                return "3.1.1"
+        return value
 
     @_model_validator(mode="after")
     def _one_password(self) -> MQTTConfig:

@@ -1,4 +1,4 @@
-"""MQTT publishing (paho-mqtt 2.x, MQTT 5) fed from the durable outbox.
+"""MQTT publishing (paho-mqtt 2.x, MQTT 5 or 3.1.1) fed from the durable outbox.
 
 The inference thread hands messages to ``submit`` (a bounded in-memory hand-off that never
 blocks). One worker thread commits them to the outbox (one transaction per batch), publishes
@@ -8,7 +8,9 @@ backoff; rows whose publish was cut by a disconnect are published again (duplica
 
 The device status is retained, with a Last Will saying ``offline``; telemetry goes out at
 QoS 0 (latest wins). Commands arrive on ``<root>/cmd`` and are handed to the runtime.
-The broker's Maximum Packet Size (from CONNACK) lowers the configured payload limit.
+With MQTT 5 the broker's Maximum Packet Size (from CONNACK) lowers the configured payload
+limit; with MQTT 3.1.1 (``mqtt.protocol``) the broker's limit is unknown and the configured
+``mqtt.max_payload_bytes`` alone bounds a message.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger("lineqc.edge.publisher")
 PACKET_OVERHEAD = 512  # fixed header, topic, properties: kept free below the packet limit
 HANDOFF_LIMIT = 4096  # messages waiting for the worker before new ones are counted as dropped
 RESEND_AFTER_S = 60.0  # an unacknowledged publish is sent again after this long
+UNSUPPORTED_PROTOCOL = 132  # CONNACK reason (MQTT 5), paho's reading of 3.1.1 return code 1
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Publisher:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.cfg.client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if m.protocol == 5 else mqtt.MQTTv311,
         )
         client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(m.max_inflight)
@@ -124,6 +127,8 @@ class Publisher:
     ) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
+            if reason.value == UNSUPPORTED_PROTOCOL and self.cfg.mqtt.protocol == 5:
+                self.last_error += " (an MQTT 3.1.1 broker? set mqtt.protocol: 3.1.1)"
             self.counters["connect_refused"] += 1
             log.error("mqtt %s:%s: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.last_error)
             return
@@ -173,7 +178,10 @@ class Publisher:
 
     def start(self) -> None:
         m = self.cfg.mqtt
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
+        if m.protocol == 5:
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
+        else:  # MQTT 3.1.1: a clean session is the client's default
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._run, name="lineqc-publisher", daemon=True)
         self._thread.start()

@@ -1,5 +1,6 @@
-"""Edge fixtures: a real signed bundle (made by the real CLI), private Mosquitto brokers, a
-real MQTT subscriber, device configs and the runtime as a subprocess."""
+"""Edge fixtures: a real signed bundle (made by the real CLI), private Mosquitto brokers (and
+the embedded Python broker), a real MQTT subscriber, device configs and the runtime as a
+subprocess."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lineqc.edge.broker import Mosquitto, mosquitto_binary
+from lineqc.edge.broker import Mosquitto, PythonBroker, mosquitto_binary, python_broker_available
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,6 +85,16 @@ def broker(broker_factory: Callable[..., Mosquitto]) -> Mosquitto:
     return broker_factory()
 
 
+@pytest.fixture
+def python_broker(tmp_path: Path) -> Iterator[PythonBroker]:
+    """The embedded Python broker (amqtt, MQTT 3.1.1) on a free loopback port."""
+    if not python_broker_available():
+        pytest.skip("amqtt is not installed (pip install amqtt)")
+    broker = PythonBroker(folder=tmp_path / "amqtt").start()
+    yield broker
+    broker.stop()
+
+
 @dataclass
 class Subscriber:
     """A real MQTT client with a persistent session, recording every message by kind."""
@@ -91,15 +102,18 @@ class Subscriber:
     port: int
     client_id: str = "test-subscriber"
     topic: str = "lineqc/#"
+    protocol: int = mqtt.MQTTv5  # or mqtt.MQTTv311 (the Python broker)
     messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     connected: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Subscriber:
+        v5 = self.protocol == mqtt.MQTTv5
         c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=self.protocol,
+            clean_session=None if v5 else False,  # 3.1.1: a persistent session
         )
         c.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
 
@@ -115,9 +129,14 @@ class Subscriber:
         c.on_connect = on_connect
         c.on_disconnect = lambda *a: self.connected.clear()
         c.on_message = on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600  # messages wait for us while the broker restarts
-        c.connect_async("127.0.0.1", self.port, keepalive=10, clean_start=False, properties=props)
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600  # messages wait for us while the broker restarts
+            c.connect_async(
+                "127.0.0.1", self.port, keepalive=10, clean_start=False, properties=props
+            )
+        else:
+            c.connect_async("127.0.0.1", self.port, keepalive=10)
         c.loop_start()
         self.client = c
         assert self.connected.wait(10), "subscriber could not connect"

@@ -99,3 +99,15 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     text = "\n".join(info.value.errors)
     assert "actuator: kind 'hook' needs hook" in text
     assert "mqtt: give password or password_file, not both" in text
+
+
+def test_mqtt_protocol_spellings(tmp_path: Path) -> None:
+    doc = _minimal(tmp_path)
+    assert parse_config(doc, base=tmp_path).mqtt.protocol == 5  # the default
+    for given, expected in ((5, 5), ("5", 5), ("3.1.1", "3.1.1")):
+        doc["mqtt"] = {"protocol": given}
+        assert parse_config(doc, base=tmp_path).mqtt.protocol == expected
+    doc["mqtt"] = {"protocol": 4}
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base=tmp_path)
+    assert info.value.errors[0].startswith("mqtt.protocol: ")
