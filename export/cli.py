@@ -33,7 +33,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     q = parser.add_argument_group("INT8 calibration and gate")
     q.add_argument("--calib-size", type=int, default=256, help="images from train (256)")
     q.add_argument("--calib-seed", type=int, default=0)
-    q.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    # percentile clips outlier activations: on the magnetic-tile resnet18 it kept 100% top-1
+    # agreement where min-max gave 93% (73 val images)
+    q.add_argument(
+        "--calib-method", choices=["minmax", "entropy", "percentile"], default="percentile"
+    )
     q.add_argument("--no-gate", action="store_true", help="skip the gate (INT8 never default)")
     q.add_argument("--min-agreement", type=float, default=0.99)
     q.add_argument("--max-f1-drop", type=float, default=0.01, help="macro-F1 drop (0.01 = 1 pt)")

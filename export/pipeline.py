@@ -36,7 +36,7 @@ SENSITIVITY_IMAGES = 64  # enough to rank layers; the gate itself runs on the wh
 class ExportOptions:
     calib_size: int = 256
     calib_seed: int = 0
-    calib_method: str = "minmax"
+    calib_method: str = "percentile"
     gate: bool = True
     limits: GateLimits = field(default_factory=GateLimits)
     keep_sensitive: int = 0  # on a failing gate: up to this many layers kept in FP32, retried

@@ -78,7 +78,11 @@ class Calibrated:
 
 
 def calibrate(
-    fp32_path: Path, workdir: Path, inputs: np.ndarray, method: str = "minmax", batch_size: int = 16
+    fp32_path: Path,
+    workdir: Path,
+    inputs: np.ndarray,
+    method: str = "percentile",
+    batch_size: int = 16,
 ) -> Calibrated:
     """Pre-process the FP32 model and compute activation ranges on ``inputs``."""
     if method not in METHODS:
