@@ -33,10 +33,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     q = parser.add_argument_group("INT8 calibration and gate")
     q.add_argument("--calib-size", type=int, default=256, help="images from train (256)")
     q.add_argument("--calib-seed", type=int, default=0)
-    # percentile clips outlier activations: on the magnetic-tile resnet18 it kept 100% top-1
-    # agreement where min-max gave 93% (73 val images)
     q.add_argument(
-        "--calib-method", choices=["minmax", "entropy", "percentile"], default="percentile"
+        "--calib-method",
+        choices=["auto", "minmax", "entropy", "percentile"],
+        default="auto",
+        help="activation ranges; auto: percentile, then min-max, then entropy, the first that "
+        "passes the gate (default)",
     )
     q.add_argument("--no-gate", action="store_true", help="skip the gate (INT8 never default)")
     q.add_argument("--min-agreement", type=float, default=0.99)
