@@ -20,11 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 
 from lineqc.errors import LineqcError
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations only, so 3.10 devices run this
 
 log = logging.getLogger("lineqc.edge.broker")
 BROKER_ENV = "LINEQC_BROKER"
@@ -66,7 +69,52 @@ def wait_for_port(
     return False
 
 
-class Mosquitto:
+class BrokerProcess:
+    """A broker in a child process: ``stop``/``kill`` for outages, a context manager."""
+
+    name = "broker"
+    mqtt_protocol: Literal[5, "3.1.1"] = 5
+    stop_signal = signal.SIGTERM  # how the broker asks to shut down cleanly
+    stop_timeout_s = 10.0
+    port: int
+    folder: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """SIGKILL: an outage without any goodbye."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        """The clean-shutdown signal, then SIGKILL when it does not exit in time."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Mosquitto(BrokerProcess):
     """``with Mosquitto() as broker: broker.port``; ``stop``/``kill``/``start`` for outages."""
 
     name = "mosquitto"
@@ -106,7 +154,7 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.folder / "mosquitto.log"
 
-    def start(self) -> Mosquitto:
+    def start(self) -> Self:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
@@ -117,40 +165,12 @@ class Mosquitto:
         log.info("private broker: mosquitto (%s) on 127.0.0.1:%d, MQTT 5", self.binary, self.port)
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: an outage without any goodbye."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def python_broker_available() -> bool:
     return importlib.util.find_spec("amqtt") is not None
 
 
-class PythonBroker:
+class PythonBroker(BrokerProcess):
     """amqtt in a subprocess, the same interface as ``Mosquitto`` (no persistence, no ACLs).
 
     It speaks MQTT 3.1.1 only (it refuses an MQTT 5 CONNECT): clients of it need
@@ -159,6 +179,8 @@ class PythonBroker:
 
     name = "amqtt"
     mqtt_protocol: Literal[5, "3.1.1"] = "3.1.1"
+    stop_signal = signal.SIGINT  # amqtt shuts down cleanly on KeyboardInterrupt
+    stop_timeout_s = 5.0
 
     def __init__(self, port: int | None = None, folder: Path | None = None) -> None:
         if not python_broker_available():
@@ -181,7 +203,7 @@ class PythonBroker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.folder / "amqtt.log"
 
-    def start(self) -> PythonBroker:
+    def start(self) -> Self:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.conf)],
@@ -199,36 +221,6 @@ class PythonBroker:
         )
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: an outage without any goodbye."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def stop(self) -> None:
-        """SIGINT (amqtt shuts down cleanly on KeyboardInterrupt), then SIGKILL after 5 s."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def __enter__(self) -> PythonBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def broker_kind(kind: str | None = None) -> Literal["mosquitto", "python"]:
     """Which private broker to start: ``kind``, else ``$LINEQC_BROKER``, else ``auto``
@@ -245,7 +237,7 @@ def broker_kind(kind: str | None = None) -> Literal["mosquitto", "python"]:
 
 def private_broker(
     kind: str | None = None, port: int | None = None, folder: Path | None = None
-) -> Mosquitto | PythonBroker:
+) -> BrokerProcess:
     """A (not yet started) private broker: see ``broker_kind``."""
     chosen = broker_kind(kind)
     if chosen == "mosquitto":
