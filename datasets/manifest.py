@@ -114,6 +114,8 @@ def load(root: Path | str) -> Manifest:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable manifest ({exc})") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{path}: not a readable manifest (not a JSON object)")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
         raise DatasetError(

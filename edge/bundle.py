@@ -34,6 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lineqc.errors import LineqcError
+from lineqc.versioned import parse_versioned
 
 from .decision import DecisionPolicy
 from .preprocess import PreprocessSpec
@@ -123,17 +124,7 @@ def read_verified_manifest(root: Path, pubkey: Ed25519PublicKey) -> dict[str, An
             f"{root}: the signature does not match the manifest (tampered, or signed with "
             "another key)"
         )
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise BundleError(f"{manifest_path}: not a JSON object")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(
-            f"{manifest_path}: schema_version {doc.get('schema_version')!r} is not supported "
-            f"(this lineqc reads {SCHEMA_VERSION})"
-        )
+    doc = parse_versioned(data, str(manifest_path), "schema_version", SCHEMA_VERSION, BundleError)
     missing = [k for k in REQUIRED if k not in doc]
     if missing:
         raise BundleError(f"{manifest_path}: missing key(s) {', '.join(missing)}")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from lineqc.errors import LineqcError
+from lineqc.versioned import parse_versioned
 
 WIRE_VERSION = 1
 KINDS = ("result", "sample", "status", "telemetry", "cmd", "cmd/reply")
@@ -169,18 +170,6 @@ Message = Annotated[
 _MESSAGE = TypeAdapter(Message)
 
 
-def _load(payload: bytes | str, what: str) -> Any:
-    try:
-        doc = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WireError(f"{what}: not JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise WireError(f"{what}: not a JSON object")
-    if doc.get("v") != WIRE_VERSION:
-        raise WireError(f"{what}: wire version {doc.get('v')!r} is not supported (expected 1)")
-    return doc
-
-
 def _explain(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}"
@@ -190,7 +179,7 @@ def _explain(exc: ValidationError) -> str:
 
 def parse_message(payload: bytes | str) -> Result | Sample | Status | Telemetry | CommandReply:
     """Any device message, validated; raises WireError naming what is wrong."""
-    doc = _load(payload, "message")
+    doc = parse_versioned(payload, "message", "v", WIRE_VERSION, WireError, "wire version")
     try:
         return _MESSAGE.validate_python(doc)
     except ValidationError as exc:
@@ -198,7 +187,7 @@ def parse_message(payload: bytes | str) -> Result | Sample | Status | Telemetry 
 
 
 def parse_command(payload: bytes | str) -> ReloadBundle | SetThresholds | StatusRequest:
-    doc = _load(payload, "command")
+    doc = parse_versioned(payload, "command", "v", WIRE_VERSION, WireError, "wire version")
     try:
         return _COMMAND.validate_python(doc)
     except ValidationError as exc:
