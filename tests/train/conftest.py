@@ -60,3 +60,19 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, synth_dataset: Path) -
     cfg = make_config(tracking={"mlflow": True, "uri": (base / "mlruns").as_uri()})
     train(cfg, synth_dataset, base / "run")
     return base / "run"
+
+
+@pytest.fixture(scope="session")
+def metric_keys() -> tuple[str, ...]:
+    """The keys the Training issue requires in metrics.json and `lineqc eval --json`."""
+    return (
+        "macro_f1",
+        "balanced_accuracy",
+        "auroc_defect_vs_ok",
+        "recall_at_95_precision",
+        "auroc_per_class",
+        "ece_before",
+        "ece_after",
+        "temperature",
+        "slices",
+    )

@@ -70,7 +70,7 @@ def test_multiclass_metrics_match_sklearn(seed: int, k: int) -> None:
     assert balanced_accuracy(cm) == pytest.approx(expected)
 
 
-def test_evaluate_report_keys_and_values() -> None:
+def test_evaluate_report_keys_and_values(metric_keys: tuple[str, ...]) -> None:
     rng = np.random.default_rng(1)
     classes = ["dent", "ok", "scratch"]
     labels = rng.integers(0, 3, 120)
@@ -79,17 +79,7 @@ def test_evaluate_report_keys_and_values() -> None:
     m = evaluate(
         logits, labels, classes, ok_index=1, temperature=1.5, slice_keys={"session": sessions}
     )
-    for key in (
-        "macro_f1",
-        "balanced_accuracy",
-        "auroc_defect_vs_ok",
-        "recall_at_95_precision",
-        "auroc_per_class",
-        "ece_before",
-        "ece_after",
-        "temperature",
-        "slices",
-    ):
+    for key in metric_keys:
         assert key in m
     probs = softmax(logits, 1.5)
     defect = labels != 1
