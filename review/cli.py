@@ -1,0 +1,131 @@
+"""`lineqc review ...`: the collector, inspector accounts, the web app, labels to a dataset.
+
+Each command imports its module only when it runs, so `lineqc review --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lineqc.errors import LineqcError
+
+DB_HELP = (
+    "review database: an SQLAlchemy URL (postgresql+psycopg://host/db) or an SQLite path "
+    "(default: $LINEQC_REVIEW_DB, else review.db)"
+)
+
+
+def _db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=os.environ.get("LINEQC_REVIEW_DB", "review.db"), help=DB_HELP)
+    p.add_argument(
+        "--images",
+        default=os.environ.get("LINEQC_REVIEW_IMAGES"),
+        help="content-addressed image folder (default: beside an SQLite file, "
+        "else ./review-images)",
+    )
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="review_cmd", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("collect", help="store the devices' flagged frames from MQTT")
+    _db_args(p)
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT")
+    p.add_argument(
+        "--topic",
+        default="lineqc/v1/+/+/+/sample",
+        help="the devices' sample topic filter (default: every site, line and device)",
+    )
+    p.add_argument(
+        "--group",
+        default="lineqc-review",
+        help="shared subscription group: collectors in one group split the messages",
+    )
+    p.add_argument(
+        "--client-id",
+        default="lineqc-collector",
+        help="MQTT client id; the broker keeps this collector's session under it",
+    )
+    p.add_argument("--username", default=None)
+    p.add_argument(
+        "--password-file", default=None, help="file holding the MQTT password (not on argv)"
+    )
+    p.add_argument("--tls-ca", default=None, help="CA file: connect with TLS")
+    p.add_argument(
+        "--exit-idle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="exit after S seconds without a message (scripts, tests); default: run forever",
+    )
+    p.set_defaults(func=_collect)
+
+    p = sub.add_parser("add-user", help="create an inspector account (or reset its password)")
+    _db_args(p)
+    p.add_argument("name")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    p.add_argument("--admin", action="store_true", help="may adjudicate and see agreement")
+    p.set_defaults(func=_add_user)
+
+    p = sub.add_parser("serve", help="the inspectors' web app")
+    _db_args(p)
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("add-gold", help="mix frames with known labels from a dataset into review")
+    _db_args(p)
+    p.add_argument("--dataset", required=True, help="dataset folder (its labelled rows)")
+    p.add_argument("--count", type=int, default=20, help="how many gold frames to add")
+    p.add_argument("--split", default="train", help="take them from this split")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_add_gold)
+
+    p = sub.add_parser(
+        "export-labels", help="agreed and adjudicated labels into a dataset, with provenance"
+    )
+    _db_args(p)
+    p.add_argument("--dataset", required=True, help="dataset folder to add the frames to")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_export_labels)
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from .collector import run_collector
+
+    return run_collector(args)
+
+
+def _add_user(args: argparse.Namespace) -> int:
+    from .auth import add_user
+    from .store import Store
+
+    if not args.password_stdin:
+        raise LineqcError("add-user: pass --password-stdin and the password on standard input")
+    password = sys.stdin.readline().rstrip("\r\n")
+    store = Store(args.db, args.images)
+    created = add_user(store, args.name, password, admin=args.admin)
+    print(f"{'created' if created else 'updated'} user {args.name!r} in {store.url}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    return serve(args)
+
+
+def _add_gold(args: argparse.Namespace) -> int:
+    from .gold import add_gold
+
+    return add_gold(args)
+
+
+def _export_labels(args: argparse.Namespace) -> int:
+    from .export_labels import run_export_labels
+
+    return run_export_labels(args)

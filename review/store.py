@@ -1,0 +1,322 @@
+"""The review store: frames flagged by devices, inspectors, their labels; one definition.
+
+The metadata lives in a database named by an SQLAlchemy URL (SQLite by default, PostgreSQL
+for large plants); the images live in a content-addressed folder beside it
+(``images/ab/<sha256>.jpg``), written and fsynced before the row that points at them is
+committed, so a row never names a missing image. A frame is stored once per ``frame_id``
+(the devices deliver at least once).
+
+Tables: ``frames`` (one flagged or gold frame), ``users``, ``sessions`` (web sign-ins),
+``reviews`` (one inspector's answer for one frame), ``adjudications`` (the final word on a
+disagreement), ``rejects`` (malformed messages the collector counted, without the payload)
+and ``settings``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from lineqc.edge.wire import Sample
+from lineqc.errors import LineqcError
+
+UNSURE = "unsure"  # an inspector's answer that is not a class
+SKIP = "skip"  # the inspector passed; the frame stays in the queue for others
+POLICY_VERSION = "review-v1"  # the labelling rules inspectors follow (into the dataset rows)
+
+
+class StoreError(LineqcError):
+    """A review database or image store that cannot be used; the message says why."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Frame(Base):
+    __tablename__ = "frames"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_id: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    why: Mapped[str] = mapped_column(String(16))  # uncertain | audit | gold
+    device: Mapped[str] = mapped_column(String(100), index=True)
+    site: Mapped[str] = mapped_column(String(100))
+    line: Mapped[str] = mapped_column(String(100), index=True)
+    camera: Mapped[str] = mapped_column(String(100))
+    seq: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[float] = mapped_column(Float, index=True)  # capture time, Unix seconds
+    model_version: Mapped[str] = mapped_column(String(100))
+    classes: Mapped[list[str]] = mapped_column(JSON)
+    probabilities: Mapped[list[float]] = mapped_column(JSON)
+    verdict: Mapped[str] = mapped_column(String(16))
+    predicted: Mapped[str] = mapped_column(String(100), index=True)  # the model's top class
+    confidence: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(String(100))
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    image_scale: Mapped[float | None] = mapped_column(Float)
+    image_error: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[float] = mapped_column(Float)
+    required_reviews: Mapped[int] = mapped_column(Integer, default=1)  # 2: double review
+    gold_label: Mapped[str | None] = mapped_column(String(100))  # set for gold frames only
+
+    @property
+    def is_gold(self) -> bool:
+        return self.gold_label is not None
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class WebSession(Base):
+    __tablename__ = "sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # never the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+    __table_args__ = (UniqueConstraint("frame_pk", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_pk: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    label: Mapped[str] = mapped_column(String(100))  # a class, UNSURE or SKIP
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Adjudication(Base):
+    __tablename__ = "adjudications"
+
+    frame_pk: Mapped[int] = mapped_column(ForeignKey("frames.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    label: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Reject(Base):
+    __tablename__ = "rejects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(300))
+    reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class Setting(Base):
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "double_review_share": 0.1,  # share of frames that two inspectors label
+    "gold_share": 0.05,  # how often a gold frame is slipped into an inspector's queue
+}
+
+
+# ---- the database -------------------------------------------------------------------------
+
+
+def normalize_url(db: str) -> str:
+    """An SQLAlchemy URL; a bare path means an SQLite file."""
+    if "://" not in db:
+        return f"sqlite:///{Path(db).expanduser().resolve()}"
+    try:
+        make_url(db)
+    except ArgumentError as exc:
+        raise StoreError(f"--db {db!r}: not a database URL ({exc})") from None
+    return db
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    # WAL lets the web app read while the collector writes; FULL syncs each commit, so a
+    # frame acknowledged to the broker survives a power cut.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def open_engine(db: str) -> Engine:
+    """Connect to the review database and create its tables if they are missing."""
+    url = normalize_url(db)
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        Base.metadata.create_all(engine)
+    except Exception as exc:  # the driver's error names host, file or permission
+        raise StoreError(f"review database {make_url(url)!r}: {exc}") from None
+    return engine
+
+
+def default_images_dir(db: str) -> Path:
+    """Beside an SQLite file (``review.db`` -> ``review-images/``); else ./review-images."""
+    url = make_url(normalize_url(db))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(str(url.database))
+        return path.with_name(f"{path.stem}-images")
+    return Path("review-images").resolve()
+
+
+class Store:
+    """The database and the image folder together; what every review command opens."""
+
+    def __init__(self, db: str, images: Path | str | None = None) -> None:
+        self.url = normalize_url(db)
+        self.engine = open_engine(db)
+        self.images = Path(images) if images is not None else default_images_dir(db)
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed on success, rolled back on any error."""
+        with self.sessions.begin() as s:
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- images -------------------------------------------------------------------------
+
+    def image_path(self, sha256: str) -> Path:
+        """The stored file of an image; refuses anything that is not a sha256 (traversal)."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise StoreError(f"not an image id: {sha256[:80]!r}")
+        return self.images / sha256[:2] / f"{sha256}.jpg"
+
+    def put_image(self, data: bytes) -> str:
+        """Store JPEG bytes by content (durably: fsync, then an atomic rename); its sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.image_path(digest)
+        if path.exists():
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return digest
+
+    # ---- frames -------------------------------------------------------------------------
+
+    def add_sample(self, sample: Sample, received_at: float | None = None) -> bool:
+        """Store one wire-format sample; False when its frame_id is already stored."""
+        with self.session() as s:
+            if s.scalar(select(Frame.id).where(Frame.frame_id == sample.frame_id)) is not None:
+                return False
+            share = float(get_setting(s, "double_review_share"))
+        digest = self.put_image(sample.image.jpeg_bytes()) if sample.image else None
+        frame = Frame(
+            frame_id=sample.frame_id,
+            why=sample.why,
+            device=sample.device,
+            site=sample.site,
+            line=sample.line,
+            camera=sample.camera,
+            seq=sample.seq,
+            ts=sample.ts,
+            model_version=sample.model_version,
+            classes=list(sample.classes),
+            probabilities=list(sample.probabilities),
+            verdict=sample.verdict,
+            predicted=sample.label,
+            confidence=sample.confidence,
+            reason=sample.reason,
+            image_sha256=digest,
+            image_width=sample.image.width if sample.image else None,
+            image_height=sample.image.height if sample.image else None,
+            image_scale=sample.image.scale if sample.image else None,
+            image_error=sample.image_error,
+            received_at=time.time() if received_at is None else received_at,
+            required_reviews=2 if in_share(sample.frame_id, share) else 1,
+        )
+        try:
+            with self.session() as s:
+                s.add(frame)
+        except IntegrityError:  # another collector stored it between our check and insert
+            return False
+        return True
+
+    def add_reject(self, topic: str, reason: str, size: int) -> None:
+        with self.session() as s:
+            s.add(Reject(topic=topic[:300], reason=reason, size=size, received_at=time.time()))
+
+
+def in_share(key: str, share: float) -> bool:
+    """A stable choice of ``share`` of all keys (the same on every collector and restart)."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return h / 2**64 < share
+
+
+def get_setting(s: Session, key: str) -> Any:
+    row = s.get(Setting, key)
+    return DEFAULT_SETTINGS[key] if row is None else row.value
+
+
+def set_setting(s: Session, key: str, value: Any) -> None:
+    if key not in DEFAULT_SETTINGS:
+        raise StoreError(f"unknown setting {key!r} (known: {', '.join(DEFAULT_SETTINGS)})")
+    row = s.get(Setting, key)
+    if row is None:
+        s.add(Setting(key=key, value=value))
+    else:
+        row.value = value
