@@ -23,15 +23,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
+# Debian packages the tests use: Mosquitto (the MQTT tests start their own brokers) and
+# Chromium with its driver (the review app's browser test). Installed as root when missing.
+APT_DEPS := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub \
+            chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
+
 system-deps:
-	@if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then \
-	  echo "mosquitto: present"; \
+	@missing=""; for dep in $(APT_DEPS); do \
+	  [ -x "$${dep#*:}" ] || missing="$$missing $${dep%%:*}"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+	  echo "system packages: present (mosquitto, chromium, chromedriver)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "mosquitto: installing Debian's mosquitto and mosquitto-clients"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; \
+	  echo "system packages: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing; \
 	else \
-	  echo "mosquitto: missing. Install it with: sudo apt-get install mosquitto mosquitto-clients"; \
-	  echo "           (the MQTT tests start their own broker and skip without it)"; \
+	  echo "system packages missing:$$missing. Install them with: sudo apt-get install$$missing"; \
+	  echo "           (the MQTT and browser tests skip without them)"; \
 	fi
 
 ## test: lint (ruff, mypy) and the whole test suite

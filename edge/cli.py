@@ -122,6 +122,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     cfg = load_config(args.config)
     broker = None
+    if args.private_broker and args.broker:
+        raise LineqcError("--private-broker and --broker exclude each other")
+    if args.broker:
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise LineqcError(f"--broker {args.broker!r}: expected HOST:PORT")
+        mqtt = cfg.mqtt.model_copy(update={"host": host, "port": int(port)})
+        cfg = cfg.model_copy(update={"mqtt": mqtt})
     if args.private_broker:
         from .broker import private_broker
 
@@ -220,6 +228,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="start a broker on a free loopback port and publish there (demo): Mosquitto, or "
         "the embedded Python broker amqtt when Mosquitto is not installed (LINEQC_BROKER=python "
         "forces it)",
+    )
+    p.add_argument(
+        "--broker", metavar="HOST:PORT", help="publish to this broker instead of the config's"
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
