@@ -41,7 +41,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--group",
         default="lineqc-review",
-        help="shared subscription group: collectors in one group split the messages",
+        help="shared subscription group: collectors in one group split the messages; '' for a "
+        "plain subscription (one collector; Mosquitto 2.0 forgets shared subscriptions when "
+        "it restarts, plain ones it keeps)",
     )
     p.add_argument(
         "--client-id",

@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Engine,
     Float,
@@ -67,7 +68,7 @@ class Frame(Base):
     site: Mapped[str] = mapped_column(String(100))
     line: Mapped[str] = mapped_column(String(100), index=True)
     camera: Mapped[str] = mapped_column(String(100))
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)  # a camera's frame counter runs long
     ts: Mapped[float] = mapped_column(Float, index=True)  # capture time, Unix seconds
     model_version: Mapped[str] = mapped_column(String(100))
     classes: Mapped[list[str]] = mapped_column(JSON)
@@ -188,7 +189,10 @@ def open_engine(db: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        try:
+            engine = create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, ImportError) as exc:  # unknown dialect, driver not installed
+            raise StoreError(f"--db {make_url(url)!r}: {exc}") from None
     try:
         Base.metadata.create_all(engine)
     except Exception as exc:  # the driver's error names host, file or permission

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from lineqc.edge.wire import Sample
 from lineqc.review.store import Store
+from tests.review.kit import wire_sample
 
 # The machine's PostgreSQL (trust auth); CI has it too. Override with LINEQC_TEST_PG.
 PG_ADMIN = os.environ.get("LINEQC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -59,3 +61,8 @@ def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     s = Store(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
     yield s
     s.close()
+
+
+@pytest.fixture
+def make_sample() -> Callable[..., Sample]:
+    return wire_sample

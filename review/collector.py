@@ -1,0 +1,487 @@
+"""`lineqc review collect`: the devices' review samples, from MQTT into the review store.
+
+One MQTT 5 client with a persistent session (clean start off, a session expiry of days)
+under ``--client-id``, subscribed at QoS 1 to ``$share/<group>/<topic>``: collectors in one
+group split the messages (``--group ''``: the plain topic, for a single collector). Each
+message is validated against the wire format and stored by ``frame_id`` (image file first,
+then the row), and only then acknowledged: paho runs with ``manual_ack``, so a PUBACK
+leaves after the commit. A collector killed at any point leaves the broker holding every
+message it had not acknowledged, and the broker sends them again when the same client id
+comes back; what was committed but not yet acknowledged arrives twice and is counted as a
+duplicate. A malformed message is logged, recorded as a reject (without its payload) and
+acknowledged: sending it again would not make it valid.
+
+When the store fails (database down, disk full) the message is not acknowledged: the
+collector drops the connection, so the broker keeps it in the session, waits until the
+database answers again and reconnects, and the broker sends it again.
+
+What Mosquitto 2.0 does with shared subscriptions (seen with 2.0.11):
+  * unacknowledged QoS 1 messages of a persistent session are sent again (DUP set) when the
+    same client id reconnects, shared subscription or not: kill -9 loses nothing;
+  * it keeps dealing a group's messages round-robin to a member whose session persists while
+    it is offline: they wait in that session (up to the broker's ``max_queued_messages``,
+    1000 by default, then dropped) for that client id; the other members do not get them.
+    Keep a group's client ids stable and ``max_queued_messages`` above the longest outage;
+    a collector retired for good strands its share when its session expires;
+  * ``persistence true`` keeps sessions and their queued messages over a broker restart, but
+    not shared subscriptions (persist__subs_save skips them): until a collector reconnects
+    and subscribes again, samples the devices publish match nothing, are acknowledged to the
+    device and dropped. A plain subscription is persisted, so ``--group ''`` (one collector,
+    no sharing) is the setup that survives a Mosquitto restart with nothing lost; with a
+    group, the reconnect backoff is kept short to keep that window small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import dataclasses
+import logging
+import math
+import re
+import signal
+import ssl
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy import String, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError
+
+from lineqc.edge.wire import Sample, SampleImage, WireError, parse_message
+from lineqc.errors import LineqcError
+
+from .store import Frame, Store
+
+log = logging.getLogger("lineqc.review.collector")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # how long the broker keeps our messages while we are away
+KEEPALIVE_S = 30
+TICK_S = 0.2  # longest wait in the network loop: how soon a signal or --exit-idle is noticed
+RETRY_MIN_S = 0.5  # backoff for an unreachable broker and for a failing store
+RETRY_MAX_S = 5.0  # short: a broker restart forgets shared subscriptions (see above)
+SUMMARY_EVERY_S = 60.0
+INT_MAX = 2**63 - 1  # seq is a BIGINT; image sizes fit in the same check
+FIELD_COLUMN = {"label": "predicted"}  # wire field -> frames column, where the names differ
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` (TLS); LineqcError naming the URL."""
+    shown = repr(re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url))  # never echo a password
+    expected = "expected mqtt://HOST:PORT or mqtts://HOST:PORT"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise LineqcError(f"--broker {shown}: {exc} ({expected})") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise LineqcError(f"--broker {shown}: unknown scheme ({expected})")
+    if parts.username is not None or parts.password is not None:
+        raise LineqcError(
+            f"--broker {shown}: give the user as --username and the password in --password-file"
+        )
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise LineqcError(f"--broker {shown}: not a broker address ({expected})")
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+# The frames columns with a length limit, read from the table so the limits live in one place.
+_LENGTHS = {
+    c.name: int(c.type.length)
+    for c in Frame.__table__.columns
+    if isinstance(c.type, String) and c.type.length
+}
+
+
+def decode_sample(payload: bytes) -> Sample:
+    """A wire ``sample`` that the store can take whole; WireError naming what is wrong.
+
+    Beyond the wire model: the image must be strict base64 of a JPEG that decodes to the
+    stated size, and every value must fit its column on any database (PostgreSQL refuses
+    what SQLite would take: long strings, NUL characters, NaN in JSON, 64-bit integers).
+    A message the database refuses would otherwise come back from the broker forever.
+    """
+    msg = parse_message(payload)
+    if not isinstance(msg, Sample):
+        raise WireError(f"message: type {msg.type!r} is not a sample")
+    for name, value in msg.model_dump(exclude={"image"}).items():
+        if isinstance(value, str):
+            _check_text(name, value, _LENGTHS.get(FIELD_COLUMN.get(name, name)))
+        elif isinstance(value, int) and not -INT_MAX <= value <= INT_MAX:
+            raise WireError(f"{name}: {value} is out of range")
+    for cls in msg.classes:
+        _check_text("classes", cls, None)
+    if not all(math.isfinite(x) for x in (msg.ts, msg.confidence, *msg.probabilities)):
+        raise WireError("ts, confidence, probabilities: not finite numbers")
+    if msg.image is not None:
+        _check_jpeg(msg.image)
+    return msg
+
+
+def _check_text(name: str, value: str, limit: int | None) -> None:
+    if "\x00" in value:
+        raise WireError(f"{name}: contains a NUL character")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        raise WireError(f"{name}: not valid Unicode") from None
+    if limit is not None and len(value) > limit:
+        raise WireError(f"{name}: longer than {limit} characters")
+
+
+def _check_jpeg(image: SampleImage) -> None:
+    if not math.isfinite(image.scale):
+        raise WireError("image.scale: not a finite number")
+    try:  # the model's jpeg_bytes() skips stray characters; a reader must not guess
+        data = base64.b64decode(image.data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise WireError(f"image.data: not base64 ({exc})") from None
+    frame = None
+    if data[:3] == b"\xff\xd8\xff":  # cv2 also decodes PNG, BMP...: insist on a JPEG
+        with contextlib.suppress(cv2.error):
+            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if frame is None:
+        raise WireError(f"image.data: {len(data)} bytes that are not a readable JPEG")
+    height, width = frame.shape[:2]
+    if (width, height) != (image.width, image.height):
+        raise WireError(
+            f"image: the JPEG is {width}x{height}, the message says {image.width}x{image.height}"
+        )
+
+
+# ---- the collector ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Counts:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    store_errors: int = 0
+
+    def line(self) -> str:
+        return (
+            f"stored {self.stored}, duplicates {self.duplicates}, rejected {self.rejected}, "
+            f"store errors {self.store_errors}"
+        )
+
+
+class Collector:
+    def __init__(
+        self,
+        store: Store,
+        broker: BrokerUrl,
+        *,
+        topic: str,
+        group: str,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        tls_ca: str | None = None,
+        exit_idle: float | None = None,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.subscription = f"$share/{group}/{topic}" if group else topic
+        self.client_id = client_id
+        self.exit_idle = exit_idle
+        self.counts = Counts()
+        self.stopping = False
+        self.store_error: str | None = None  # set by on_message: drop the connection, retry
+        self.fatal: str | None = None  # set by on_subscribe: the broker refused us
+        self.last_activity = time.monotonic()
+        self.client = self._make_client(username, password, tls_ca)
+
+    def _make_client(
+        self, username: str | None, password: str | None, tls_ca: str | None
+    ) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,  # PUBACK only once the frame is committed
+        )
+        if username is not None or password is not None:
+            client.username_pw_set(username or "", password)
+        if self.broker.tls:
+            client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # Only records the address; run() connects (and reconnects) itself.
+        client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=KEEPALIVE_S,
+            clean_start=False,
+            properties=props,
+        )
+        return client
+
+    # ---- paho callbacks (all run inside client.loop(), on the main thread) ----------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker %s refused the connection: %s", self.broker, reason)
+            return
+        log.info(
+            "connected to %s as %r (session present: %s)",
+            self.broker,
+            self.client_id,
+            "yes" if flags.session_present else "no",
+        )
+        # Also when the session is present: a broker restarted without persistence forgot it.
+        client.subscribe(self.subscription, options=SubscribeOptions(qos=1))
+
+    def _on_disconnect(
+        self, client: mqtt.Client, _: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        (log.warning if reason.is_failure else log.info)(
+            "disconnected from %s: %s", self.broker, reason
+        )
+
+    def _on_subscribe(
+        self, client: mqtt.Client, _: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            self.fatal = f"broker {self.broker} refused the subscription to {self.subscription}: "
+            self.fatal += ", ".join(str(r) for r in refused)
+            if self.subscription.startswith("$share/"):
+                self.fatal += " (--group '' subscribes without sharing)"
+        else:
+            log.info("subscribed to %s (QoS %d)", self.subscription, reasons[0].value)
+            self.last_activity = time.monotonic()  # --exit-idle counts from here
+
+    def _on_message(self, client: mqtt.Client, _: Any, msg: mqtt.MQTTMessage) -> None:
+        self.last_activity = time.monotonic()
+        if self.store_error is not None:
+            return  # not acknowledged: the broker sends it again after the reconnect
+        try:
+            self._handle(msg.topic, bytes(msg.payload))
+        except Exception as exc:  # the store failed: keep the message with the broker
+            self.counts.store_errors += 1
+            self.store_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return
+        client.ack(msg.mid, msg.qos)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        """Store or reject one message; raises only when the store fails."""
+        try:
+            sample = decode_sample(payload)
+        except WireError as exc:
+            self._reject(topic, payload, str(exc))
+            return
+        try:
+            stored = self.store.add_sample(sample)
+        except DataError as exc:  # a value this database refuses; it would never go in
+            self._reject(topic, payload, f"the database refused it: {exc.orig}")
+            return
+        if stored:
+            self.counts.stored += 1
+        else:
+            self.counts.duplicates += 1
+
+    def _reject(self, topic: str, payload: bytes, reason: str) -> None:
+        # The reason may quote the payload: make it text every database takes.
+        reason = reason.encode("utf-8", "backslashreplace").decode()[:2000]
+        reason = reason.replace("\x00", "\\x00")
+        self.store.add_reject(topic, reason, len(payload))
+        self.counts.rejected += 1
+        log.warning("rejected a message on %s (%d bytes): %s", topic, len(payload), reason)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Collect until SIGTERM/SIGINT or --exit-idle; 0 on a clean stop."""
+        previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        retry = RetryDelay()
+        next_connect = 0.0  # when to (re)connect while no socket is open
+        connected_socket = False
+        last_summary, summarized = time.monotonic(), Counts()
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if self.fatal is not None:
+                    raise LineqcError(self.fatal)
+                if self.store_error is not None:
+                    self._wait_for_store()
+                    connected_socket = False
+                    retry.reset()
+                    next_connect = 0.0
+                    continue
+                if self._idle_for(now):
+                    log.info("no message for %g s (--exit-idle): stopping", self.exit_idle)
+                    break
+                if now - last_summary >= SUMMARY_EVERY_S:
+                    if self.counts != summarized:
+                        log.info("collector: %s", self.counts.line())
+                        summarized = dataclasses.replace(self.counts)
+                    last_summary = now
+                if not connected_socket:
+                    if now < next_connect:
+                        time.sleep(min(TICK_S, next_connect - now))
+                        continue
+                    try:
+                        self.client.reconnect()
+                        connected_socket = True
+                    except OSError as exc:  # refused, unreachable, name, TLS handshake
+                        delay = retry.next()
+                        log.warning("broker %s: %s; retrying in %.1f s", self.broker, exc, delay)
+                        next_connect = now + delay
+                    continue
+                rc = self.client.loop(TICK_S)
+                if self.client.is_connected():
+                    retry.reset()
+                elif rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    connected_socket = False
+                    next_connect = time.monotonic() + retry.next()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._drop_connection()
+        return 0
+
+    def _stop(self, signum: int, _: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early for a signal."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(TICK_S, max(0.0, deadline - time.monotonic())))
+
+    def _idle_for(self, now: float) -> bool:
+        return self.exit_idle is not None and now - self.last_activity >= self.exit_idle
+
+    def _drop_connection(self) -> None:
+        """DISCONNECT (written at once; paho closes the socket): the session stays."""
+        if self.client.is_connected():
+            self.client.disconnect()
+
+    def _wait_for_store(self) -> None:
+        """Disconnect, back off until the database answers again (or a signal), clear."""
+        log.error(
+            "review store failed (%s): disconnecting; the broker keeps the unacknowledged "
+            "message(s) and sends them again once the store is back",
+            self.store_error,
+        )
+        self._drop_connection()
+        retry = RetryDelay()
+        while not self.stopping:
+            self._sleep(retry.next())
+            try:
+                with self.store.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except Exception as exc:
+                log.warning("review store still failing: %s", str(exc).splitlines()[0])
+                continue
+            log.info("review store is back: reconnecting")
+            break
+        self.store_error = None
+        self.last_activity = time.monotonic()  # --exit-idle counts from here
+
+
+class RetryDelay:
+    """Doubling delays from RETRY_MIN_S up to RETRY_MAX_S."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.delay = RETRY_MIN_S
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, RETRY_MAX_S)
+        return delay
+
+
+def _read_password(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise LineqcError(f"--password-file {path}: {exc.strerror}") from None
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.client_id:
+        raise LineqcError("--client-id: must not be empty (the broker keeps our session under it)")
+    if any(c in args.group for c in "/+#"):
+        raise LineqcError(f"--group {args.group!r}: must be a name without '/', '+' or '#'")
+    if not args.topic or args.topic.startswith("$share/"):
+        raise LineqcError(f"--topic {args.topic!r}: give the plain topic filter (see --group)")
+    if args.tls_ca is not None and not Path(args.tls_ca).is_file():
+        raise LineqcError(f"--tls-ca {args.tls_ca}: no such file")
+    if args.exit_idle is not None and args.exit_idle <= 0:
+        raise LineqcError(f"--exit-idle {args.exit_idle}: must be more than 0 seconds")
+
+
+def run_collector(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    broker = parse_broker_url(args.broker)
+    if args.tls_ca is not None and not broker.tls:  # a CA file means TLS (--tls-ca's help)
+        broker = BrokerUrl(broker.host, broker.port, True)
+    _check_args(args)
+    password = _read_password(args.password_file)
+    store = Store(args.db, args.images)
+    try:
+        collector = Collector(
+            store,
+            broker,
+            topic=args.topic,
+            group=args.group,
+            client_id=args.client_id,
+            username=args.username,
+            password=password,
+            tls_ca=args.tls_ca,
+            exit_idle=args.exit_idle,
+        )
+        where = make_url(store.url)  # str() hides a password
+        log.info("collecting %s from %s into %s", collector.subscription, broker, where)
+        code = collector.run()
+    finally:
+        store.close()
+    log.info("collector: %s", collector.counts.line())
+    print(collector.counts.line(), flush=True)
+    return code

@@ -1,0 +1,424 @@
+"""`lineqc review collect` end to end: real Mosquitto brokers, the collector as a real
+process (killed with SIGKILL where that is the point), real SQLite and PostgreSQL
+databases, wire samples made with the device's own builders, and the real edge runtime."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+import paho.mqtt.publish as mqtt_publish
+import pytest
+import sqlalchemy
+from sqlalchemy import func, select
+
+from lineqc.edge.wire import Sample, dumps, image_part, result_message
+from lineqc.errors import LineqcError
+from lineqc.review.collector import BrokerUrl, parse_broker_url
+from lineqc.review.store import Frame, Reject, Store, normalize_url
+
+TOPIC = "lineqc/v1/site1/line1/dev1/sample"
+
+
+def jpeg(seed: int, size: tuple[int, int] = (24, 32)) -> bytes:
+    """A real JPEG of a small synthetic frame, different for every seed."""
+    frame = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", frame)
+    assert ok
+    return buf.tobytes()
+
+
+def frame_id(seq: int) -> str:
+    return f"dev1-cam0-18f3a9c2b41-{seq:07d}"
+
+
+def frame_ids(n: int) -> list[str]:
+    return sorted(frame_id(i) for i in range(n))
+
+
+def publish(port: int, payloads: list[bytes], **options: Any) -> None:
+    """Publish at QoS 1; returns once the broker acknowledged every message.
+
+    ``options``: paho's ``auth`` or ``tls``."""
+    msgs = [{"topic": TOPIC, "payload": p, "qos": 1} for p in payloads]
+    mqtt_publish.multiple(msgs, hostname="127.0.0.1", port=port, protocol=mqtt.MQTTv5, **options)
+
+
+def query(db: str, statement: Any) -> list[Any]:
+    engine = sqlalchemy.create_engine(normalize_url(db))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(statement))
+    finally:
+        engine.dispose()
+
+
+def rows(db: str) -> list[Any]:
+    """The stored frames (rows with the frames columns), by frame id."""
+    return query(db, select(Frame).order_by(Frame.frame_id))
+
+
+def count(db: str) -> int:
+    return int(query(db, select(func.count()).select_from(Frame))[0][0])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+@dataclass
+class CollectorRun:
+    """One `lineqc review collect` process; its stdout and stderr go to files."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    @property
+    def log(self) -> str:
+        return self.err.read_text()
+
+    def wait_log(self, text: str, times: int = 1, timeout: float = 30) -> None:
+        wait_until(lambda: self.log.count(text) >= times or self.proc.poll() is not None, timeout)
+        assert self.log.count(text) >= times, f"collector never logged {text!r}:\n{self.log}"
+
+    def finish(self, timeout: float = 60) -> str:
+        """Wait for the exit (--exit-idle or a signal); its summary line, after rc 0."""
+        assert self.proc.wait(timeout) == 0, self.log
+        assert "Traceback" not in self.log, self.log
+        return self.out.read_text().strip()
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.finish()
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Callable[..., CollectorRun]]:
+    """Start collectors: collector(port, db, *args, client_id=...); killed at the end.
+
+    It returns once the collector logged ``ready`` (by default: it subscribed, so frames
+    published from then on reach its session).
+    """
+    runs: list[CollectorRun] = []
+
+    def start(
+        port: int,
+        db: str,
+        *args: str,
+        client_id: str = "c1",
+        ready: str = "subscribed to ",
+        scheme: str = "mqtt",
+    ) -> CollectorRun:
+        name = f"{client_id}-{len(runs)}"
+        out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+        cmd = [
+            sys.executable, "-m", "lineqc", "review", "collect",
+            "--broker", f"{scheme}://127.0.0.1:{port}", "--db", db,
+            "--images", str(tmp_path / "images"), "--client-id", client_id, *args,
+        ]  # fmt: skip
+        with open(out, "wb") as o, open(err, "wb") as e:
+            run = CollectorRun(subprocess.Popen(cmd, stdout=o, stderr=e), out, err)
+        runs.append(run)
+        run.wait_log(ready)
+        return run
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> str:
+    return str(tmp_path / "review.db")
+
+
+@pytest.fixture
+def sample_doc(make_sample: Callable[..., Sample]) -> Callable[..., dict[str, Any]]:
+    """sample_doc(seq, image=None): a wire sample (a dict, make_sample's metadata) whose
+    image is jpeg(seq) unless given: every frame its own image."""
+
+    def build(seq: int, image: bytes | None = None) -> dict[str, Any]:
+        why = "uncertain" if seq % 5 else "audit"
+        doc = make_sample(frame_id(seq), seq=seq, why=why).model_dump()
+        doc["image"] = image_part(jpeg(seq) if image is None else image, 32, 24, 90, 1.0)
+        return doc
+
+    return build
+
+
+# ---- the tests --------------------------------------------------------------------------
+
+
+def test_every_frame_is_stored_once_and_duplicates_are_dropped(
+    broker, collector, sample_doc, db_url: str, tmp_path: Path
+) -> None:
+    run = collector(broker.port, db_url)
+    shared = jpeg(1000)  # two frames with one image share the stored file
+    docs = [sample_doc(i) for i in range(40)] + [sample_doc(40, shared), sample_doc(41, shared)]
+    docs.append(sample_doc(42))  # sent last: once it is stored, every duplicate was handled
+    publish(broker.port, [dumps(d) for d in docs[:-1] + docs[:10] + docs[-1:]])
+    assert wait_until(lambda: count(db_url) == len(docs))
+    assert run.stop() == "stored 43, duplicates 10, rejected 0, store errors 0"
+    stored = rows(db_url)
+    assert [r.frame_id for r in stored] == sorted(d["frame_id"] for d in docs)
+    with closing(Store(db_url, tmp_path / "images")) as store:
+        for row, doc in zip(stored, sorted(docs, key=lambda d: d["frame_id"]), strict=True):
+            assert row.why == doc["why"] and row.seq == doc["seq"] and row.ts == doc["ts"]
+            data = store.image_path(row.image_sha256).read_bytes()
+            assert data == base64.b64decode(doc["image"]["data"])
+    assert stored[40].image_sha256 == stored[41].image_sha256
+    assert len(list((tmp_path / "images").rglob("*.jpg"))) == 42
+
+
+def test_malformed_messages_are_logged_counted_and_never_stored(
+    broker, collector, sample_doc, db_url: str, tmp_path: Path
+) -> None:
+    run = collector(broker.port, db_url)
+
+    def variant(change: Callable[[dict[str, Any]], object]) -> bytes:
+        doc = sample_doc(1)
+        change(doc)
+        return dumps(doc)
+
+    png = cv2.imencode(".png", np.zeros((24, 32), np.uint8))[1].tobytes()
+    result = result_message(
+        frame_id="f", device="dev1", camera="cam0", seq=1, ts=1.0, model_version="m",
+        verdict="ok", label="ok", confidence=1.0, reason=None, latency_ms=1.0, sampled=None,
+    )  # fmt: skip
+    bad = {
+        "not JSON": b"\xff{not json",
+        "not a JSON object": b"[1, 2]",
+        "wire version": variant(lambda d: d.update(v=2)),
+        "is not a sample": dumps(result),
+        "frame_id": variant(lambda d: d.pop("frame_id")),
+        "probabilities": variant(lambda d: d.update(probabilities="high")),
+        "not base64": variant(lambda d: d["image"].update(data="@@@@" + d["image"]["data"])),
+        "not a readable JPEG": variant(
+            lambda d: d["image"].update(data=base64.b64encode(png).decode())
+        ),
+        "the JPEG is 32x24": variant(lambda d: d["image"].update(width=64)),
+        "not finite": json.dumps({**sample_doc(1), "confidence": float("nan")}).encode(),
+        "longer than 200": variant(lambda d: d.update(frame_id="x" * 201)),
+        "NUL": variant(lambda d: d.update(device="dev\x001")),
+        "not valid Unicode": variant(lambda d: d.update(line="line\ud800")),
+    }
+    good = sample_doc(2)
+    publish(broker.port, [*bad.values(), dumps(good)])
+    assert wait_until(lambda: count(db_url) == 1)  # sent last
+    assert run.stop() == f"stored 1, duplicates 0, rejected {len(bad)}, store errors 0"
+    assert [r.frame_id for r in rows(db_url)] == [good["frame_id"]]
+    assert len(list((tmp_path / "images").rglob("*.jpg"))) == 1  # nothing stored half
+    rejects = query(db_url, select(Reject.topic, Reject.reason, Reject.size).order_by(Reject.id))
+    assert [(t, s) for t, _, s in rejects] == [(TOPIC, len(p)) for p in bad.values()]
+    for (_, reason, _), why in zip(rejects, bad, strict=True):
+        assert why in reason
+    logged = [line for line in run.log.splitlines() if f"rejected a message on {TOPIC}" in line]
+    assert len(logged) == len(bad)
+    assert all(why in line for line, why in zip(logged, bad, strict=True))
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(
+    broker, collector, sample_doc, sqlite_db: str, tmp_path: Path
+) -> None:
+    """Kill -9 twice while frames flow; every frame the broker took is stored exactly once."""
+    n = 300
+    payloads = [dumps(sample_doc(i)) for i in range(n)]
+    run = collector(broker.port, sqlite_db)
+    sender = threading.Thread(target=publish, args=(broker.port, payloads))
+    sender.start()
+    at_kill = []
+    for threshold in (20, 150):
+        assert wait_until(lambda t=threshold: count(sqlite_db) >= t, step=0.01)
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait()
+        at_kill.append(count(sqlite_db))
+        # The same client id: its session. With a session present the broker sends what it
+        # holds before the SUBACK, so do not wait for the subscription here.
+        run = collector(broker.port, sqlite_db, ready="connected to")
+    sender.join()
+    assert wait_until(lambda: count(sqlite_db) >= n)
+    summary = run.stop()
+    assert max(at_kill) < n, f"a kill came after the last frame: {at_kill}"
+    stored = rows(sqlite_db)
+    assert [r.frame_id for r in stored] == frame_ids(n)
+    with closing(Store(sqlite_db, tmp_path / "images")) as store:  # no row without its image
+        assert all(store.image_path(r.image_sha256).is_file() for r in stored)
+    # the last run stored what the kills left over; redeliveries counted as duplicates
+    assert summary.startswith(f"stored {n - at_kill[-1]}, "), summary
+
+
+def test_two_collectors_in_one_group_split_the_frames(
+    broker, collector, sample_doc, db_url: str
+) -> None:
+    runs = [collector(broker.port, db_url, client_id=c) for c in ("a", "b")]
+    n = 60
+    publish(broker.port, [dumps(sample_doc(i)) for i in range(n)])
+    assert wait_until(lambda: count(db_url) == n)
+    stored = [int(r.stop().split(",")[0].removeprefix("stored ")) for r in runs]
+    assert all(s > 0 for s in stored) and sum(stored) == n, stored
+    assert [r.frame_id for r in rows(db_url)] == frame_ids(n)
+
+
+def test_database_outage_on_postgresql_delays_frames_and_loses_none(
+    broker, collector, sample_doc, pg_url: str, tmp_path: Path
+) -> None:
+    """The database refuses connections while frames arrive: nothing is acknowledged, and
+    once it is back the broker's redeliveries bring every frame in."""
+    run = collector(broker.port, pg_url, "--exit-idle", "2")
+    publish(broker.port, [dumps(sample_doc(i)) for i in range(5)])
+    assert wait_until(lambda: count(pg_url) == 5)
+    name = sqlalchemy.engine.make_url(pg_url).database
+    admin = sqlalchemy.create_engine(
+        sqlalchemy.engine.make_url(pg_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        )
+    publish(broker.port, [dumps(sample_doc(i)) for i in range(5, 15)])
+    run.wait_log("review store failed")
+    run.wait_log("review store still failing")  # it retried while the database was away
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    admin.dispose()
+    summary = run.finish()
+    assert summary.startswith("stored 15, duplicates 0, rejected 0, store errors "), summary
+    assert [r.frame_id for r in rows(pg_url)] == frame_ids(15)
+    assert "review store is back" in run.log
+
+
+@pytest.mark.parametrize("group", ["", "lineqc-review"])
+def test_broker_restart_reconnects_and_sigterm_exits_cleanly(
+    broker_factory, collector, sample_doc, sqlite_db: str, group: str
+) -> None:
+    broker = broker_factory(persistence=True)  # sessions outlive the broker's restart
+    run = collector(broker.port, sqlite_db, "--group", group)
+    publish(broker.port, [dumps(sample_doc(i)) for i in range(5)])
+    assert wait_until(lambda: count(sqlite_db) == 5)
+    run.proc.send_signal(signal.SIGSTOP)  # the collector cannot reconnect before we publish
+    broker.stop()
+    broker.start()
+    if group:
+        # Mosquitto does not persist shared subscriptions: until the collector subscribes
+        # again, nothing matches and samples would be dropped. So publish after that.
+        run.proc.send_signal(signal.SIGCONT)
+        run.wait_log("subscribed to $share/", times=2)
+        publish(broker.port, [dumps(sample_doc(i)) for i in range(5, 10)])
+    else:
+        # A plain subscription is persisted: frames published while the collector is away
+        # wait in its session.
+        publish(broker.port, [dumps(sample_doc(i)) for i in range(5, 10)])
+        run.proc.send_signal(signal.SIGCONT)
+    assert wait_until(lambda: count(sqlite_db) == 10)
+    summary = run.stop()  # duplicates: PUBACKs the SIGSTOP held back came after the restart
+    assert summary.startswith("stored 10, ") and summary.endswith("rejected 0, store errors 0")
+    assert [r.frame_id for r in rows(sqlite_db)] == frame_ids(10)
+    assert "disconnected from" in run.log and "session present: yes" in run.log
+    assert "SIGTERM: stopping" in run.log
+
+
+def test_password_file_is_used(
+    broker_factory, collector, sample_doc, sqlite_db: str, tmp_path: Path
+) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "review", "s3cret"], check=True)
+    broker = broker_factory(extra=f"allow_anonymous false\npassword_file {passwd}")
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    run = collector(broker.port, sqlite_db, "--username", "review", "--password-file", str(secret))
+    auth = {"username": "review", "password": "s3cret"}
+    publish(broker.port, [dumps(sample_doc(i)) for i in range(3)], auth=auth)
+    assert wait_until(lambda: count(sqlite_db) == 3)
+    assert run.stop() == "stored 3, duplicates 0, rejected 0, store errors 0"
+
+
+def test_tls_with_a_ca_file(
+    broker_factory, collector, sample_doc, sqlite_db: str, tmp_path: Path
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "broker.crt", tmp_path / "broker.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    broker = broker_factory(extra=f"certfile {cert}\nkeyfile {key}")  # the listener speaks TLS
+    run = collector(broker.port, sqlite_db, "--tls-ca", str(cert), scheme="mqtts")
+    publish(broker.port, [dumps(sample_doc(i)) for i in range(3)], tls={"ca_certs": str(cert)})
+    assert wait_until(lambda: count(sqlite_db) == 3)
+    assert run.stop() == "stored 3, duplicates 0, rejected 0, store errors 0"
+    assert f"connected to mqtts://127.0.0.1:{broker.port}" in run.log
+
+
+def test_bad_arguments_are_clear_errors(lineqc, tmp_path: Path) -> None:
+    db = str(tmp_path / "review.db")
+    for args, message in [
+        (["--broker", "http://127.0.0.1:1883"], "--broker 'http://127.0.0.1:1883': unknown"),
+        (["--password-file", str(tmp_path / "nope")], f"--password-file {tmp_path / 'nope'}"),
+    ]:
+        proc = lineqc("review", "collect", "--db", db, *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "review.db").exists()  # refused before anything was opened
+
+
+def test_broker_urls() -> None:
+    assert parse_broker_url("mqtt://broker.plant:1884") == BrokerUrl("broker.plant", 1884, False)
+    assert parse_broker_url("mqtts://10.0.0.2") == BrokerUrl("10.0.0.2", 8883, True)
+    assert parse_broker_url("mqtt://[::1]") == BrokerUrl("::1", 1883, False)
+    for bad in ("127.0.0.1:1883", "tcp://h:1883", "mqtt://h:port", "mqtt://", "mqtt://h/x"):
+        with pytest.raises(LineqcError, match=re.escape(f"--broker {bad!r}")):
+            parse_broker_url(bad)
+    with pytest.raises(LineqcError, match=re.escape("'mqtt://u:***@h:1883': give the user")):
+        parse_broker_url("mqtt://u:secret@h:1883")
+
+
+def test_runtime_samples_all_arrive_in_the_review_db(
+    edge, broker, collector, subscriber_factory, sqlite_db: str, tmp_path: Path
+) -> None:
+    sub = subscriber_factory(broker.port)
+    run = collector(broker.port, sqlite_db)
+    cfg = edge.config(broker.port, sampling={"audit_share": 0.2, "seed": 0})
+    proc = edge.run(cfg, "--json")
+    assert proc.returncode == 0, proc.stderr
+    n = json.loads(proc.stdout)["frames"]
+    assert sub.wait_for(lambda: len(sub.docs("result")) >= n, 10)
+    sampled = {d["frame_id"]: d["sampled"] for d in sub.docs("result") if d["sampled"]}
+    assert "uncertain" in sampled.values()
+    assert wait_until(lambda: count(sqlite_db) >= len(sampled))
+    run.stop()
+    stored = rows(sqlite_db)
+    assert {r.frame_id: r.why for r in stored} == sampled
+    with closing(Store(sqlite_db, tmp_path / "images")) as store:
+        for row in stored:
+            assert row.device == "dev1" and row.image_sha256 is not None
+            image = cv2.imread(str(store.image_path(row.image_sha256)), cv2.IMREAD_UNCHANGED)
+            assert image.shape[:2] == (row.image_height, row.image_width) == (64, 64)
