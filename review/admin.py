@@ -1,0 +1,179 @@
+"""Admin pages: agreement and gold audit, the review settings, and adjudication.
+
+Only users created with ``--admin`` see them (others get 403). Frame states come from
+``consensus.py``, the one definition of pending / agreed / disputed / adjudicated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .agreement import PairAgreement, pair_agreement
+from .auth import SignedIn
+from .consensus import Consensus, consensus
+from .gold import GoldScore, gold_audit
+from .queue import answers_by_frame, resolve
+from .store import (
+    DEFAULT_SETTINGS,
+    SKIP,
+    Adjudication,
+    Frame,
+    Reject,
+    Review,
+    User,
+    get_setting,
+    set_setting,
+)
+from .web import Admin, AdminPoster, render, store_of
+
+router = APIRouter()
+STATES = ("pending", "agreed", "disputed", "adjudicated")
+
+
+@dataclass(frozen=True)
+class FrameState:
+    consensus: Consensus
+    answers: list[tuple[str, str]]  # (inspector, answer), oldest first, skips included
+
+
+def frame_states(s: Session) -> dict[int, FrameState]:
+    """The consensus of every flagged (not gold) frame, with who answered what."""
+    frames: dict[int, int] = {
+        pk: required
+        for pk, required in s.execute(
+            select(Frame.id, Frame.required_reviews).where(Frame.gold_label.is_(None))
+        )
+    }
+    answers: dict[int, list[tuple[str, str]]] = {pk: [] for pk in frames}
+    rows = s.execute(
+        select(Review.frame_pk, User.name, Review.label)
+        .join(User, User.id == Review.user_id)
+        .order_by(Review.created_at, Review.id)
+    )
+    for pk, name, label in rows:
+        if pk in answers:
+            answers[pk].append((name, label))
+    final: dict[int, str] = {
+        pk: label for pk, label in s.execute(select(Adjudication.frame_pk, Adjudication.label))
+    }
+    return {
+        pk: FrameState(consensus(required, [a for _, a in answers[pk]], final.get(pk)), answers[pk])
+        for pk, required in frames.items()
+    }
+
+
+@dataclass(frozen=True)
+class Overview:
+    states: dict[str, int]
+    gold_frames: int
+    pairs: list[PairAgreement]
+    gold: list[GoldScore]
+    rejects: int
+    settings: dict[str, float]
+
+
+def overview(s: Session) -> Overview:
+    counts: Counter[str] = Counter(st.consensus.state for st in frame_states(s).values())
+    by_frame: dict[int, dict[str, str]] = {}
+    for pk, name, label in s.execute(
+        select(Review.frame_pk, User.name, Review.label)
+        .join(User, User.id == Review.user_id)
+        .where(Review.label != SKIP)
+    ):
+        by_frame.setdefault(pk, {})[name] = label
+    return Overview(
+        states={state: counts.get(state, 0) for state in STATES},
+        gold_frames=s.scalar(select(func.count(Frame.id)).where(Frame.gold_label.is_not(None)))
+        or 0,
+        pairs=pair_agreement(by_frame),
+        gold=gold_audit(s),
+        rejects=s.scalar(select(func.count(Reject.id))) or 0,
+        settings={key: float(get_setting(s, key)) for key in DEFAULT_SETTINGS},
+    )
+
+
+def _admin_page(
+    request: Request, user: SignedIn, error: str | None = None, status: int = 200
+) -> Response:
+    with store_of(request).session() as s:
+        view = overview(s)
+    return render(
+        request, "admin.html", status, view=view, error=error, states=STATES, csrf=user.csrf
+    )
+
+
+def _share(name: str, value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:  # NaN fails too
+        raise ValueError(f"{name}: {value[:40]!r} is not a number from 0 to 1")
+    return share
+
+
+@router.get("/admin")
+def admin_page(request: Request, user: Admin) -> Response:
+    return _admin_page(request, user)
+
+
+@router.post("/admin/settings")
+def change_settings(
+    request: Request,
+    user: AdminPoster,
+    double_review_share: Annotated[str, Form()] = "",
+    gold_share: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        values = {
+            "double_review_share": _share("double_review_share", double_review_share),
+            "gold_share": _share("gold_share", gold_share),
+        }
+    except ValueError as exc:
+        return _admin_page(request, user, str(exc), 400)
+    with store_of(request).session() as s:
+        for key, value in values.items():
+            set_setting(s, key, value)
+    return RedirectResponse("/admin", 303)
+
+
+@router.get("/adjudicate")
+def adjudicate_page(request: Request, user: Admin) -> Response:
+    with store_of(request).session() as s:
+        states = frame_states(s)
+        disputed = [pk for pk, st in states.items() if st.consensus.state == "disputed"]
+        frames = s.scalars(select(Frame).where(Frame.id.in_(disputed)).order_by(Frame.ts)).all()
+        items = [(f, states[f.id].answers) for f in frames[:200]]
+    return render(request, "adjudicate.html", items=items, waiting=len(disputed), csrf=user.csrf)
+
+
+@router.post("/adjudicate/{frame_pk}")
+def adjudicate(
+    request: Request,
+    frame_pk: int,
+    user: AdminPoster,
+    label: Annotated[str, Form()] = "",
+) -> Response:
+    with store_of(request).session() as s:
+        frame = s.get(Frame, frame_pk, with_for_update=True)
+        if frame is None or frame.is_gold:
+            raise HTTPException(404, f"no frame {frame_pk} to adjudicate")
+        if label not in frame.classes:
+            raise HTTPException(400, f"label {label[:100]!r} is not one of {frame.classes}")
+        answers = answers_by_frame(s, [frame.id])[frame.id]
+        if resolve(frame, answers, s.get(Adjudication, frame.id)).state != "disputed":
+            raise HTTPException(409, "this frame is not disputed (anymore)")
+        s.add(
+            Adjudication(
+                frame_pk=frame.id, user_id=user.user_id, label=label, created_at=time.time()
+            )
+        )
+    return RedirectResponse("/adjudicate", 303)

@@ -1,0 +1,305 @@
+"""The inspectors' web app: sign-in, the queue, the frame page, labelling, images.
+
+``create_app(store)`` builds the FastAPI app (tests drive it with TestClient);
+``serve(args)`` runs it with uvicorn for ``lineqc review serve``. Admin pages (agreement,
+settings, adjudication) live in ``admin.py``; shared page plumbing in ``web.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from typing import Annotated
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lineqc.errors import LineqcError
+
+from . import admin
+from .auth import (
+    SESSION_TTL_S,
+    authenticate,
+    end_session,
+    new_token,
+    same_token,
+    start_session,
+)
+from .middleware import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
+from .queue import QUEUE_PAGE, Filters, QueueError, answer_of, build_queue, record_answer
+from .store import SKIP, UNSURE, Frame, Store, StoreError, User
+from .web import (
+    HERE,
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    Inspector,
+    NotSignedIn,
+    Poster,
+    render,
+    safe_next,
+    store_of,
+    wants_html,
+    with_query,
+)
+
+KEY_UNSURE = "u"
+KEY_SKIP = "s"
+
+
+def create_app(store: Store, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    app = FastAPI(title="lineqc review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: on every response, errors included
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    _add_error_pages(app)
+    _add_sign_in(app)
+    _add_inspection(app)
+    app.include_router(admin.router)
+    return app
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    if wants_html(request):
+        return render(request, "error.html", status, status=status, message=message)
+    return PlainTextResponse(message, status)
+
+
+def _add_error_pages(app: FastAPI) -> None:
+    @app.exception_handler(NotSignedIn)
+    async def not_signed_in(request: Request, exc: NotSignedIn) -> Response:
+        if request.method == "GET" and wants_html(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(with_query("/login", {"next": target}), 303)
+        return PlainTextResponse("sign in first", 401)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        response = _error(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        where = "; ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        return _error(request, 400, f"bad request: {where}")
+
+    @app.exception_handler(QueueError)
+    async def queue_error(request: Request, exc: QueueError) -> Response:
+        return _error(request, exc.status, str(exc))
+
+
+# ---- signing in and out -------------------------------------------------------------------
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+
+
+def _login_page(request: Request, next_path: str, error: str | None, status: int) -> Response:
+    # A fresh double-submit token per form: the POST must echo the cookie's value.
+    token = new_token()
+    response = render(request, "login.html", status, csrf=token, next=next_path, error=error)
+    _set_cookie(request, response, LOGIN_CSRF_COOKIE, token, 3600)
+    return response
+
+
+def _add_sign_in(app: FastAPI) -> None:
+    @app.get("/login")
+    def login_form(request: Request, next: str = "/queue") -> Response:
+        return _login_page(request, safe_next(next), None, 200)
+
+    @app.post("/login")
+    def login(
+        request: Request,
+        name: Annotated[str, Form()] = "",
+        password: Annotated[str, Form()] = "",
+        csrf: Annotated[str, Form()] = "",
+        next: Annotated[str, Form()] = "/queue",
+    ) -> Response:
+        if not same_token(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf):
+            raise HTTPException(403, "missing or wrong CSRF token: reload the sign-in page")
+        user_id = authenticate(store_of(request), name, password)
+        if user_id is None:
+            return _login_page(request, safe_next(next), "wrong name or password", 401)
+        response = RedirectResponse(safe_next(next), 303)
+        token = start_session(store_of(request), user_id)
+        _set_cookie(request, response, SESSION_COOKIE, token, int(SESSION_TTL_S))
+        response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+        return response
+
+    @app.post("/logout")
+    def logout(request: Request, user: Poster) -> Response:
+        end_session(store_of(request), request.cookies.get(SESSION_COOKIE, ""))
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+
+# ---- the queue, the frame page, labelling, images ------------------------------------------
+
+
+def _choices(store: Store) -> dict[str, list[str]]:
+    """The values each filter can take (every stored frame's)."""
+    columns = {
+        "line": Frame.line,
+        "device": Frame.device,
+        "camera": Frame.camera,
+        "predicted": Frame.predicted,
+    }
+    with store.session() as s:
+        return {
+            key: list(s.scalars(select(col).distinct().order_by(col)))
+            for key, col in columns.items()
+        }
+
+
+def _frame_url(frame: Frame | None, filters: Filters) -> str:
+    path = f"/frame/{frame.id}" if frame else "/queue"
+    return with_query(path, filters.as_params())
+
+
+def _keys(frame: Frame) -> list[tuple[str, str]]:
+    """(key, label) per answer button: 1..9 for the frame's first nine classes in order (a
+    tenth class and beyond get a button without a key), then unsure and skip."""
+    keys = [(str(i) if i <= 9 else "", c) for i, c in enumerate(frame.classes, start=1)]
+    return [*keys, (KEY_UNSURE, UNSURE), (KEY_SKIP, SKIP)]
+
+
+def _add_inspection(app: FastAPI) -> None:
+    @app.get("/")
+    def home(user: Inspector) -> Response:
+        return RedirectResponse("/queue", 303)
+
+    @app.get("/queue")
+    def queue_page(request: Request, user: Inspector) -> Response:
+        filters = Filters.parse(request.query_params)
+        store = store_of(request)
+        with store.session() as s:
+            queue = build_queue(s, user.user_id, filters)
+            return render(
+                request,
+                "queue.html",
+                queue=queue,
+                frames=queue.frames[:QUEUE_PAGE],
+                filters=filters,
+                params=filters.as_params(),
+                choices=_choices(store),
+            )
+
+    @app.get("/next")
+    def next_frame(request: Request, user: Inspector) -> Response:
+        filters = Filters.parse(request.query_params)
+        with store_of(request).session() as s:
+            first = build_queue(s, user.user_id, filters).first
+        return RedirectResponse(_frame_url(first, filters), 303)
+
+    @app.get("/frame/{frame_pk}")
+    def frame_page(request: Request, frame_pk: int, user: Inspector) -> Response:
+        filters = Filters.parse(request.query_params)
+        with store_of(request).session() as s:
+            frame = s.get(Frame, frame_pk)
+            if frame is None:
+                raise HTTPException(404, f"no frame {frame_pk}")
+            waiting = build_queue(s, user.user_id, filters).waiting
+            mine = answer_of(s, frame.id, user.user_id)
+        return render(
+            request,
+            "frame.html",
+            frame=frame,
+            bars=list(zip(frame.classes, frame.probabilities, strict=False)),
+            keys=_keys(frame),
+            mine=mine,
+            waiting=waiting,
+            filters=filters,
+            params=filters.as_params(),
+        )
+
+    @app.post("/frame/{frame_pk}/label")
+    def label(
+        request: Request,
+        frame_pk: int,
+        user: Poster,
+        label: Annotated[str, Form()] = "",
+    ) -> Response:
+        filters = Filters.parse(request.query_params)
+        store = store_of(request)
+        record_answer(store, user.user_id, frame_pk, label)  # as the session's user, only
+        with store.session() as s:
+            following = build_queue(s, user.user_id, filters).first
+        return RedirectResponse(_frame_url(following, filters), 303)
+
+    @app.get("/image/{sha256}")
+    def image(request: Request, sha256: str, user: Inspector) -> Response:
+        store = store_of(request)
+        try:
+            path = store.image_path(sha256)
+        except StoreError:
+            raise HTTPException(404, "no such image") from None
+        # image_path refuses names that are not a sha256; a link planted in the store that
+        # points elsewhere is refused here (the resolved file must lie in the store).
+        root = store.images.resolve()
+        real = path.resolve()
+        if not real.is_relative_to(root) or not real.is_file():
+            raise HTTPException(404, "no such image")
+        return FileResponse(
+            real, media_type="image/jpeg", headers={"cache-control": "private, max-age=86400"}
+        )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before printing the URL, so the URL printed is one that answers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise LineqcError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``lineqc review serve``: the app on ``--host``/``--port`` until interrupted."""
+    import uvicorn
+
+    store = Store(args.db, args.images)
+    with store.session() as s:
+        users = s.scalar(select(func.count(User.id))) or 0
+    sock = _listen(args.host, args.port)
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"review app: http://{host}:{port}/", flush=True)
+    if not users:
+        print(
+            "no accounts yet: create one with `lineqc review add-user NAME --password-stdin`",
+            file=sys.stderr,
+            flush=True,
+        )
+    config = uvicorn.Config(
+        create_app(store), log_level="warning", access_log=False, proxy_headers=False
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        store.close()
+    return 0

@@ -1,0 +1,641 @@
+"""The review web app through FastAPI's TestClient, on SQLite and PostgreSQL: signing in and
+out, CSRF, who may do what, body limits, image paths, the queue and its filters, labelling,
+double review and adjudication, gold frames and the admin page."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.metrics import cohen_kappa_score
+from sqlalchemy import func, select
+
+from lineqc.edge.wire import Sample
+from lineqc.review.app import create_app
+from lineqc.review.auth import add_user
+from lineqc.review.gold import add_gold
+from lineqc.review.store import (
+    SKIP,
+    UNSURE,
+    Adjudication,
+    Frame,
+    Review,
+    Store,
+    User,
+    WebSession,
+    get_setting,
+    set_setting,
+)
+from lineqc.review.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+
+PASSWORD = "long enough password"
+CLASSES = ["ok", "scratch", "dent"]
+
+
+def csrf_in(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+def waiting_in(html: str) -> int:
+    match = re.search(r'id="waiting-count">(\d+)<', html)
+    assert match, "no waiting count on the page"
+    return int(match.group(1))
+
+
+def listed_in(html: str) -> list[int]:
+    """The frames a queue page lists, in order."""
+    return [int(pk) for pk in re.findall(r'href="/frame/(\d+)', html)]
+
+
+@dataclass
+class Inspector:
+    """A signed-in browser: its client (cookies) and its session's CSRF token."""
+
+    name: str
+    client: TestClient
+    csrf: str
+
+    # Responses are httpx's or httpx2's, by Starlette version: typed Any.
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.client.get(url, follow_redirects=False, **kwargs)
+
+    def post(self, url: str, **data: str) -> Any:
+        return self.client.post(url, data={"csrf": self.csrf, **data}, follow_redirects=False)
+
+    def label(self, frame_pk: int, label: str, query: str = "", **extra: str) -> Any:
+        return self.post(f"/frame/{frame_pk}/label{query}", label=label, **extra)
+
+
+@dataclass
+class Site:
+    """The app on a store, with helpers to seed frames and sign users in."""
+
+    store: Store
+    make_sample: Callable[..., Sample]
+    users: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.app = create_app(self.store)
+        self.settings(double_review_share=0.0, gold_share=0.0)
+
+    def settings(self, **values: float) -> None:
+        with self.store.session() as s:
+            for key, value in values.items():
+                set_setting(s, key, value)
+
+    def add(self, frame_id: str, **fields: Any) -> int:
+        fields.setdefault("classes", CLASSES)
+        fields.setdefault("probabilities", [0.5, 0.3, 0.2])
+        received_at = fields.pop("received_at", None)
+        assert self.store.add_sample(self.make_sample(frame_id, **fields), received_at)
+        return self.pk(frame_id)
+
+    def pk(self, frame_id: str) -> int:
+        with self.store.session() as s:
+            value = s.scalar(select(Frame.id).where(Frame.frame_id == frame_id))
+            assert value is not None
+            return value
+
+    def browser(self) -> TestClient:
+        return TestClient(self.app, headers={"accept": "text/html"})
+
+    def user(self, name: str, admin: bool = False) -> int:
+        if name not in self.users:
+            add_user(self.store, name, PASSWORD, admin=admin)
+            with self.store.session() as s:
+                self.users[name] = s.scalar(select(User.id).where(User.name == name)) or 0
+        return self.users[name]
+
+    def login(self, name: str, admin: bool = False) -> Inspector:
+        self.user(name, admin)
+        client = self.browser()
+        page = client.get("/login")
+        response = client.post(
+            "/login",
+            data={"name": name, "password": PASSWORD, "csrf": csrf_in(page.text)},
+            follow_redirects=False,
+        )
+        assert response.status_code == 303, response.text
+        queue = client.get("/queue")
+        return Inspector(name, client, csrf_in(queue.text))
+
+    def reviews(self) -> list[tuple[str, str, str]]:
+        """(frame id, inspector, answer) of every stored review."""
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Frame.frame_id, User.name, Review.label)
+                .join(Frame, Frame.id == Review.frame_pk)
+                .join(User, User.id == Review.user_id)
+            )
+            return sorted(tuple(r) for r in rows)
+
+
+@pytest.fixture
+def site(store: Store, make_sample: Callable[..., Sample]) -> Site:
+    return Site(store, make_sample)
+
+
+@pytest.fixture
+def sqlite_site(sqlite_store: Store, make_sample: Callable[..., Sample]) -> Site:
+    return Site(sqlite_store, make_sample)
+
+
+# ---- signing in and out -------------------------------------------------------------------
+
+
+def test_sign_in_sets_a_hashed_http_only_session(site: Site) -> None:
+    site.user("ann")
+    client = site.browser()
+    page = client.get("/login")
+    assert page.status_code == 200 and LOGIN_CSRF_COOKIE in page.headers["set-cookie"]
+    response = client.post(
+        "/login",
+        data={"name": "ann", "password": PASSWORD, "csrf": csrf_in(page.text), "next": "/admin"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/admin"
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("lineqc_s"))
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+    token = client.cookies[SESSION_COOKIE]
+    with site.store.session() as s:
+        (row,) = s.scalars(select(WebSession)).all()
+        assert row.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+    queue = client.get("/queue")
+    assert queue.status_code == 200
+    assert 'id="signed-in-as">ann<' in queue.text and "Sign out" in queue.text
+
+
+def test_wrong_password_or_unknown_user_is_refused(site: Site) -> None:
+    site.user("ann")
+    for name, password in [("ann", "wrong password!"), ("nobody", PASSWORD)]:
+        client = site.browser()
+        csrf = csrf_in(client.get("/login").text)
+        data = {"name": name, "password": password, "csrf": csrf}
+        response = client.post("/login", data=data, follow_redirects=False)
+        assert response.status_code == 401
+        assert "wrong name or password" in response.text
+        assert SESSION_COOKIE not in client.cookies
+    with site.store.session() as s:
+        assert s.scalar(select(func.count()).select_from(WebSession)) == 0
+
+
+def test_sign_in_never_redirects_to_another_site(site: Site) -> None:
+    site.user("ann")
+    for target in ["//evil.example/", "https://evil.example/", "/\\evil.example"]:
+        client = site.browser()
+        csrf = csrf_in(client.get("/login").text)
+        data = {"name": "ann", "password": PASSWORD, "csrf": csrf, "next": target}
+        response = client.post("/login", data=data, follow_redirects=False)
+        assert response.headers["location"] == "/queue"
+
+
+def test_sign_out_ends_the_session(site: Site) -> None:
+    ann = site.login("ann")
+    token = ann.client.cookies[SESSION_COOKIE]
+    response = ann.post("/logout")
+    assert response.status_code == 303 and response.headers["location"] == "/login"
+    with site.store.session() as s:
+        assert s.scalar(select(func.count()).select_from(WebSession)) == 0
+    # the old cookie, replayed by another client, no longer signs anyone in
+    replay = TestClient(site.app, cookies={SESSION_COOKIE: token})
+    assert replay.get("/queue", follow_redirects=False).status_code == 401
+
+
+# ---- anonymous requests, CSRF, roles ------------------------------------------------------
+
+
+def test_anonymous_requests_are_refused(site: Site) -> None:
+    pk = site.add("dev1-cam0-1-1")
+    with site.store.session() as s:
+        sha = s.get(Frame, pk).image_sha256
+    browser = site.browser()
+    page = browser.get("/queue?line=line1", follow_redirects=False)
+    assert page.status_code == 303
+    assert page.headers["location"] == "/login?next=%2Fqueue%3Fline%3Dline1"
+    assert browser.get("/admin", follow_redirects=False).status_code == 303
+    api = TestClient(site.app)  # not a browser page: 401, no redirect
+    for url in ["/queue", "/", f"/frame/{pk}", "/next", f"/image/{sha}", "/admin", "/adjudicate"]:
+        assert api.get(url, follow_redirects=False).status_code == 401, url
+    for url in [f"/frame/{pk}/label", "/logout", "/admin/settings", f"/adjudicate/{pk}"]:
+        assert api.post(url, data={"label": "ok", "csrf": "x"}).status_code == 401, url
+    assert site.reviews() == []
+    # the stylesheet and script are public (the sign-in page needs them), and nothing else
+    assert api.get("/static/style.css").status_code == 200
+    assert api.get("/static/..%2fapp.py").status_code == 404
+
+
+def test_posts_without_the_right_csrf_token_are_refused(site: Site) -> None:
+    pk = site.add("dev1-cam0-1-1")
+    ann = site.login("ann", admin=True)
+    for token in [None, "", "wrong", ann.csrf[:-1]]:
+        data = {"label": "ok"} if token is None else {"label": "ok", "csrf": token}
+        for url in [f"/frame/{pk}/label", "/logout", "/admin/settings", f"/adjudicate/{pk}"]:
+            response = ann.client.post(url, data=data, follow_redirects=False)
+            assert response.status_code == 403, (url, token)
+    assert site.reviews() == []
+    assert ann.get("/queue").status_code == 200  # the refused logout left the session alone
+
+    # the sign-in form: its token must match the pre-session cookie (double submit)
+    client = site.browser()
+    client.get("/login")
+    for token in ["", "forged"]:
+        response = client.post(
+            "/login", data={"name": "ann", "password": PASSWORD, "csrf": token},
+            follow_redirects=False,
+        )  # fmt: skip
+        assert response.status_code == 403
+    assert SESSION_COOKIE not in client.cookies
+
+
+def test_an_inspector_cannot_act_as_another(site: Site) -> None:
+    first = site.add("dev1-cam0-1-1")
+    second = site.add("dev1-cam0-1-2")
+    ann = site.login("ann")
+    bob_id = site.user("bob")
+    response = ann.label(first, "scratch", user="bob", user_id=str(bob_id), name="bob")
+    assert response.status_code == 303
+    assert ann.get(f"/frame/{second}?user_id={bob_id}").status_code == 200
+    assert ann.label(second, "dent", query=f"?user=bob&user_id={bob_id}").status_code == 303
+    assert site.reviews() == [("dev1-cam0-1-1", "ann", "scratch"), ("dev1-cam0-1-2", "ann", "dent")]
+    # nor with bob's CSRF token in ann's session
+    bob = site.login("bob")
+    third = site.add("dev1-cam0-1-3")
+    bad = ann.client.post(f"/frame/{third}/label", data={"csrf": bob.csrf, "label": "ok"})
+    assert bad.status_code == 403
+
+
+def test_inspectors_get_403_on_admin_pages(site: Site) -> None:
+    pk = site.add("dev1-cam0-1-1")
+    ann = site.login("ann")
+    assert ann.get("/admin").status_code == 403
+    assert ann.get("/adjudicate").status_code == 403
+    assert ann.post("/admin/settings", double_review_share="1", gold_share="1").status_code == 403
+    assert ann.post(f"/adjudicate/{pk}", label="ok").status_code == 403
+    with site.store.session() as s:
+        assert get_setting(s, "gold_share") == 0.0
+        assert s.scalar(select(func.count()).select_from(Adjudication)) == 0
+    assert "/admin" not in ann.get("/queue").text  # and no link to them
+
+
+# ---- request size, image paths, headers ---------------------------------------------------
+
+
+def test_oversized_bodies_get_413(sqlite_site: Site) -> None:
+    pk = sqlite_site.add("dev1-cam0-1-1")
+    ann = sqlite_site.login("ann")
+    big = "x" * (100 * 1024)
+    declared = ann.label(pk, big)  # Content-Length over the limit
+    assert declared.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while read
+        yield f"csrf={ann.csrf}&label=ok&pad=".encode()
+        for _ in range(100):
+            yield b"y" * 1024
+
+    streamed = ann.client.post(
+        f"/frame/{pk}/label",
+        content=chunks(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert streamed.status_code == 413
+    assert sqlite_site.reviews() == []
+    assert ann.label(pk, "ok").status_code == 303  # a normal form still goes through
+
+
+def raw_get(app: Any, path: str, cookie: str) -> int:
+    """GET ``path`` exactly as given (no client-side '..' clean-up), straight through ASGI."""
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"testserver"), (b"cookie", cookie.encode())],
+        "client": ("127.0.0.1", 1000), "server": ("testserver", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    return statuses[0]
+
+
+def test_images_are_served_only_from_the_store(sqlite_site: Site, tmp_path: Path) -> None:
+    pk = sqlite_site.add("dev1-cam0-1-1")
+    store = sqlite_site.store
+    with store.session() as s:
+        sha = s.get(Frame, pk).image_sha256
+    assert sha is not None
+    ann = sqlite_site.login("ann")
+    ok = ann.get(f"/image/{sha}")
+    assert ok.status_code == 200 and ok.headers["content-type"] == "image/jpeg"
+    assert ok.content == store.image_path(sha).read_bytes() and ok.content[:2] == b"\xff\xd8"
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not an image of the store")
+    planted = "ab" * 32  # a well-formed id whose file is a link out of the store
+    store.image_path(planted).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(secret, store.image_path(planted))
+    missing = "cd" * 32
+    for name in [
+        "..%2f..%2fetc%2fpasswd",
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "..%5c..%5cetc%5cpasswd",
+        "etc%2fpasswd",
+        sha.upper(),
+        sha[:-1],
+        sha + "0",
+        "z" * 64,
+        missing,
+        planted,
+        f"{sha}%00.jpg",
+    ]:
+        response = ann.get(f"/image/{name}")
+        assert response.status_code == 404, name
+        assert b"not an image of the store" not in response.content
+    cookie = f"{SESSION_COOKIE}={ann.client.cookies[SESSION_COOKIE]}"
+    for path in ["/image/../../etc/passwd", f"/image/../{sha[:2]}/{sha}.jpg", "/image/../../"]:
+        assert raw_get(sqlite_site.app, path, cookie) == 404, path
+
+
+def test_security_headers_and_escaping(sqlite_site: Site) -> None:
+    pk = sqlite_site.add("dev1-cam0-1-1", reason="<script>alert(1)</script>", line="l<b>1")
+    ann = sqlite_site.login("ann")
+    page = ann.get(f"/frame/{pk}")
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "l&lt;b&gt;1" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+# ---- the queue: order and filters ---------------------------------------------------------
+
+
+def ts(day: int, hour: int = 12) -> float:
+    """A capture time on 2026-06-<day>, in the server's time zone (as the filters read it)."""
+    return datetime(2026, 6, day, hour, 0).timestamp()
+
+
+def test_queue_lists_in_priority_order_and_next_opens_the_first(site: Site) -> None:
+    sure = site.add("f-sure", probabilities=[0.9, 0.05, 0.05])
+    torn = site.add("f-torn", probabilities=[0.34, 0.33, 0.33])
+    leaning = site.add("f-leaning", probabilities=[0.6, 0.3, 0.1])
+    ann = site.login("ann")
+    page = ann.get("/queue")
+    assert waiting_in(page.text) == 3 and "3 frames waiting" in re.sub(r"<[^>]+>", "", page.text)
+    assert listed_in(page.text) == [torn, leaning, sure]
+    assert ann.get("/next").headers["location"] == f"/frame/{torn}"
+
+
+DENT = {"probabilities": [0.1, 0.2, 0.7]}  # predicted "dent"
+
+
+def test_every_filter_narrows_the_queue(site: Site) -> None:
+    frames = {
+        "a": site.add("a", line="line1", device="dev1", camera="cam0", ts=ts(10)),
+        "b": site.add("b", line="line2", device="dev1", camera="cam1", ts=ts(11)),
+        "c": site.add("c", line="line2", device="dev2", camera="cam0", ts=ts(12, 23), **DENT),
+        "d": site.add("d", line="line3", device="dev3", camera="cam0", ts=ts(13, 0)),
+    }
+    ann = site.login("ann")
+
+    def queue(query: str) -> set[str]:
+        page = ann.get(f"/queue?{query}")
+        assert page.status_code == 200, page.text
+        names = {pk: name for name, pk in frames.items()}
+        listed = {names[pk] for pk in listed_in(page.text)}
+        assert waiting_in(page.text) == len(listed)
+        return listed
+
+    assert queue("") == {"a", "b", "c", "d"}
+    assert queue("line=line2") == {"b", "c"}
+    assert queue("device=dev1") == {"a", "b"}
+    assert queue("camera=cam0") == {"a", "c", "d"}
+    assert queue("predicted=dent") == {"c"}
+    assert queue("date_from=2026-06-11") == {"b", "c", "d"}
+    assert queue("date_to=2026-06-12") == {"a", "b", "c"}  # the whole day, 23:00 included
+    assert queue("date_from=2026-06-11&date_to=2026-06-12") == {"b", "c"}
+    assert queue("line=line2&camera=cam0") == {"c"}
+    assert queue("line=nowhere") == set()
+    assert queue("line=&device=") == {"a", "b", "c", "d"}  # "any"
+    # the filter form offers the stored values
+    page = ann.get("/queue").text
+    for value in ["line1", "line2", "line3", "dev2", "cam1", "dent"]:
+        assert f'<option value="{value}"' in page
+    assert ann.get("/queue?date_from=June").status_code == 400
+    # labelling keeps the filters: the next frame is the next one under them
+    nxt = ann.label(frames["b"], "ok", query="?line=line2")
+    assert nxt.headers["location"] == f"/frame/{frames['c']}?line=line2"
+    last = ann.label(frames["c"], "ok", query="?line=line2")
+    assert last.headers["location"] == "/queue?line=line2"
+
+
+# ---- labelling ----------------------------------------------------------------------------
+
+
+def test_frame_page_shows_the_model_view_and_the_keys(site: Site) -> None:
+    pk = site.add(
+        "dev7-cam2-1-9", device="dev7", line="line4", camera="cam2", model_version="20260611.1432",
+        probabilities=[0.21, 0.42, 0.37], reason="ambiguous", ts=ts(11, 14),
+    )  # fmt: skip
+    ann = site.login("ann")
+    page = ann.get(f"/frame/{pk}").text
+    for text in ["dev7", "line4", "cam2", "20260611.1432", "ambiguous", "scratch", "uncertain"]:
+        assert text in page
+    assert "2026-06-11 14:00:00" in page  # the capture time, for people
+    for name, p in zip(CLASSES, [0.21, 0.42, 0.37], strict=True):
+        assert f'<meter min="0" max="1" value="{p}">' in page and name in page
+    keys = re.findall(r'name="label" value="([^"]+)" data-key="([^"]+)"', page)
+    assert keys == [("ok", "1"), ("scratch", "2"), ("dent", "3"), (UNSURE, "u"), (SKIP, "s")]
+    assert '<img id="frame-image"' in page and "/static/frame.js" in page
+    assert "dev7-cam2-1-9" not in page  # frame ids are not shown (gold frames have telling ones)
+
+
+def test_classes_past_the_ninth_get_buttons_without_keys(sqlite_site: Site) -> None:
+    classes = [f"c{i}" for i in range(11)]
+    pk = sqlite_site.add("f-many", classes=classes, probabilities=[1 / 11] * 11)
+    ann = sqlite_site.login("ann")
+    page = ann.get(f"/frame/{pk}").text
+    keys = re.findall(r'name="label" value="([^"]+)" data-key="([^"]*)"', page)
+    assert keys[:9] == [(f"c{i}", str(i + 1)) for i in range(9)]
+    assert keys[9:] == [("c9", ""), ("c10", ""), (UNSURE, "u"), (SKIP, "s")]
+    assert ann.label(pk, "c10").status_code == 303
+
+
+def test_label_flow_moves_to_the_next_frame_and_the_queue_shrinks(site: Site) -> None:
+    # all "ok", less and less uncertain: f0 first
+    probs = [[0.4 + 0.1 * i, 0.35 - 0.05 * i, 0.25 - 0.05 * i] for i in range(4)]
+    pks = [site.add(f"f{i}", probabilities=p) for i, p in enumerate(probs)]
+    ann = site.login("ann")
+    assert waiting_in(ann.get("/queue").text) == 4
+    first = ann.label(pks[0], "scratch")
+    assert first.status_code == 303 and first.headers["location"] == f"/frame/{pks[1]}"
+    assert waiting_in(ann.get(first.headers["location"]).text) == 3
+    assert ann.label(pks[1], UNSURE).headers["location"] == f"/frame/{pks[2]}"
+    skipped = ann.label(pks[2], SKIP)  # skipped: to the back, behind f3
+    assert skipped.headers["location"] == f"/frame/{pks[3]}"
+    assert listed_in(ann.get("/queue").text) == [pks[3], pks[2]]
+    assert ann.label(pks[3], "dent").headers["location"] == f"/frame/{pks[2]}"
+    assert ann.label(pks[2], "ok").headers["location"] == "/queue"
+    assert waiting_in(ann.get("/queue").text) == 0
+    assert site.reviews() == [
+        ("f0", "ann", "scratch"), ("f1", "ann", UNSURE), ("f2", "ann", "ok"), ("f3", "ann", "dent")
+    ]  # fmt: skip
+
+
+def test_labels_outside_the_frame_classes_and_repeats_are_refused(site: Site) -> None:
+    pk = site.add("f1")
+    ann = site.login("ann")
+    for bad in ["", "OK", "crack", "ok ", "x" * 500]:
+        assert ann.label(pk, bad).status_code == 400, bad
+    assert ann.label(999999, "ok").status_code == 404
+    assert ann.get("/frame/999999").status_code == 404
+    assert ann.get("/frame/abc").status_code == 400
+    assert site.reviews() == []
+    assert ann.label(pk, "ok").status_code == 303
+    assert ann.label(pk, "dent").status_code == 409  # answered already
+    bob = site.login("bob")
+    assert bob.label(pk, "dent").status_code == 409  # single review: done
+    assert site.reviews() == [("f1", "ann", "ok")]
+
+
+# ---- double review, adjudication, gold, admin ---------------------------------------------
+
+
+def states(site: Site, root: Inspector) -> dict[str, int]:
+    page = root.get("/admin").text
+    return {s: int(n) for s, n in re.findall(r'id="state-(\w+)">(\d+)<', page)}
+
+
+def test_double_review_agreed_disputed_adjudicated(site: Site) -> None:
+    site.settings(double_review_share=1.0)
+    agreed, disputed, unsure = site.add("agree"), site.add("dispute"), site.add("unsure")
+    ann, bob, root = site.login("ann"), site.login("bob"), site.login("root", admin=True)
+    for pk, a, b in [(agreed, "ok", "ok"), (disputed, "ok", "dent"), (unsure, UNSURE, UNSURE)]:
+        assert ann.label(pk, a).status_code == 303
+        assert waiting_in(bob.get("/queue").text) >= 1  # still waits for a second answer
+        assert bob.label(pk, b).status_code == 303
+    assert states(site, root) == {"pending": 0, "agreed": 1, "disputed": 2, "adjudicated": 0}
+    assert waiting_in(root.get("/queue").text) == 0  # nothing pending for a third inspector
+    assert root.label(agreed, "dent").status_code == 409
+
+    page = root.get("/adjudicate").text
+    assert f'id="dispute-{disputed}"' in page and f'id="dispute-{unsure}"' in page
+    assert f'id="dispute-{agreed}"' not in page
+    section = page[page.index(f'id="dispute-{disputed}"') :]
+    assert "ann: <strong>ok</strong>" in section and "bob: <strong>dent</strong>" in section
+
+    assert root.post(f"/adjudicate/{disputed}", label=UNSURE).status_code == 400
+    assert root.post(f"/adjudicate/{agreed}", label="ok").status_code == 409
+    assert root.post(f"/adjudicate/{disputed}", label="dent").status_code == 303
+    assert root.post(f"/adjudicate/{disputed}", label="ok").status_code == 409  # final
+    with site.store.session() as s:
+        row = s.get(Adjudication, disputed)
+        assert row is not None and (row.label, row.user_id) == ("dent", site.users["root"])
+    assert states(site, root) == {"pending": 0, "agreed": 1, "disputed": 1, "adjudicated": 1}
+    assert f'id="dispute-{disputed}"' not in root.get("/adjudicate").text
+
+
+def test_admin_page_shows_kappa_per_pair_and_class(site: Site) -> None:
+    site.settings(double_review_share=1.0)
+    a = ["ok", "ok", "scratch", "dent", "dent", "ok"]
+    b = ["ok", "scratch", "scratch", "dent", "ok", "ok"]
+    pks = [site.add(f"f{i}") for i in range(len(a))]
+    ann, bob, root = site.login("ann"), site.login("bob"), site.login("root", admin=True)
+    for pk, x, y in zip(pks, a, b, strict=True):
+        ann.label(pk, x)
+        bob.label(pk, y)
+    site.store.add_reject("lineqc/v1/s/l/d/sample", "not JSON", 12)
+    page = root.get("/admin").text
+    cells = r"<td>ann · bob</td>\s*<td>(\d+)</td>\s*<td>([^<]+)</td>\s*<td>([^<]*)</td>"
+    row = re.search(cells, page)
+    assert row, page
+    assert int(row.group(1)) == 6
+    assert row.group(2) == f"{cohen_kappa_score(a, b):.2f}"
+    per_class = dict(item.split() for item in row.group(3).split(", "))
+    for c in CLASSES:
+        expected = cohen_kappa_score([x == c for x in a], [y == c for y in b])
+        assert per_class[c] == f"{expected:.2f}"
+    assert re.search(r'id="rejects">1<', page)
+
+
+def test_settings_are_validated(site: Site) -> None:
+    root = site.login("root", admin=True)
+    saved = root.post("/admin/settings", double_review_share="0.25", gold_share="0.5")
+    assert saved.status_code == 303
+    for bad in [("1.5", "0.1"), ("0.1", "-0.01"), ("abc", "0.1"), ("nan", "0.1"), ("", "0")]:
+        response = root.post("/admin/settings", double_review_share=bad[0], gold_share=bad[1])
+        assert response.status_code == 400 and "from 0 to 1" in response.text
+    with site.store.session() as s:
+        assert (get_setting(s, "double_review_share"), get_setting(s, "gold_share")) == (0.25, 0.5)
+    # the share applies to frames stored from now on
+    site.settings(double_review_share=1.0)
+    pk = site.add("after")
+    with site.store.session() as s:
+        assert s.get(Frame, pk).required_reviews == 2
+
+
+def gold_args(store: Store, dataset: Path, count: int) -> argparse.Namespace:
+    return argparse.Namespace(
+        db=store.url, images=store.images, dataset=dataset, count=count, split="train", seed=3
+    )
+
+
+def test_gold_frames_are_mixed_in_and_audit_each_inspector(
+    site: Site, synth_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flagged = site.add("dev1-cam0-1-1", line="line9", device="dev9", camera="cam9")
+    assert add_gold(gold_args(site.store, synth_dataset, 3)) == 0
+    assert add_gold(gold_args(site.store, synth_dataset, 3)) == 0  # idempotent
+    assert "added 0 gold frame(s)" in capsys.readouterr().out
+    with site.store.session() as s:
+        golds = s.scalars(select(Frame).where(Frame.why == "gold").order_by(Frame.id)).all()
+    assert len(golds) == 3
+    for g in golds:
+        assert g.frame_id.startswith("gold-") and g.gold_label in g.classes
+        assert (g.line, g.device, g.camera) == ("line9", "dev9", "cam9")  # dressed as flagged
+        assert site.store.image_path(g.image_sha256 or "").read_bytes()[:2] == b"\xff\xd8"
+
+    ann, bob, root = site.login("ann"), site.login("bob"), site.login("root", admin=True)
+    assert listed_in(ann.get("/queue").text) == [flagged]  # gold_share 0: none mixed in
+    site.settings(gold_share=1.0)
+    gold_pks = {g.id for g in golds}
+    answers = {g.id: g.gold_label for g in golds}
+    wrong = next(iter(gold_pks))
+    answers[wrong] = next(c for c in CLASSES if c != answers[wrong])
+    seen = []
+    for _ in range(3):
+        pk = int(ann.get("/next").headers["location"].split("/")[-1])
+        seen.append(pk)
+        page = ann.get(f"/frame/{pk}").text
+        assert "gold" not in page.lower()
+        assert ann.label(pk, answers[pk] or "").status_code == 303
+    assert set(seen) == gold_pks  # all of ann's gold first (share 1), each once
+    assert ann.get("/next").headers["location"] == f"/frame/{flagged}"
+    # bob meets them too (one at a time, at the head of his queue)
+    assert int(bob.get("/next").headers["location"].split("/")[-1]) in gold_pks
+
+    page = root.get("/admin").text
+    row = re.search(r"<td>ann</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td><td>([^<]+)</td>", page)
+    assert row and row.groups() == ("3", "2", "0", "0.67")
+    assert re.search(r'id="gold-frames">3<', page)
+    # gold frames are not flagged frames: they do not count among the consensus states
+    assert sum(states(site, root).values()) == 1

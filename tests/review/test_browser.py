@@ -1,0 +1,213 @@
+"""The review app as inspectors use it: the real `lineqc review serve` process, driven by
+Debian's headless Chromium through Selenium. Sign in, label three frames by keyboard, watch
+the queue shrink, then check the database."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from lineqc.edge.wire import Sample
+from lineqc.review.store import Review, Store, User, set_setting
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+PASSWORD = "inspector password"
+CLASSES = ["ok", "scratch", "dent"]
+WAIT_S = 20  # an upper bound for each page condition, never a pause
+
+
+@dataclass
+class Server:
+    url: str  # http://127.0.0.1:PORT/
+    db: str
+    images: Path
+    process: subprocess.Popen[bytes]
+
+
+def lineqc_review(*args: str, stdin: str = "") -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lineqc", "review", *args], input=stdin, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def wait_for_url(process: subprocess.Popen[bytes], log: Path) -> str:
+    """The URL the server prints once it listens (it binds before printing)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        match = re.search(r"review app: (http://\S+)", log.read_text())
+        if match:
+            return match.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"`lineqc review serve` did not start:\n{log.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path, make_sample: Callable[..., Sample]) -> Iterator[Server]:
+    """Five flagged frames and one inspector, served by the real command on a free port."""
+    db, images = f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images"
+    store = Store(db, images)
+    with store.session() as s:
+        set_setting(s, "double_review_share", 0.0)
+    for i in range(5):
+        probs = [0.4 + 0.1 * i, 0.35 - 0.05 * i, 0.25 - 0.05 * i]  # f0 the most uncertain
+        sample = make_sample(f"dev1-cam0-1-{i}", classes=CLASSES, probabilities=probs)
+        assert store.add_sample(sample)
+    store.close()
+    lineqc_review("add-user", "ann", "--password-stdin", "--db", db, stdin=PASSWORD + "\n")
+
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lineqc", "review", "serve", "--db", db, "--images",
+             str(images), "--host", "127.0.0.1", "--port", "0"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield Server(wait_for_url(process, log), db, images, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Iterator[object]:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(
+            "Debian's chromium and chromedriver are needed at /usr/bin "
+            "(apt-get install chromium chromium-driver)"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900",
+    ]:  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_sign_in_label_three_frames_by_keyboard(server: Server, chrome: object) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(chrome, WebDriver)
+    driver = chrome
+    wait = WebDriverWait(driver, WAIT_S)
+
+    def waiting_count() -> int:
+        return int(wait.until(ec.presence_of_element_located((By.ID, "waiting-count"))).text)
+
+    # anonymous: the queue sends us to the sign-in page
+    driver.get(server.url + "queue")
+    wait.until(ec.url_contains("/login"))
+    driver.find_element(By.ID, "name").send_keys("ann")
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "sign-in").click()
+    wait.until(lambda d: urlsplit(d.current_url).path == "/queue")
+    assert driver.find_element(By.ID, "signed-in-as").text == "ann"
+    before = waiting_count()
+    assert before == 5
+
+    driver.find_element(By.ID, "start").click()
+    page = wait.until(ec.presence_of_element_located((By.ID, "frame-page")))
+
+    # the image zooms on a click and fits again on a double click
+    image = wait.until(ec.presence_of_element_located((By.ID, "frame-image")))
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth > 0", image))
+    viewer = driver.find_element(By.ID, "viewer")
+    viewer.click()
+    wait.until(lambda d: "zoomed" in (viewer.get_attribute("class") or ""))
+    ActionChains(driver).double_click(viewer).perform()
+    wait.until(lambda d: "zoomed" not in (viewer.get_attribute("class") or ""))
+
+    typed: dict[int, str] = {}
+    for key, label in [("2", "scratch"), ("3", "dent"), ("u", "unsure")]:
+        frame_pk = int(page.get_attribute("data-frame") or 0)
+        shown = waiting_count()
+        ActionChains(driver).send_keys(key).perform()
+        wait.until(ec.staleness_of(page))  # the answer was posted and the next page loaded
+        typed[frame_pk] = label
+        page = wait.until(ec.presence_of_element_located((By.ID, "frame-page")))
+        assert int(page.get_attribute("data-frame") or 0) not in typed
+        assert waiting_count() == shown - 1
+
+    driver.get(server.url + "queue")
+    assert waiting_count() == before - 3
+
+    # exactly those three answers, by ann, with the labels typed
+    store = Store(server.db, server.images)
+    try:
+        with store.session() as s:
+            rows = s.execute(select(Review.frame_pk, User.name, Review.label).join(User)).all()
+    finally:
+        store.close()
+    assert sorted(tuple(r) for r in rows) == sorted((pk, "ann", lb) for pk, lb in typed.items())
+    assert len(rows) == 3
+
+
+def test_the_running_server_refuses_paths_out_of_the_store(server: Server) -> None:
+    """Raw HTTP (no client clean-up of '..'), signed in, against the real uvicorn server."""
+    host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
+
+    def request(
+        method: str, path: str, body: str = "", cookie: str = ""
+    ) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection(host or "", port, timeout=WAIT_S)
+        headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+        conn.request(method, path, body=body, headers=headers)
+        return conn.getresponse()
+
+    login = request("GET", "/login")
+    csrf_cookie = login.getheader("set-cookie", "").split(";")[0]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login.read().decode())
+    assert csrf
+    signed = request(
+        "POST", "/login", f"name=ann&password={PASSWORD.replace(' ', '+')}&csrf={csrf.group(1)}",
+        csrf_cookie,
+    )  # fmt: skip
+    assert signed.status == 303
+    session = next(
+        c.split(";")[0] for c in signed.headers.get_all("set-cookie") or [] if "lineqc_session" in c
+    )
+    for path in [
+        "/image/../../etc/passwd",
+        "/image/..%2f..%2fetc%2fpasswd",
+        "/image/%2e%2e/%2e%2e/etc/passwd",
+        "/static/../../../etc/passwd",
+        "/static/..%2f..%2f..%2fetc%2fpasswd",
+    ]:
+        response = request("GET", path, cookie=session)
+        body = response.read()
+        assert response.status == 404, path
+        assert b"root:" not in body
+    assert request("GET", "/queue", cookie=session).status == 200
