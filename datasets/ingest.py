@@ -175,7 +175,9 @@ def _merge(old: mf.Record | None, new: mf.Record) -> tuple[mf.Record, str]:
     if old is None:
         return new, "added"
     new.split = old.split  # a re-import never moves an image between splits
-    if old.label_source.startswith("inspector"):  # a person's label beats a folder name
+    # A person's label beats a folder name; a later person's word (an adjudication) replaces
+    # an earlier one.
+    if old.label_source.startswith("inspector") and not new.label_source.startswith("inspector"):
         new.label, new.label_source = old.label, old.label_source
         new.labeled_at, new.label_policy = old.labeled_at, old.label_policy
     new.extra = {**old.extra, **new.extra}

@@ -188,6 +188,64 @@ def assign(
     )
 
 
+@dataclass
+class Placement:
+    """Where ``place_new`` put rows: id -> split, and the rows it kept out of every split."""
+
+    placed: dict[str, str] = field(default_factory=dict)
+    kept_out: dict[str, str] = field(default_factory=dict)  # id -> why
+
+
+def place_new(manifest: mf.Manifest, ids: set[str], seed: int = 0) -> Placement:
+    """Put the unsplit labelled rows among ``ids`` into train or val, in place; no other row
+    moves (a re-split would move existing train and val rows).
+
+    Test is never chosen. A row grouped (part, exact or near duplicate) with a test image
+    stays out of every split: test is frozen, and training on it would leak the test image.
+    A row grouped with train or val rows joins that split; one grouped with both stays out.
+    Other groups are placed whole, stratified by class, with val's share of the non-test
+    images from the dataset's last split parameters.
+    """
+    params = manifest.split_params
+    test = 0.0 if params.get("hold_out_session") else float(params.get("test", 0.15))
+    val_share = float(params.get("val", 0.15)) / (1.0 - test)
+    records = [r for r in manifest if r.label is not None]
+    by_id = {r.id: r for r in records}
+    new = {i for i in ids if i in by_id and by_id[i].split is None}
+    out = Placement()
+    free: list[list[mf.Record]] = []
+    max_distance = int(params.get("max_distance", DEFAULT_MAX_DISTANCE))
+    for members in leakage_groups(records, max_distance):
+        group = [by_id[i] for i in members]
+        mine = [r for r in group if r.id in new]
+        if not mine:
+            continue
+        placed = {r.split for r in group if r.split is not None}
+        if "test" in placed or placed == {"train", "val"}:
+            others = ", ".join(sorted(f"{r.id} ({r.split})" for r in group if r.split))
+            out.kept_out.update({r.id: f"grouped with {others}" for r in mine})
+        elif placed:
+            out.placed.update({r.id: next(iter(placed)) for r in mine})
+        else:
+            free.append(mine)
+    counted = [r for r in records if r.split in ("train", "val") or r.id in out.placed]
+    counted += [r for group in free for r in group]
+    shares = {"train": 1.0 - val_share, "val": val_share, "test": 0.0}
+    per_class = Counter(str(r.label) for r in counted)
+    targets = {s: Counter({c: shares[s] * n for c, n in per_class.items()}) for s in mf.SPLITS}
+    counts: dict[str, Counter[str]] = {s: Counter() for s in mf.SPLITS}
+    for r in counted:
+        split = r.split or out.placed.get(r.id)
+        if split is not None:
+            counts[split][str(r.label)] += 1
+    random.Random(seed).shuffle(free)
+    free.sort(key=len, reverse=True)
+    out.placed.update(_stratified(free, targets, counts))  # test's target is 0: never chosen
+    for rid, split in out.placed.items():
+        by_id[rid].split = split
+    return out
+
+
 def split_dataset(root: Path | str, **options: Any) -> SplitReport:
     """Split the dataset at ``root`` and save its manifest atomically."""
     manifest = mf.load(root)

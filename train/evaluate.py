@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,17 +75,22 @@ def evaluate_run(
     split: str,
     batch_size: int = 64,
     device: str = "cpu",
+    where: Callable[[Record], bool] | None = None,
 ) -> SplitResult:
     """Metrics of a trained model on any dataset in the manifest format.
 
     The dataset's OK class stands for the model's OK class; labels the model does not know
-    count as defects (see ``metrics``).
+    count as defects (see ``metrics``). ``where`` keeps only the split's rows it accepts.
     """
     model, meta = checkpoint.load_model(run_or_checkpoint, device)
     manifest = load(dataset)
     if not manifest.records:
         raise DatasetError(f"{dataset}: no manifest.json or no images (not a lineqc dataset?)")
     records = split_records(manifest, split, Path(dataset))
+    if where is not None:
+        records = [r for r in records if where(r)]
+        if not records:
+            raise DatasetError(f"{dataset}: no labelled images of split '{split}' are selected")
     classes, ok_class = meta["classes"], meta["ok_class"]
     labels = label_indices(records, classes, ok_class, manifest.ok_class)
     spec = checkpoint.spec_of(meta)

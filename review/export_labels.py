@@ -1,0 +1,279 @@
+"""`lineqc review export-labels`: reviewed frames into a dataset, as rows with provenance.
+
+A frame becomes a row when its consensus (``consensus.py``, the one rule) is final: agreed
+or adjudicated. Pending and disputed frames wait; gold frames (already dataset images) and
+frames without an image are never exported. Each row carries where the frame came from
+(device, site, line, camera, capture time), the model that flagged it (version, classes,
+probabilities, verdict, reason) and how it was labelled (inspectors, their answers,
+agreement, adjudicator, labelling-policy version).
+
+Rows go in through ``datasets.ingest`` (validation, content-addressed files, an atomic
+manifest), keyed by ``(device/camera, frame_id)``, so a re-run adds nothing twice and a
+later adjudication replaces the row's label. New rows are then placed into train or val by
+``datasets.split.place_new``: never into the frozen test split, and a frame that is a near
+duplicate of a test image is kept out of every split (labelled, unused for training) and
+reported, since training on it would leak that test image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from lineqc.datasets import manifest as mf
+from lineqc.datasets.ingest import Candidate, ImportReport, ingest
+from lineqc.datasets.split import place_new
+from lineqc.errors import LineqcError
+
+from .consensus import Consensus, consensus
+from .store import POLICY_VERSION, SKIP, Adjudication, Frame, Review, Store, User
+
+IMPORT_NAME = "review-export-labels"
+SKIP_REASONS = ("pending", "disputed", "gold", "no-image")
+
+
+class ExportLabelsError(LineqcError):
+    """Labels that cannot go into the dataset; nothing was written."""
+
+
+@dataclass
+class ExportSummary:
+    dataset: str
+    frames: int = 0  # frames in the review store
+    exported: int = 0  # frames with a final label offered to the dataset
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    rejected: list[dict[str, str]] = field(default_factory=list)  # the dataset refused the image
+    placed: dict[str, int] = field(default_factory=dict)  # split -> new rows placed there
+    kept_out: list[dict[str, str]] = field(default_factory=list)  # rows in no split, and why
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def text(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in self.skipped.items() if n)
+        lines = [
+            f"{self.frames} reviewed frame(s) in the store; {self.exported} with a final label "
+            f"into {self.dataset}: {self.added} new, {self.updated} updated, "
+            f"{self.unchanged} unchanged, {len(self.rejected)} rejected",
+            f"skipped: {skipped or 'none'}",
+            "new rows placed: "
+            + (", ".join(f"{n} {s}" for s, n in sorted(self.placed.items())) or "none"),
+        ]
+        lines += [f"rejected frame {r['frame_id']}: {r['reason']}" for r in self.rejected]
+        if self.kept_out:
+            lines.append(
+                f"{len(self.kept_out)} row(s) kept out of training (labelled, in no split):"
+            )
+            lines += [f"  {k['id']} (frame {k['frame_id']}): {k['why']}" for k in self.kept_out]
+        return "\n".join(lines)
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def source_of(frame: Frame) -> str:
+    return f"{frame.device}/{frame.camera}"
+
+
+def _reviews(store: Store) -> dict[int, list[tuple[Review, str]]]:
+    """frame pk -> (review, inspector name), oldest first."""
+    out: dict[int, list[tuple[Review, str]]] = defaultdict(list)
+    with store.session() as s:
+        rows = s.execute(
+            select(Review, User.name)
+            .join(User, Review.user_id == User.id)
+            .order_by(Review.created_at, Review.id)
+        )
+        for review, name in rows:
+            out[review.frame_pk].append((review, name))
+    return out
+
+
+def _adjudications(store: Store) -> dict[int, tuple[Adjudication, str]]:
+    with store.session() as s:
+        rows = s.execute(
+            select(Adjudication, User.name).join(User, Adjudication.user_id == User.id)
+        )
+        return {adj.frame_pk: (adj, name) for adj, name in rows}
+
+
+def _candidate(
+    store: Store,
+    frame: Frame,
+    result: Consensus,
+    reviews: list[tuple[Review, str]],
+    adjudication: tuple[Adjudication, str] | None,
+) -> Candidate:
+    assert result.label is not None and frame.image_sha256 is not None
+    counted = [(r, name) for r, name in reviews if r.label != SKIP]
+    inspectors = list(dict.fromkeys(name for _, name in counted))
+    if adjudication is not None:
+        adj, adjudicator = adjudication
+        label_source, labeled_at = f"inspector:adjudicated:{adjudicator}", adj.created_at
+    else:
+        adjudicator = None
+        label_source = "inspector:" + "+".join(inspectors)
+        labeled_at = max(r.created_at for r, _ in counted)
+    extra: dict[str, Any] = {
+        # where and when
+        "frame_id": frame.frame_id,
+        "device": frame.device,
+        "site": frame.site,
+        "line": frame.line,
+        "camera": frame.camera,
+        "seq": frame.seq,
+        "image_scale": frame.image_scale,
+        # the model that flagged it
+        "why": frame.why,
+        "model_version": frame.model_version,
+        "classes": list(frame.classes),
+        "probabilities": list(frame.probabilities),
+        "predicted": frame.predicted,
+        "confidence": frame.confidence,
+        "verdict": frame.verdict,
+        "reason": frame.reason,
+        # how it was labelled
+        "consensus": result.state,
+        "required_reviews": frame.required_reviews,
+        "inspectors": inspectors,
+        "answers": [
+            {"inspector": name, "answer": r.label, "at": iso(r.created_at)} for r, name in counted
+        ],
+        "agreement": result.agreement,
+        "adjudicator": adjudicator,
+    }
+    return Candidate(
+        origin=frame.frame_id,
+        source=source_of(frame),
+        label=result.label,
+        file=store.image_path(frame.image_sha256),  # read when ingest reaches it
+        captured_at=iso(frame.ts),
+        label_source=label_source,
+        labeled_at=iso(labeled_at),
+        label_policy=POLICY_VERSION,
+        extra=extra,
+    )
+
+
+def _classes(dataset: Path) -> set[str]:
+    manifest = mf.load(dataset)
+    if not manifest.records or manifest.ok_class is None:
+        raise ExportLabelsError(
+            f"{dataset}: not a dataset with labelled images and an OK class; export-labels adds "
+            "reviewed frames to an existing dataset (import one with `lineqc data import`)"
+        )
+    return {*manifest.classes, manifest.ok_class}
+
+
+def export_labels(store: Store, dataset: Path, quiet: bool = False) -> ExportSummary:
+    """Add every agreed or adjudicated, non-gold frame of ``store`` to ``dataset``."""
+    dataset = Path(dataset)
+    classes = _classes(dataset)
+    summary = ExportSummary(str(dataset))
+    reviews, adjudications = _reviews(store), _adjudications(store)
+    finals: list[tuple[Frame, Consensus]] = []
+    with store.session() as s:
+        frames = list(s.scalars(select(Frame).order_by(Frame.id)))
+    for frame in frames:
+        summary.frames += 1
+        if frame.is_gold or frame.why == "gold":
+            summary.skipped["gold"] += 1
+            continue
+        adj = adjudications.get(frame.id)
+        result = consensus(
+            frame.required_reviews,
+            [r.label for r, _ in reviews[frame.id]],
+            adj[0].label if adj else None,
+        )
+        if not result.final:
+            summary.skipped[result.state] += 1
+        elif frame.image_sha256 is None:
+            summary.skipped["no-image"] += 1
+        else:
+            finals.append((frame, result))
+
+    unknown: dict[str, list[str]] = defaultdict(list)
+    for frame, result in finals:
+        if result.label not in classes:
+            unknown[str(result.label)].append(frame.frame_id)
+    for frame, _ in finals:  # a wrong --images must not look like a store without images
+        path = store.image_path(str(frame.image_sha256))
+        if not path.is_file():
+            raise ExportLabelsError(
+                f"frame {frame.frame_id}: its image {path} is missing; is --images the review "
+                "store's image folder? Nothing was written"
+            )
+    if unknown:  # before any write: a typo'd class must not become a training label
+        detail = "; ".join(
+            f"{label!r} ({len(ids)} frame(s): {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''})"
+            for label, ids in sorted(unknown.items())
+        )
+        raise ExportLabelsError(
+            f"{dataset}: label(s) not among the dataset's classes ({', '.join(sorted(classes))}): "
+            f"{detail}; nothing was written"
+        )
+
+    summary.exported = len(finals)
+    if not finals:
+        return summary  # the dataset stays as it was
+    candidates = (
+        _candidate(store, f, r, reviews[f.id], adjudications.get(f.id)) for f, r in finals
+    )
+    report: ImportReport = ingest(
+        dataset, candidates, import_name=IMPORT_NAME, quiet=quiet, total=len(finals)
+    )
+    summary.added, summary.updated, summary.unchanged = (
+        report.added,
+        report.updated,
+        report.unchanged,
+    )
+    by_display: dict[str, list[str]] = defaultdict(list)  # frames may share one image file
+    for f, _ in finals:
+        by_display[str(store.image_path(str(f.image_sha256)))].append(f.frame_id)
+    summary.rejected = [
+        {"frame_id": ", ".join(by_display.get(display, [display])), "reason": reason}
+        for display, reason in report.rejected
+    ]
+
+    manifest = mf.load(dataset)
+    ids = {mf.stable_id(source_of(f), f.frame_id): f.frame_id for f, _ in finals}
+    placement = place_new(manifest, set(ids))
+    if placement.placed:
+        mf.save(dataset, manifest)
+    summary.placed = dict(Counter(placement.placed.values()))
+    summary.kept_out = [
+        {"id": rid, "frame_id": ids[rid], "why": why}
+        for rid, why in sorted(placement.kept_out.items())
+    ]
+    return summary
+
+
+def run_export_labels(args: argparse.Namespace) -> int:
+    store = Store(args.db, args.images)
+    try:
+        summary = export_labels(store, Path(args.dataset), quiet=bool(args.json))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        print(summary.text())
+    if summary.kept_out and not args.json:
+        print(
+            "note: rows kept out of training are near duplicates of frozen test images (or of "
+            "both train and val); they keep their label and stay in no split",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,497 @@
+"""The monthly retrain: reviewed labels in, a challenger trained, compared, maybe exported.
+
+Steps: export the review store's final labels into the dataset (``export_labels``; only
+with a database) -> train a challenger with the champion's config into ``OUT/challenger``
+-> evaluate champion and challenger, both as FP32 checkpoints through the device's
+preprocessing, on each slice:
+
+- ``test``: the frozen test split (the long-run yardstick).
+- ``recent_reviewed``: rows labelled by inspectors, captured within the last N days, that
+  the challenger did not train on (split val, or no split: reviewed frames never enter test
+  and near duplicates of test images stay in no split). Val rows did steer the
+  challenger's choice of epoch and its temperature, a slight advantage that is accepted:
+  reviewed frames placed in train cannot be judged at all.
+
+-> compare: overall macro-F1, recall of each class present, and macro-F1 of each capture
+session and source (device/camera) slice. The challenger is promoted only when it is at
+least as good as the champion (minus ``tolerance``, default 0) on every check of every
+evaluated slice -> export a signed bundle (``lineqc.export``, its INT8 gate included)
+into ``OUT/bundle`` when promoted or forced and a key is given -> ``OUT/comparison.json``
+and ``OUT/comparison.md`` say what was decided and why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from lineqc.datasets import manifest as mf
+from lineqc.errors import LineqcError
+from lineqc.train.config import TrainConfig, apply_override, from_dict
+
+SLICES = ("test", "recent_reviewed")
+SLICE_KINDS = ("session", "source")  # the sliced metrics compared per value
+EPSILON = 1e-9  # float noise: equal metrics must compare as equal
+
+
+class RetrainError(LineqcError):
+    """A retrain that cannot start or go on; the message names the input and the reason."""
+
+
+def log(message: str) -> None:
+    print(f"retrain: {message}", file=sys.stderr, flush=True)
+
+
+# ---- the champion -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Champion:
+    given: Path  # what the user named: a run folder, a checkpoint or a bundle
+    run: Path  # the checkpoint that is evaluated and whose config the challenger reuses
+    config: TrainConfig
+    run_id: str | None
+    bundle: Path | None  # when a bundle was named
+
+
+def _run_id(run_dir: Path) -> str | None:
+    try:
+        return str(json.loads((run_dir / "run.json").read_text()).get("run_id"))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _from_checkpoint(given: Path, path: Path, bundle: Path | None = None) -> Champion:
+    from lineqc.train import checkpoint  # torch: only once the arguments are known to be good
+
+    ckpt = checkpoint.resolve(path)
+    meta = checkpoint.load_meta(ckpt)
+    if "config" not in meta:
+        raise RetrainError(f"{ckpt.with_suffix('.json')}: records no training config")
+    config = from_dict(meta["config"], f"{ckpt.with_suffix('.json')}: config")
+    return Champion(given, ckpt, config, meta.get("run_id") or _run_id(ckpt.parent), bundle)
+
+
+def find_run(run_id: str, roots: Sequence[Path]) -> Path | None:
+    """The run folder (``run.json`` and ``best.pt``) with this run id, at most two levels
+    below one of ``roots``."""
+    for root in roots:
+        for info in sorted(
+            [root / "run.json", *root.glob("*/run.json"), *root.glob("*/*/run.json")]
+        ):
+            if (info.parent / "best.pt").is_file() and _run_id(info.parent) == run_id:
+                return info.parent
+    return None
+
+
+def resolve_champion(path: Path, runs: Sequence[Path] = ()) -> Champion:
+    """A training run folder or checkpoint, or a bundle whose source run can be found.
+
+    A bundle holds the model but not its training config; it records the run id, which is
+    looked up under ``runs`` (default: the folder holding the bundle, so a run beside it).
+    """
+    from lineqc.export.bundle_writer import read_manifest_unverified
+
+    path = Path(path)
+    if path.suffix == ".pt" or (path / "best.pt").is_file():
+        return _from_checkpoint(path, path)
+    if not (path.is_file() or (path / "manifest.json").is_file()):
+        raise RetrainError(
+            f"--champion {path}: neither a training run folder (best.pt) nor a bundle "
+            "(manifest.json, or a .tar)"
+        )
+    doc = read_manifest_unverified(path)
+    model = doc.get("model")
+    if not isinstance(model, dict) or "files" not in doc:
+        raise RetrainError(f"--champion {path}: manifest.json is not a model bundle's")
+    run_id = model.get("run_id")
+    if not run_id:
+        raise RetrainError(
+            f"--champion {path}: the bundle records no training run, so its config is unknown; "
+            "name the champion's run folder instead"
+        )
+    roots = list(runs) or [path.resolve().parent]
+    run_dir = find_run(str(run_id), roots)
+    if run_dir is None:
+        raise RetrainError(
+            f"--champion {path}: the bundle was exported from run {run_id}, whose config is not "
+            f"in the bundle, and no run folder with that id was found under "
+            f"{', '.join(map(str, roots))}; pass --runs DIR (a folder holding that run) or name "
+            "the run folder as --champion"
+        )
+    return _from_checkpoint(path, run_dir, bundle=path)
+
+
+def challenger_config(champion: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """The champion's config with ``--set key=value`` overrides, validated as in training."""
+    doc = champion.to_json()
+    for assignment in overrides:
+        apply_override(doc, assignment)
+    return from_dict(doc, "champion config with --set overrides")
+
+
+# ---- slices -------------------------------------------------------------------------------
+
+
+def _captured(record: mf.Record) -> datetime | None:
+    if not record.captured_at:
+        return None
+    try:
+        when = datetime.fromisoformat(record.captured_at)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def recent_reviewed(since: datetime) -> Callable[[mf.Record], bool]:
+    """Inspector-labelled rows captured at or after ``since`` that no training run trains on."""
+
+    def accept(record: mf.Record) -> bool:
+        when = _captured(record)
+        return (
+            record.label_source.startswith("inspector:")
+            and record.split != "train"
+            and when is not None
+            and when >= since
+        )
+
+    return accept
+
+
+def slice_selectors(since: datetime) -> dict[str, tuple[str, Callable[[mf.Record], bool] | None]]:
+    """slice name -> (split, row filter) for ``evaluate_run``."""
+    return {"test": ("test", None), "recent_reviewed": ("all", recent_reviewed(since))}
+
+
+def slice_size(manifest: mf.Manifest, split: str, where: Callable[[mf.Record], bool] | None) -> int:
+    return sum(
+        r.label is not None and (split == "all" or r.split == split) and (where is None or where(r))
+        for r in manifest
+    )
+
+
+# ---- comparison ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    slice: str  # test | recent_reviewed
+    what: str  # "macro-F1", "recall of class scratch", "macro-F1 of source dev1/cam0"
+    champion: float
+    challenger: float
+    ok: bool
+
+    @property
+    def delta(self) -> float:
+        return self.challenger - self.champion
+
+    def sentence(self, tolerance: float) -> str:
+        verb = "rose" if self.delta > 0 else "fell" if self.delta < 0 else "stayed"
+        return (
+            f"{self.slice}: {self.what} {verb} {self.champion:.3f} -> {self.challenger:.3f} "
+            f"({self.delta:+.3f}; tolerance {tolerance:g})"
+        )
+
+
+def _values(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The compared numbers of one evaluation: what -> value (None: not measurable)."""
+    out: dict[str, float | None] = {"macro-F1": metrics.get("macro_f1")}
+    for name, s in metrics["slices"]["class"].items():
+        if s["support"] > 0:  # recall of a class absent from the slice means nothing
+            out[f"recall of class {name}"] = s["recall"]
+    for kind in SLICE_KINDS:
+        for value, s in metrics["slices"].get(kind, {}).items():
+            # One value covering every image repeats the overall macro-F1.
+            if s["n"] < metrics["n"] and s["n"] > s["n_unknown_label"]:
+                out[f"macro-F1 of {kind} {value}"] = s["macro_f1"]
+    return out
+
+
+def compare(
+    slice_name: str, champion: dict[str, Any], challenger: dict[str, Any], tolerance: float
+) -> tuple[list[Check], list[str]]:
+    """Checks of one slice, and what could not be compared (a class one model lacks)."""
+    a, b = _values(champion), _values(challenger)
+    checks, skipped = [], []
+    for what in sorted(a.keys() | b.keys(), key=lambda w: (w != "macro-F1", w)):
+        va, vb = a.get(what), b.get(what)
+        if va is None or vb is None:
+            skipped.append(f"{slice_name}: {what} (measurable for only one model)")
+            continue
+        checks.append(Check(slice_name, what, va, vb, vb >= va - tolerance - EPSILON))
+    return checks, skipped
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    forced: bool
+    reasons: list[str]
+    compared: bool = True  # False: no slice could be compared
+
+    @property
+    def export(self) -> bool:
+        return self.promoted or self.forced
+
+    @property
+    def verdict(self) -> str:
+        if self.promoted:
+            return "PROMOTED: the challenger is at least as good on every slice"
+        why = "the challenger is worse on some slice" if self.compared else "nothing to compare"
+        if self.forced:
+            return f"FORCED: {why}; exported anyway"
+        return f"KEPT CHAMPION: {why}"
+
+
+def decide(checks: list[Check], evaluated: list[str], tolerance: float, force: bool) -> Decision:
+    if not checks:
+        reasons = [
+            "nothing to compare on: no frozen test split and no recent reviewed frames"
+            if not evaluated
+            else f"no comparable metric on {', '.join(evaluated)}"
+        ]
+        return Decision(False, force, reasons, compared=False)
+    worse = [c for c in checks if not c.ok]
+    if worse:
+        reasons = [f"worse on {len(worse)} of {len(checks)} checks:"]
+        reasons += [c.sentence(tolerance) for c in worse]
+        return Decision(False, force, reasons)
+    better = sum(c.delta > EPSILON for c in checks)
+    return Decision(
+        True,
+        force,
+        [
+            f"at least as good on all {len(checks)} checks over {', '.join(evaluated)} "
+            f"(better on {better}; tolerance {tolerance:g})"
+        ],
+    )
+
+
+# ---- the job ------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrainOptions:
+    db: str | None = None  # review store: export its labels first; None skips that step
+    images: str | None = None
+    force: bool = False
+    key: Path | None = None  # sign the new bundle; None: no bundle
+    gate: bool = True  # False: INT8 written ungated, FP32 the default (`lineqc export --no-gate`)
+    overrides: list[str] = field(default_factory=list)
+    recent_days: float = 30.0
+    tolerance: float = 0.0
+    runs: list[Path] = field(default_factory=list)  # where a bundle's source run is looked up
+    device: str = "cpu"  # evaluation device
+    batch_size: int = 64
+    now: datetime | None = None  # "recent" is relative to this (default: the current time)
+
+
+@dataclass
+class RetrainResult:
+    comparison: dict[str, Any]
+    decision: Decision
+    bundle: Path | None
+    exit_code: int
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise RetrainError(f"--out {out}: not empty; each retrain gets a fresh folder")
+
+
+def _evaluate(
+    runs: dict[str, Path], dataset: Path, since: datetime, options: RetrainOptions
+) -> dict[str, dict[str, Any]]:
+    """slice -> {"n", "champion": metrics, "challenger": metrics} (or "skipped": why)."""
+    from lineqc.train.evaluate import evaluate_run
+
+    manifest = mf.load(dataset)
+    out: dict[str, dict[str, Any]] = {}
+    for name, (split, where) in slice_selectors(since).items():
+        n = slice_size(manifest, split, where)
+        if n == 0:
+            out[name] = {"n": 0, "skipped": "no labelled images in this slice"}
+            log(f"{name}: no images, not evaluated")
+            continue
+        out[name] = {"n": n}
+        for who, run in runs.items():
+            log(f"evaluating the {who} on {name} ({n} images)")
+            result = evaluate_run(run, dataset, split, options.batch_size, options.device, where)
+            out[name][who] = result.metrics
+    return out
+
+
+def retrain(
+    dataset: Path, champion_path: Path, out: Path, options: RetrainOptions
+) -> RetrainResult:
+    """The whole job; see the module docstring. Writes ``out``; returns the decision."""
+    dataset, out = Path(dataset), Path(out)
+    _check_out(out)
+    champion = resolve_champion(champion_path, options.runs)
+    cfg = challenger_config(champion.config, options.overrides)
+    if options.key is not None:
+        from lineqc.edge.signing import load_private_key
+
+        load_private_key(options.key)  # a bad key fails now, not after the training
+    out.mkdir(parents=True, exist_ok=True)
+    now = options.now or datetime.now(timezone.utc)
+    since = now - timedelta(days=options.recent_days)
+
+    labels: dict[str, Any] | None = None
+    if options.db is not None:
+        from .export_labels import export_labels
+        from .store import Store
+
+        log(f"exporting reviewed labels from {options.db} into {dataset}")
+        store = Store(options.db, options.images)
+        try:
+            summary = export_labels(store, dataset, quiet=False)
+        finally:
+            store.close()
+        print(summary.text(), file=sys.stderr)
+        labels = summary.to_json()
+    else:
+        log("no --db: reviewed labels not exported; training on the dataset as it is")
+
+    from lineqc.train.loop import train
+
+    challenger_dir = out / "challenger"
+    log(f"training the challenger ({cfg.model}, {cfg.epochs} epochs) into {challenger_dir}")
+    train(cfg, dataset, challenger_dir)
+
+    slices = _evaluate(
+        {"champion": champion.run, "challenger": challenger_dir}, dataset, since, options
+    )
+    checks: list[Check] = []
+    not_compared: list[str] = []
+    for name, s in slices.items():
+        if "skipped" not in s:
+            c, skipped = compare(name, s["champion"], s["challenger"], options.tolerance)
+            checks += c
+            not_compared += skipped
+    evaluated = [f"{name} (n={s['n']})" for name, s in slices.items() if "skipped" not in s]
+    decision = decide(checks, evaluated, options.tolerance, options.force)
+
+    bundle_path: Path | None = None
+    exit_code = 0
+    bundle: dict[str, Any] = {"exported": False, "path": None}
+    if not decision.export:
+        bundle["reason"] = "the challenger was not promoted (--force exports it anyway)"
+    elif options.key is None:
+        bundle["reason"] = "no --key given: nothing signed, no bundle written"
+    else:
+        from lineqc.export.errors import GateFailed
+        from lineqc.export.pipeline import ExportOptions, export_run
+
+        log(f"exporting the challenger to {out / 'bundle'}")
+        try:
+            exported = export_run(
+                challenger_dir,
+                dataset,
+                out / "bundle",
+                options.key,
+                ExportOptions(gate=options.gate),
+            )
+        except GateFailed as failed:
+            bundle["reason"] = f"the INT8 gate failed, no bundle written:\n{failed.result.table()}"
+            exit_code = 1
+        else:
+            bundle_path = out / "bundle"
+            bundle.update(
+                exported=True,
+                path=str(bundle_path),
+                model_version=exported.manifest["model"]["version"],
+                default_precision=exported.manifest["default_precision"],
+                gate=exported.gate.to_json() if exported.gate else None,
+            )
+
+    comparison: dict[str, Any] = {
+        "created_at": now.isoformat(timespec="seconds"),
+        "dataset": str(dataset),
+        "dataset_manifest_hash": mf.manifest_hash(dataset),
+        "champion": {
+            "given": str(champion.given),
+            "checkpoint": str(champion.run),
+            "run_id": champion.run_id,
+            "bundle": str(champion.bundle) if champion.bundle else None,
+        },
+        "challenger": {
+            "run": str(challenger_dir),
+            "run_id": _run_id(challenger_dir),
+            "overrides": list(options.overrides),
+        },
+        "export_labels": labels,
+        "recent_days": options.recent_days,
+        "recent_since": since.isoformat(timespec="seconds"),
+        "tolerance": options.tolerance,
+        "slices": slices,
+        "checks": [{**asdict(c), "delta": c.delta} for c in checks],
+        "not_compared": not_compared,
+        "decision": {
+            "promoted": decision.promoted,
+            "forced": decision.forced,
+            "verdict": decision.verdict,
+            "reasons": decision.reasons,
+        },
+        "bundle": bundle,
+    }
+    mf.atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2) + "\n")
+    mf.atomic_write_text(out / "comparison.md", comparison_markdown(comparison, checks))
+    return RetrainResult(comparison, decision, bundle_path, exit_code)
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+
+def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
+    from lineqc.train.report import HEADLINE, _fmt, _md_table
+
+    decision = doc["decision"]
+    lines = [
+        "# Retrain: challenger vs champion",
+        "",
+        f"**{decision['verdict']}**",
+        "",
+        *[f"- {r}" if i == 0 else f"  - {r}" for i, r in enumerate(decision["reasons"])],
+        "",
+        f"- Champion: `{doc['champion']['given']}` (run {doc['champion']['run_id']})",
+        f"- Challenger: `{doc['challenger']['run']}` (run {doc['challenger']['run_id']}), "
+        f"overrides: {', '.join(doc['challenger']['overrides']) or 'none'}",
+        f"- Dataset: `{doc['dataset']}`, manifest `{doc['dataset_manifest_hash'][:16]}`",
+        f"- Bundle: {doc['bundle']['path'] or doc['bundle']['reason']}",
+        f"- Tolerance {doc['tolerance']:g}; recent reviewed frames: captured since "
+        f"{doc['recent_since']} and not trained on (split val or none)",
+    ]
+    labels = doc.get("export_labels")
+    if labels:
+        lines.append(
+            f"- Labels exported: {labels['exported']} ({labels['added']} new, "
+            f"{labels['updated']} updated); {len(labels['kept_out'])} kept out of training"
+        )
+    for name, s in doc["slices"].items():
+        lines += ["", f"## Slice `{name}` ({s['n']} images)", ""]
+        if "skipped" in s:
+            lines.append(f"Not evaluated: {s['skipped']}.")
+            continue
+        head = [[k, _fmt(s["champion"].get(k)), _fmt(s["challenger"].get(k))] for k in HEADLINE]
+        lines += [_md_table(head, ["metric", "champion", "challenger"]), ""]
+        rows = [
+            [
+                c.what,
+                _fmt(c.champion),
+                _fmt(c.challenger),
+                f"{c.delta:+.3f}",
+                "ok" if c.ok else "WORSE",
+            ]
+            for c in checks
+            if c.slice == name
+        ]
+        lines.append(_md_table(rows, ["check", "champion", "challenger", "delta", ""]))
+    if doc["not_compared"]:
+        lines += ["", "Not compared: " + "; ".join(doc["not_compared"])]
+    return "\n".join(lines) + "\n"

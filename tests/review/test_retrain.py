@@ -1,0 +1,254 @@
+"""`lineqc retrain`: reviewed labels exported, a real challenger trained with the champion's
+config (train/configs/smoke.yaml), both evaluated on the frozen test split and the recent
+reviewed frames, a decision with reasons, and a signed bundle only when promoted or forced.
+
+One champion run is shared by the module; each retrain works on its own dataset copy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from lineqc.datasets import manifest as mf
+from lineqc.datasets.synth import candidates
+from lineqc.edge.signing import generate_keys
+from lineqc.review.retrain import (
+    RetrainError,
+    RetrainOptions,
+    compare,
+    decide,
+    recent_reviewed,
+    resolve_champion,
+    retrain,
+)
+from lineqc.review.store import Store
+from lineqc.train.config import load_config
+from lineqc.train.loop import train
+from tests.review.kit import HOUR, NOW, Seeder, manifest_rows, seed, to_jpeg
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "train" / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory, synth_dataset: Path) -> Path:
+    """The model in service: a smoke-config run on the shared synthetic dataset."""
+    cfg = load_config(SMOKE, ["img_size=32", "progress=false"])
+    out = tmp_path_factory.mktemp("champion") / "run"
+    train(cfg, synth_dataset, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return generate_keys(tmp_path_factory.mktemp("keys") / "signing")
+
+
+def reviewed(tmp: Path, synth_dataset: Path) -> tuple[Path, str, Path]:
+    """A copy of the dataset and a review store with reviewed frames: every consensus state,
+    shots of dataset images, new line images, and one agreed frame captured 90 days ago."""
+    dataset = Path(shutil.copytree(synth_dataset, tmp / "ds"))
+    db, images = f"sqlite:///{tmp / 'review.db'}", tmp / "review-images"
+    store = Store(db, images)
+    seeder = Seeder(store)
+    seed(seeder, dataset, n_new=12)
+    old = next(iter(candidates(1, seed=123, size=64)))
+    pk = seeder.frame("dev1-cam0-old", to_jpeg(old.read()), ts=NOW - 90 * 24 * HOUR)
+    seeder.answer(pk, "erin", str(old.label))
+    store.close()
+    return dataset, db, images
+
+
+@pytest.fixture(scope="module")
+def forced(
+    tmp_path_factory: pytest.TempPathFactory,
+    synth_dataset: Path,
+    champion: Path,
+    keys: tuple[Path, Path],
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """`lineqc retrain --force --key`, as the monthly job runs it; (dataset, out, process)."""
+    from tests.conftest import run_lineqc
+
+    tmp = tmp_path_factory.mktemp("forced")
+    dataset, db, images = reviewed(tmp, synth_dataset)
+    out = tmp / "retrain"
+    proc = run_lineqc(
+        "retrain", "--dataset", str(dataset), "--champion", str(champion), "--out", str(out),
+        "--db", db, "--images", str(images), "--key", str(keys[0]), "--force",
+        "--no-gate",  # tiny models' INT8 gate is a coin toss; the gate has its own tests
+        "--set", "epochs=1",
+    )  # fmt: skip
+    return dataset, out, proc
+
+
+def test_forced_retrain_compares_on_both_slices_and_writes_a_verified_bundle(
+    forced: tuple[Path, Path, subprocess.CompletedProcess[str]],
+    synth_dataset: Path,
+    champion: Path,
+    keys: tuple[Path, Path],
+    lineqc: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    dataset, out, proc = forced
+    doc = json.loads((out / "comparison.json").read_text())
+
+    # The labels went in first; the frozen test split is what it was.
+    labels = doc["export_labels"]
+    assert labels["added"] == labels["exported"] > 12 and len(labels["kept_out"]) == 1
+    before = manifest_rows(synth_dataset)
+    test_rows = {i: r for i, r in before.items() if json.loads(r)["split"] == "test"}
+    after = manifest_rows(dataset)
+    assert {i: after[i] for i in test_rows} == test_rows
+    assert sum(json.loads(r)["split"] == "test" for r in after.values()) == len(test_rows)
+
+    # A real challenger run, with the champion's config and the override.
+    run = out / "challenger"
+    assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
+    champion_cfg = load_config(champion / "config.yaml")
+    challenger_cfg = load_config(run / "config.yaml")
+    assert challenger_cfg.epochs == 1
+    assert challenger_cfg.model_copy(update={"epochs": champion_cfg.epochs}) == champion_cfg
+
+    # Both models on both slices; the recent slice is the recent reviewed rows not in train.
+    manifest = mf.load(dataset)
+    since = datetime.now(timezone.utc) - timedelta(days=30)
+    recent = [r for r in manifest if r.label and recent_reviewed(since)(r)]
+    assert recent and all(r.split != "train" for r in recent)
+    assert not any(r.origin == "dev1-cam0-old" for r in recent)  # captured 90 days ago
+    assert doc["slices"]["recent_reviewed"]["n"] == len(recent)
+    assert doc["slices"]["test"]["n"] == len(test_rows)
+    for name in ("test", "recent_reviewed"):
+        s = doc["slices"][name]
+        for who in ("champion", "challenger"):
+            assert s[who]["n"] == s["n"]
+            assert {"macro_f1", "slices"} <= set(s[who]) and "class" in s[who]["slices"]
+    checks = doc["checks"]
+    assert {c["slice"] for c in checks} == {"test", "recent_reviewed"}
+    whats = {(c["slice"], c["what"]) for c in checks}
+    assert {("test", "macro-F1"), ("recent_reviewed", "macro-F1")} <= whats
+    assert any(w.startswith("macro-F1 of session ") for _, w in whats)  # test: 3 sessions
+    assert any(w.startswith("recall of class ") for _, w in whats)
+    assert all(c["ok"] == (c["challenger"] >= c["champion"]) for c in checks)
+
+    decision = doc["decision"]
+    assert decision["forced"] is True and decision["reasons"]
+    assert decision["promoted"] == all(c["ok"] for c in checks)
+    assert proc.returncode == 0 and decision["verdict"] in proc.stdout
+
+    # --force: a signed bundle that a device accepts, made from the challenger run.
+    assert doc["bundle"]["exported"] is True and doc["bundle"]["path"] == str(out / "bundle")
+    verified = lineqc("bundle", "verify", str(out / "bundle"), "--pubkey", str(keys[1]))
+    assert "OK (signature valid" in verified.stdout
+    bundle_manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert bundle_manifest["model"]["run_id"] == doc["challenger"]["run_id"]
+    report = (out / "comparison.md").read_text()
+    assert decision["verdict"] in report and "## Slice `recent_reviewed`" in report
+
+
+def test_a_bundle_champion_resolves_to_its_source_run(
+    forced: tuple[Path, Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    _, out, _ = forced
+    bundle = out / "bundle"
+    resolved = resolve_champion(bundle)  # its run is found beside it
+    assert resolved.bundle == bundle and resolved.run == out / "challenger" / "best.pt"
+    assert resolved.config == load_config(out / "challenger" / "config.yaml")
+
+    alone = Path(shutil.copytree(bundle, tmp_path / "elsewhere" / "bundle"))
+    with pytest.raises(RetrainError, match=r"exported from run [0-9a-f]+, whose config is not"):
+        resolve_champion(alone)
+    assert resolve_champion(alone, runs=[out]).run == resolved.run
+    with pytest.raises(RetrainError, match="neither a training run folder"):
+        resolve_champion(tmp_path)
+
+
+def test_a_worse_challenger_is_refused_and_no_bundle_written(
+    tmp_path: Path, synth_dataset: Path, champion: Path, keys: tuple[Path, Path]
+) -> None:
+    # Cripple the challenger: all loss weight on the class the champion predicts least, so
+    # it predicts that class everywhere and loses the recall the champion has elsewhere.
+    with (champion / "predictions.csv").open() as f:
+        predicted = Counter(row["predicted"] for row in csv.DictReader(f))
+    classes = mf.load(synth_dataset).classes
+    target = min(classes, key=lambda c: (predicted[c], c))
+    weights = [1.0 if c == target else 1e-6 for c in classes]
+    out = tmp_path / "retrain"
+    options = RetrainOptions(
+        key=keys[0],
+        overrides=["epochs=1", "optim.lr=0.05", f"loss.class_weights={weights}"],
+    )
+    dataset = Path(shutil.copytree(synth_dataset, tmp_path / "ds"))
+    result = retrain(dataset, champion, out, options)
+
+    assert result.exit_code == 0 and result.bundle is None
+    assert not result.decision.promoted and not result.decision.forced
+    assert result.decision.verdict.startswith("KEPT CHAMPION")
+    assert not (out / "bundle").exists()
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["bundle"] == {
+        "exported": False,
+        "path": None,
+        "reason": "the challenger was not promoted (--force exports it anyway)",
+    }
+    worse = [c for c in doc["checks"] if not c["ok"]]
+    assert worse and doc["decision"]["reasons"][0].startswith(f"worse on {len(worse)} of")
+    assert any(" fell " in r for r in doc["decision"]["reasons"][1:])
+    assert doc["slices"]["recent_reviewed"] == {
+        "n": 0,
+        "skipped": "no labelled images in this slice",
+    }  # no --db: no reviewed frames
+    assert "WORSE" in (out / "comparison.md").read_text()
+
+    # The same evaluations with a tolerance wide enough to forgive every drop: promoted.
+    test = doc["slices"]["test"]
+    checks, _ = compare("test", test["champion"], test["challenger"], tolerance=1.0)
+    assert decide(checks, ["test"], 1.0, force=False).promoted
+
+
+def test_compare_checks_every_slice_and_skips_what_one_model_cannot_measure(
+    champion: Path,
+) -> None:
+    metrics = json.loads((champion / "metrics.json").read_text())
+    checks, skipped = compare("test", metrics, metrics, tolerance=0.0)
+    assert checks and all(c.ok and c.delta == 0 for c in checks) and not skipped
+    whats = {c.what for c in checks}
+    present = [n for n, s in metrics["slices"]["class"].items() if s["support"]]
+    assert {f"recall of class {n}" for n in present} <= whats
+    assert {f"macro-F1 of session {s}" for s in metrics["slices"]["session"]} <= whats
+    assert not any("of source" in w for w in whats)  # one source: the overall figure again
+    assert decide(checks, ["test"], 0.0, force=False).promoted
+
+    worse = json.loads(json.dumps(metrics))
+    worse["macro_f1"] -= 0.02
+    del worse["slices"]["class"][present[0]]  # a class the challenger does not know
+    checks, skipped = compare("test", metrics, worse, tolerance=0.01)
+    (failed,) = [c for c in checks if not c.ok]
+    assert failed.what == "macro-F1" and failed.delta == pytest.approx(-0.02)
+    assert skipped == [f"test: recall of class {present[0]} (measurable for only one model)"]
+    decision = decide(checks, ["test"], 0.01, force=True)
+    assert not decision.promoted and decision.forced and "fell" in decision.reasons[1]
+    nothing = decide([], [], 0.0, force=False)
+    assert not nothing.promoted and nothing.verdict == "KEPT CHAMPION: nothing to compare"
+
+
+def test_cli_refuses_a_used_out_folder_and_a_champion_that_is_no_model(
+    tmp_path: Path, synth_dataset: Path, lineqc: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "comparison.json").write_text("{}")
+    args = ("retrain", "--dataset", str(synth_dataset), "--out")
+    proc = lineqc(*args, str(used), "--champion", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "not empty; each retrain gets a fresh folder" in proc.stderr
+    proc = lineqc(*args, str(tmp_path / "new"), "--champion", str(synth_dataset), check=False)
+    assert proc.returncode == 2 and "not a model bundle" in proc.stderr
+    assert not (tmp_path / "new").exists()
