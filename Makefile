@@ -8,6 +8,7 @@ DATA ?= data
 RUNS ?= runs
 MT_SRC ?= ../shared/datasets/magnetic-tile
 HOLD_OUT ?= exp5
+REVIEW_PORT ?= 8080
 STAGES := datasets train export edge review
 EXTRAS := edge,train,export,review,dev
 
@@ -68,7 +69,9 @@ KEY := $(RUNS)/keys/signing
 demo: setup $(BUNDLE)/manifest.json
 	$(BIN)/lineqc data stats $(DS)
 	$(BIN)/lineqc bundle verify $(BUNDLE) --pubkey $(KEY).pub
-	$(BIN)/lineqc edge run --config firmware_config/replay-demo.yaml --private-broker
+	rm -rf $(RUNS)/review $(RUNS)/edge
+	$(BIN)/lineqc review demo --device-config firmware_config/replay-demo.yaml \
+	  --db $(RUNS)/review/review.db --port $(REVIEW_PORT)
 
 # Each step runs once; delete its output (or `make clean`) to run it again.
 $(DS)/manifest.json: | setup

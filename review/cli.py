@@ -95,6 +95,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_export_labels)
 
+    p = sub.add_parser(
+        "demo", help="make demo's review stage: broker, collector, device replay, app"
+    )
+    _db_args(p)
+    p.add_argument("--device-config", required=True, help="the replaying device's YAML")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--no-serve", action="store_true", help="stop before starting the app")
+    p.set_defaults(func=_demo)
+
 
 def _collect(args: argparse.Namespace) -> int:
     from .collector import run_collector
@@ -131,3 +140,9 @@ def _export_labels(args: argparse.Namespace) -> int:
     from .export_labels import run_export_labels
 
     return run_export_labels(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)

@@ -51,9 +51,13 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_lineqc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the real `lineqc` command in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "lineqc", *args], capture_output=True, text=True)
+def run_lineqc(
+    *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `lineqc` command in a subprocess (``input``: its standard input)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lineqc", *args], capture_output=True, text=True, input=input
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"lineqc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
