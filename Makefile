@@ -12,7 +12,7 @@ REVIEW_PORT ?= 8080
 STAGES := datasets train export edge review
 EXTRAS := edge,train,export,review,dev
 
-.PHONY: setup system-deps test lint typecheck-tree demo bench bench-train bench-export bench-edge clean
+.PHONY: setup system-deps test lint typecheck-tree demo demo-inspect bench bench-train bench-export bench-edge clean
 
 ## setup: .venv with every extra for development (torch pinned by constraints.txt), Mosquitto
 setup: $(VENV)/.installed system-deps
@@ -72,6 +72,12 @@ demo: setup $(BUNDLE)/manifest.json
 	rm -rf $(RUNS)/review $(RUNS)/edge
 	$(BIN)/lineqc review demo --device-config firmware_config/replay-demo.yaml \
 	  --db $(RUNS)/review/review.db --port $(REVIEW_PORT)
+
+## demo-inspect: with `make demo` serving, a scripted inspector labels three frames in Chromium
+demo-inspect:
+	LINEQC_REVIEW_URL=http://127.0.0.1:$(REVIEW_PORT)/ LINEQC_REVIEW_DB=$(RUNS)/review/review.db \
+	LINEQC_REVIEW_IMAGES=$(RUNS)/review/review-images \
+	  $(BIN)/pytest tests/review/test_browser.py -k keyboard -p no:cacheprovider
 
 # Each step runs once; delete its output (or `make clean`) to run it again.
 $(DS)/manifest.json: | setup
