@@ -449,7 +449,7 @@ def retrain(
 
 
 def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
-    from lineqc.train.report import HEADLINE, _fmt, _md_table
+    from lineqc.train.report import HEADLINE, fmt_value, md_table
 
     decision = doc["decision"]
     lines = [
@@ -478,20 +478,23 @@ def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
         if "skipped" in s:
             lines.append(f"Not evaluated: {s['skipped']}.")
             continue
-        head = [[k, _fmt(s["champion"].get(k)), _fmt(s["challenger"].get(k))] for k in HEADLINE]
-        lines += [_md_table(head, ["metric", "champion", "challenger"]), ""]
+        head = [
+            [k, fmt_value(s["champion"].get(k)), fmt_value(s["challenger"].get(k))]
+            for k in HEADLINE
+        ]
+        lines += [md_table(head, ["metric", "champion", "challenger"]), ""]
         rows = [
             [
                 c.what,
-                _fmt(c.champion),
-                _fmt(c.challenger),
+                fmt_value(c.champion),
+                fmt_value(c.challenger),
                 f"{c.delta:+.3f}",
                 "ok" if c.ok else "WORSE",
             ]
             for c in checks
             if c.slice == name
         ]
-        lines.append(_md_table(rows, ["check", "champion", "challenger", "delta", ""]))
+        lines.append(md_table(rows, ["check", "champion", "challenger", "delta", ""]))
     if doc["not_compared"]:
         lines += ["", "Not compared: " + "; ".join(doc["not_compared"])]
     return "\n".join(lines) + "\n"

@@ -44,7 +44,7 @@ SLICE_COLUMNS = (
 )
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -152,12 +152,12 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
 
 
 def _slice_rows(slices: dict[str, Any]) -> list[list[str]]:
-    return [[name] + [_fmt(s.get(c)) for c in SLICE_COLUMNS] for name, s in slices.items()]
+    return [[name] + [fmt_value(s.get(c)) for c in SLICE_COLUMNS] for name, s in slices.items()]
 
 
 def _class_rows(per_class: dict[str, Any]) -> list[list[str]]:
     cols = ("support", "precision", "recall", "f1", "auroc", "recall_at_95_precision")
-    return [[name] + [_fmt(s[c]) for c in cols] for name, s in per_class.items()]
+    return [[name] + [fmt_value(s[c]) for c in cols] for name, s in per_class.items()]
 
 
 def write_all(
@@ -188,7 +188,7 @@ def write_all(
         (plot_dir / f"{name}.png").write_bytes(data)
         written.append(plot_dir / f"{name}.png")
 
-    headline = [[k, _fmt(m.get(k))] for k in HEADLINE]
+    headline = [[k, fmt_value(m.get(k))] for k in HEADLINE]
     slice_head = ["slice", *SLICE_COLUMNS]
     class_head = ["class", "support", "precision", "recall", "f1", "auroc", "recall@95%P"]
     sections = [
@@ -226,7 +226,7 @@ def write_all(
     return [*written, out / "report.html", out / "model_card.md"]
 
 
-def _md_table(rows: list[list[str]], head: list[str]) -> str:
+def md_table(rows: list[list[str]], head: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
 
@@ -265,21 +265,21 @@ cameras or lighting than those in its training data without re-evaluation, and n
 only safeguard where a missed defect is safety-critical.
 
 ## Metrics ({m["split"]} split)
-{_md_table([[k, _fmt(m.get(k))] for k in HEADLINE], ["metric", "value"])}
+{md_table([[k, fmt_value(m.get(k))] for k in HEADLINE], ["metric", "value"])}
 
 Recall at 95% precision means: the share of defective frames caught while at most 5% of
 rejected frames are actually OK.
 
 ## By class
 {
-        _md_table(
+        md_table(
             _class_rows(m["slices"]["class"]),
             ["class", "support", "precision", "recall", "f1", "auroc", "recall@95%P"],
         )
     }
 
 ## By capture session
-{_md_table(_slice_rows(m["slices"].get("session", {})), ["session", *SLICE_COLUMNS])}
+{md_table(_slice_rows(m["slices"].get("session", {})), ["session", *SLICE_COLUMNS])}
 
 ## Limits
 - Metrics come from {m["n"]} images; classes with few examples ({", ".join(small) or "none"})
