@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from .agreement import PairAgreement, pair_agreement
 from .auth import SignedIn
-from .consensus import Consensus, consensus
+from .consensus import frame_states
 from .gold import GoldScore, gold_audit
 from .queue import answers_by_frame, resolve
 from .store import (
@@ -27,8 +27,6 @@ from .store import (
     Adjudication,
     Frame,
     Reject,
-    Review,
-    User,
     get_setting,
     set_setting,
 )
@@ -38,36 +36,10 @@ router = APIRouter()
 STATES = ("pending", "agreed", "disputed", "adjudicated")
 
 
-@dataclass(frozen=True)
-class FrameState:
-    consensus: Consensus
-    answers: list[tuple[str, str]]  # (inspector, answer), oldest first, skips included
-
-
-def frame_states(s: Session) -> dict[int, FrameState]:
-    """The consensus of every flagged (not gold) frame, with who answered what."""
-    frames: dict[int, int] = {
-        pk: required
-        for pk, required in s.execute(
-            select(Frame.id, Frame.required_reviews).where(Frame.gold_label.is_(None))
-        )
-    }
-    answers: dict[int, list[tuple[str, str]]] = {pk: [] for pk in frames}
-    rows = s.execute(
-        select(Review.frame_pk, User.name, Review.label)
-        .join(User, User.id == Review.user_id)
-        .order_by(Review.created_at, Review.id)
-    )
-    for pk, name, label in rows:
-        if pk in answers:
-            answers[pk].append((name, label))
-    final: dict[int, str] = {
-        pk: label for pk, label in s.execute(select(Adjudication.frame_pk, Adjudication.label))
-    }
-    return {
-        pk: FrameState(consensus(required, [a for _, a in answers[pk]], final.get(pk)), answers[pk])
-        for pk, required in frames.items()
-    }
+def _flagged(s: Session) -> dict[int, int]:
+    """pk -> required reviews of every flagged (not gold) frame."""
+    query = select(Frame.id, Frame.required_reviews).where(Frame.gold_label.is_(None))
+    return {pk: n for pk, n in s.execute(query)}
 
 
 @dataclass(frozen=True)
@@ -81,18 +53,19 @@ class Overview:
 
 
 def overview(s: Session) -> Overview:
-    counts: Counter[str] = Counter(st.consensus.state for st in frame_states(s).values())
-    by_frame: dict[int, dict[str, str]] = {}
-    for pk, name, label in s.execute(
-        select(Review.frame_pk, User.name, Review.label)
-        .join(User, User.id == Review.user_id)
-        .where(Review.label != SKIP)
-    ):
-        by_frame.setdefault(pk, {})[name] = label
+    frames = s.execute(select(Frame.id, Frame.required_reviews, Frame.gold_label)).all()
+    gold = {pk for pk, _, label in frames if label is not None}
+    states = frame_states(s, {pk: n for pk, n, _ in frames})
+    counts: Counter[str] = Counter(
+        st.consensus.state for pk, st in states.items() if pk not in gold
+    )
+    by_frame = {  # agreement counts every frame two inspectors answered, gold ones too
+        pk: {a.inspector: a.label for a in st.answers if a.label != SKIP}
+        for pk, st in states.items()
+    }
     return Overview(
         states={state: counts.get(state, 0) for state in STATES},
-        gold_frames=s.scalar(select(func.count(Frame.id)).where(Frame.gold_label.is_not(None)))
-        or 0,
+        gold_frames=len(gold),
         pairs=pair_agreement(by_frame),
         gold=gold_audit(s),
         rejects=s.scalar(select(func.count(Reject.id))) or 0,
@@ -148,7 +121,7 @@ def change_settings(
 @router.get("/adjudicate")
 def adjudicate_page(request: Request, user: Admin) -> Response:
     with store_of(request).session() as s:
-        states = frame_states(s)
+        states = frame_states(s, _flagged(s))
         disputed = [pk for pk, st in states.items() if st.consensus.state == "disputed"]
         frames = s.scalars(select(Frame).where(Frame.id.in_(disputed)).order_by(Frame.ts)).all()
         items = [(f, states[f.id].answers) for f in frames[:200]]

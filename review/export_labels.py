@@ -33,8 +33,8 @@ from lineqc.datasets.ingest import Candidate, ImportReport, ingest
 from lineqc.datasets.split import place_new
 from lineqc.errors import LineqcError
 
-from .consensus import Consensus, consensus
-from .store import POLICY_VERSION, SKIP, Adjudication, Frame, Review, Store, User
+from .consensus import FrameState, frame_states
+from .store import POLICY_VERSION, SKIP, Frame, Store
 
 IMPORT_NAME = "review-export-labels"
 SKIP_REASONS = ("pending", "disputed", "gold", "no-image")
@@ -87,45 +87,22 @@ def source_of(frame: Frame) -> str:
     return f"{frame.device}/{frame.camera}"
 
 
-def _reviews(store: Store) -> dict[int, list[tuple[Review, str]]]:
-    """frame pk -> (review, inspector name), oldest first."""
-    out: dict[int, list[tuple[Review, str]]] = defaultdict(list)
-    with store.session() as s:
-        rows = s.execute(
-            select(Review, User.name)
-            .join(User, Review.user_id == User.id)
-            .order_by(Review.created_at, Review.id)
-        )
-        for review, name in rows:
-            out[review.frame_pk].append((review, name))
-    return out
-
-
-def _adjudications(store: Store) -> dict[int, tuple[Adjudication, str]]:
-    with store.session() as s:
-        rows = s.execute(
-            select(Adjudication, User.name).join(User, Adjudication.user_id == User.id)
-        )
-        return {adj.frame_pk: (adj, name) for adj, name in rows}
-
-
 def _candidate(
     store: Store,
     frame: Frame,
-    result: Consensus,
-    reviews: list[tuple[Review, str]],
-    adjudication: tuple[Adjudication, str] | None,
+    state: FrameState,
 ) -> Candidate:
+    result, adjudication = state.consensus, state.adjudication
     assert result.label is not None and frame.image_sha256 is not None
-    counted = [(r, name) for r, name in reviews if r.label != SKIP]
-    inspectors = list(dict.fromkeys(name for _, name in counted))
+    counted = [a for a in state.answers if a.label != SKIP]
+    inspectors = list(dict.fromkeys(a.inspector for a in counted))
     if adjudication is not None:
-        adj, adjudicator = adjudication
-        label_source, labeled_at = f"inspector:adjudicated:{adjudicator}", adj.created_at
+        adjudicator = adjudication.inspector
+        label_source, labeled_at = f"inspector:adjudicated:{adjudicator}", adjudication.at
     else:
         adjudicator = None
         label_source = "inspector:" + "+".join(inspectors)
-        labeled_at = max(r.created_at for r, _ in counted)
+        labeled_at = max(a.at for a in counted)
     extra: dict[str, Any] = {
         # where and when
         "frame_id": frame.frame_id,
@@ -149,7 +126,7 @@ def _candidate(
         "required_reviews": frame.required_reviews,
         "inspectors": inspectors,
         "answers": [
-            {"inspector": name, "answer": r.label, "at": iso(r.created_at)} for r, name in counted
+            {"inspector": a.inspector, "answer": a.label, "at": iso(a.at)} for a in counted
         ],
         "agreement": result.agreement,
         "adjudicator": adjudicator,
@@ -182,32 +159,27 @@ def export_labels(store: Store, dataset: Path, quiet: bool = False) -> ExportSum
     dataset = Path(dataset)
     classes = _classes(dataset)
     summary = ExportSummary(str(dataset))
-    reviews, adjudications = _reviews(store), _adjudications(store)
-    finals: list[tuple[Frame, Consensus]] = []
+    finals: list[tuple[Frame, FrameState]] = []
     with store.session() as s:
         frames = list(s.scalars(select(Frame).order_by(Frame.id)))
+        states = frame_states(s, {f.id: f.required_reviews for f in frames})
     for frame in frames:
         summary.frames += 1
         if frame.is_gold or frame.why == "gold":
             summary.skipped["gold"] += 1
             continue
-        adj = adjudications.get(frame.id)
-        result = consensus(
-            frame.required_reviews,
-            [r.label for r, _ in reviews[frame.id]],
-            adj[0].label if adj else None,
-        )
+        result = states[frame.id].consensus
         if not result.final:
             summary.skipped[result.state] += 1
         elif frame.image_sha256 is None:
             summary.skipped["no-image"] += 1
         else:
-            finals.append((frame, result))
+            finals.append((frame, states[frame.id]))
 
     unknown: dict[str, list[str]] = defaultdict(list)
-    for frame, result in finals:
-        if result.label not in classes:
-            unknown[str(result.label)].append(frame.frame_id)
+    for frame, state in finals:
+        if state.consensus.label not in classes:
+            unknown[str(state.consensus.label)].append(frame.frame_id)
     for frame, _ in finals:  # a wrong --images must not look like a store without images
         path = store.image_path(str(frame.image_sha256))
         if not path.is_file():
@@ -228,9 +200,7 @@ def export_labels(store: Store, dataset: Path, quiet: bool = False) -> ExportSum
     summary.exported = len(finals)
     if not finals:
         return summary  # the dataset stays as it was
-    candidates = (
-        _candidate(store, f, r, reviews[f.id], adjudications.get(f.id)) for f, r in finals
-    )
+    candidates = (_candidate(store, f, state) for f, state in finals)
     report: ImportReport = ingest(
         dataset, candidates, import_name=IMPORT_NAME, quiet=quiet, total=len(finals)
     )
