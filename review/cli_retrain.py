@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from lineqc.train.config import add_overrides_argument
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="dataset folder (manifest)")
@@ -44,13 +46,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="export without the INT8 gate: INT8 is written but FP32 stays the default "
         "precision (as `lineqc export --no-gate`)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the champion's config for the challenger (repeatable)",
+    add_overrides_argument(
+        parser, "override a key of the champion's config for the challenger (repeatable)"
     )
     parser.add_argument(
         "--recent-days",

@@ -5,21 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, add_overrides_argument, load_config
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="training config YAML (train/configs/)")
     parser.add_argument("--dataset", type=Path, required=True, help="dataset folder (manifest)")
     parser.add_argument("--out", type=Path, required=True, help="run folder to create")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
+    add_overrides_argument(parser, "override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -7,6 +7,7 @@ bool) and validates the result. The resolved config is what a run saves beside i
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -158,6 +159,13 @@ def from_dict(doc: dict[str, Any], source: str = "config") -> TrainConfig:
         return TrainConfig.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source)) from None
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, for ``load_config``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def load_config(path: Path | str, overrides: Sequence[str] = ()) -> TrainConfig:
