@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,32 @@ from lineqc.review.store import SKIP, UNSURE, Adjudication, Frame, Review, Store
 
 NOW = time.time()
 HOUR = 3600.0
+
+
+@contextmanager
+def review_serve(db_args: list[str], log: Path) -> Iterator[str]:
+    """The real `lineqc review serve` on a free port (``--port 0``); yields the URL it prints
+    once it listens, and stops it at the end."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lineqc", "review", "serve", *db_args, "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"review app: (http://\S+)", log.read_text())):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"`lineqc review serve` did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield found.group(1)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wire_sample(

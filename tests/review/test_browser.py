@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from sqlalchemy import select
 
 from lineqc.edge.wire import Sample
 from lineqc.review.store import Review, Store, User, set_setting
+from tests.review.kit import review_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -50,19 +50,6 @@ def lineqc_review(*args: str, stdin: str = "") -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def wait_for_url(process: subprocess.Popen[bytes], log: Path) -> str:
-    """The URL the server prints once it listens (it binds before printing)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        match = re.search(r"review app: (http://\S+)", log.read_text())
-        if match:
-            return match.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"`lineqc review serve` did not start:\n{log.read_text()}")
-
-
 @pytest.fixture
 def server(tmp_path: Path, make_sample: Callable[..., Sample]) -> Iterator[Server]:
     """Five flagged frames and one inspector, served by the real command on a free port."""
@@ -82,22 +69,9 @@ def server(tmp_path: Path, make_sample: Callable[..., Sample]) -> Iterator[Serve
     store.close()
     lineqc_review("add-user", "ann", "--password-stdin", "--db", db, stdin=PASSWORD + "\n")
 
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lineqc", "review", "serve", "--db", db, "--images",
-             str(images), "--host", "127.0.0.1", "--port", "0"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        yield Server(wait_for_url(process, log), db, images)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    db_args = ["--db", db, "--images", str(images), "--host", "127.0.0.1"]
+    with review_serve(db_args, tmp_path / "serve.log") as url:
+        yield Server(url, db, images)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy import select
 from lineqc.datasets import manifest as mf
 from lineqc.edge.broker import Mosquitto
 from lineqc.review.store import Frame, Review, Store, User
+from tests.review.kit import review_serve
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 INSPECTORS = {"ann": "ann-password-1", "bob": "bob-password-1"}
@@ -29,26 +29,10 @@ INSPECTORS = {"ann": "ann-password-1", "bob": "bob-password-1"}
 
 @pytest.fixture
 def review_server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
-    """`lineqc review serve` on a free port (it prints the URL it bound); its --db args."""
+    """`lineqc review serve` on a free port; its URL and --db args."""
     db = ["--db", str(tmp_path / "review.db"), "--images", str(tmp_path / "review-images")]
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lineqc", "review", "serve", *db, "--port", "0"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    try:
-        url = ""
-        while not url:
-            assert proc.poll() is None, log.read_text()
-            found = re.search(r"review app: (http://\S+)", log.read_text())
-            url = found.group(1) if found else ""
+    with review_serve(db, tmp_path / "serve.log") as url:
         yield url, db
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def sign_in(base: str, name: str, password: str) -> httpx.Client:
