@@ -26,7 +26,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.source:
         options["source"] = args.source
     if args.format == "imagefolder":
-        options.update(session=args.session, license=args.license)
+        options.update(session=args.session, license=args.license, part_pattern=args.part_pattern)
     candidates = importer(Path(args.src), **options)
     limits = Limits(max_bytes=args.max_mb * 1024 * 1024, max_pixels=args.max_megapixels * 10**6)
     report = ingest(
@@ -87,6 +87,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--source", help="provenance: source name (default: the folder's name)")
     p.add_argument("--session", help="imagefolder: capture session / lighting id for all images")
     p.add_argument("--license", help="imagefolder: license or consent note")
+    p.add_argument(
+        "--part-pattern",
+        metavar="REGEX",
+        help="imagefolder: the part id in each image's path below its class folder (group "
+        "'part', else the first group), e.g. '^([^/]+)/' for a folder per part; images of "
+        "one part never straddle splits (magnetic-tile derives it from frame numbers)",
+    )
     p.add_argument("--max-mb", type=int, default=64, help="largest accepted file (default 64)")
     p.add_argument("--max-megapixels", type=int, default=40, help="largest image (default 40)")
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
@@ -94,12 +101,17 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("split", help="assign leakage-safe train/val/test splits")
     p.add_argument("dataset", type=Path)
-    p.add_argument("--val", type=float, default=0.15, help="validation share (default 0.15)")
+    p.add_argument(
+        "--val",
+        type=float,
+        default=0.15,
+        help="validation share (default 0.15), whole parts at a time",
+    )
     p.add_argument(
         "--test",
         type=float,
-        default=0.15,
-        help="test share (default 0.15; 0 with --hold-out-session)",
+        default=0.20,
+        help="test share (default 0.20), whole parts at a time; 0 with --hold-out-session",
     )
     p.add_argument("--hold-out-session", metavar="K", help="put this whole session in test")
     p.add_argument(

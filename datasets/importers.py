@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .ingest import Candidate
 from .manifest import DatasetError
+from .parts import Shot, compile_part_pattern, frame_run_parts, pattern_part
 
 MAGNETIC_TILE_LICENSE = (
     "Huang, Qiu, Yuan: Surface defect saliency of magnetic tile, The Visual Computer 36 "
@@ -26,12 +27,17 @@ def imagefolder(
     source: str | None = None,
     session: str | None = None,
     license: str | None = None,
+    part_pattern: str | None = None,
 ) -> list[Candidate]:
-    """``SRC/<class>/<image>``: the class is the folder name.
+    """``SRC/<class>/<image>`` or ``SRC/<class>/<part>/<image>``: the class is the folder name.
 
     Every non-hidden file in a class folder is offered, so a stray non-image is reported as a
-    reject instead of vanishing silently.
+    reject instead of vanishing silently. ``part_pattern`` (a regular expression) finds each
+    image's part id in its path below the class folder (``parts.pattern_part``): for
+    example ``^([^/]+)/`` for a folder per part, ``^(?P<part>\\d+)_`` for a part number
+    that starts the file name.
     """
+    pattern = compile_part_pattern(part_pattern) if part_pattern else None
     _require_dir(src)
     name = source or src.resolve().name
     class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -39,16 +45,21 @@ def imagefolder(
         raise DatasetError(f"{src}: no class folders (expected SRC/<class>/<image files>)")
     out = []
     for class_dir in class_dirs:
-        for file in sorted(class_dir.iterdir()):
-            if file.name.startswith(".") or not file.is_file():
-                continue
+        files = sorted(
+            f
+            for f in class_dir.rglob("*")
+            if f.is_file() and not any(p.startswith(".") for p in f.relative_to(src).parts)
+        )
+        for file in files:
+            key = file.relative_to(class_dir).as_posix()
             out.append(
                 Candidate(
-                    origin=f"{class_dir.name}/{file.name}",
+                    origin=f"{class_dir.name}/{key}",
                     source=name,
                     label=class_dir.name,
                     file=file,
                     session=session,
+                    group=pattern_part(pattern, key) if pattern else None,
                     label_source="importer:imagefolder",
                     license=license,
                 )
@@ -60,7 +71,8 @@ def magnetic_tile(src: Path, *, source: str = "magnetic-tile") -> list[Candidate
     """``MT_<Class>/Imgs/exp<K>_num_<ID>.jpg`` with its mask beside it as ``.png``.
 
     The class comes from the folder, the session from ``exp<K>``; the layout is used exactly
-    as published.
+    as published. The part (the physical tile) comes from runs of nearby frame numbers
+    within a class (``parts.frame_run_parts``): each tile was shot once per session.
     """
     _require_dir(src)
     class_dirs = sorted(p for p in src.glob("MT_*") if (p / "Imgs").is_dir())
@@ -85,6 +97,10 @@ def magnetic_tile(src: Path, *, source: str = "magnetic-tile") -> list[Candidate
                     extra={"frame_number": int(match["num"])} if match else {},
                 )
             )
+    numbered = [c for c in out if "frame_number" in c.extra]
+    shots = [Shot(str(c.label), c.extra["frame_number"], str(c.session)) for c in numbered]
+    for cand, part in zip(numbered, frame_run_parts(shots), strict=True):
+        cand.group = part
     return out
 
 

@@ -71,8 +71,8 @@ def _stratified(
     targets: dict[str, Counter[str]],
     counts: dict[str, Counter[str]],
 ) -> dict[str, str]:
-    """Greedy: biggest groups first, each to the split whose targets for its classes are
-    least filled. Returns record id -> split."""
+    """Greedy: biggest groups first, each to the split (a key of ``targets``) whose targets
+    for its classes are least filled. Returns record id -> split."""
     out = {}
     for group in groups:
         classes = Counter(r.label for r in group if r.label is not None)
@@ -84,7 +84,7 @@ def _stratified(
                 score += n * ((target - counts[split][cls]) / target if target > 0 else -1e9)
             return score
 
-        best = max(mf.SPLITS, key=fill)  # ties go to the first: train
+        best = max(targets, key=fill)  # ties go to the first: train
         counts[best].update(classes)
         out.update({r.id: best for r in group})
     return out
@@ -117,7 +117,7 @@ def assign(
     manifest: mf.Manifest,
     *,
     val: float = 0.15,
-    test: float = 0.15,
+    test: float = 0.20,
     seed: int = 0,
     hold_out_session: str | None = None,
     time_forward: bool = False,
@@ -188,6 +188,30 @@ def assign(
     )
 
 
+def part_folds(
+    manifest: mf.Manifest, k: int, seed: int = 0, max_distance: int = DEFAULT_MAX_DISTANCE
+) -> dict[str, int]:
+    """Fold index (0..k-1) of every labelled record for k-fold cross-validation.
+
+    Folds are built like splits: leakage groups (part, exact and near duplicates) whole,
+    stratified by class, so each fold is a test set of parts the other folds never saw.
+    """
+    if k < 2:
+        raise mf.DatasetError(f"cross-validation needs at least 2 folds, not {k}")
+    records = [r for r in manifest if r.label is not None]
+    by_id = {r.id: r for r in records}
+    groups = [[by_id[i] for i in ids] for ids in leakage_groups(records, max_distance)]
+    if len(groups) < k:
+        raise mf.DatasetError(f"{len(groups)} part group(s) cannot fill {k} folds")
+    per_class = Counter(str(r.label) for r in records)
+    names = [str(f) for f in range(k)]
+    targets = {f: Counter({c: n / k for c, n in per_class.items()}) for f in names}
+    counts: dict[str, Counter[str]] = {f: Counter() for f in names}
+    random.Random(seed).shuffle(groups)
+    groups.sort(key=len, reverse=True)
+    return {rid: int(fold) for rid, fold in _stratified(groups, targets, counts).items()}
+
+
 @dataclass
 class Placement:
     """Where ``place_new`` put rows: id -> split, and the rows it kept out of every split."""
@@ -207,7 +231,7 @@ def place_new(manifest: mf.Manifest, ids: set[str], seed: int = 0) -> Placement:
     images from the dataset's last split parameters.
     """
     params = manifest.split_params
-    test = 0.0 if params.get("hold_out_session") else float(params.get("test", 0.15))
+    test = 0.0 if params.get("hold_out_session") else float(params.get("test", 0.20))
     val_share = float(params.get("val", 0.15)) / (1.0 - test)
     records = [r for r in manifest if r.label is not None]
     by_id = {r.id: r for r in records}
