@@ -40,3 +40,17 @@ def read_image(root: Path | str, record: Record) -> np.ndarray:
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read image of row {record.id} ({exc})") from None
     return decode(data, str(path))
+
+
+def read_mask(root: Path | str, record: Record) -> np.ndarray | None:
+    """The defect mask of a row as a uint8 HxW array (nonzero: defect) at the image's size,
+    or None when the row has none."""
+    if not record.mask_path:
+        return None
+    path = Path(root) / record.mask_path
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise DatasetError(f"{path}: cannot read the mask of row {record.id}")
+    if mask.shape != (record.height, record.width):
+        mask = cv2.resize(mask, (record.width, record.height), interpolation=cv2.INTER_NEAREST)
+    return mask
