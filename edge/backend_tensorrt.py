@@ -102,18 +102,24 @@ class TensorRTBackend:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BackendError(f"{engine_path}: expected one input and one output, got {names}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        if len(inputs) != 1 or "logits" not in outputs:
+            raise BackendError(
+                f"{engine_path}: expected one input and a 'logits' output, got {names}"
+            )
+        self.input_name = inputs[0]
         in_shape = tuple(1 if d < 0 else d for d in engine.get_tensor_shape(self.input_name))
         self.context.set_input_shape(self.input_name, in_shape)
-        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         self.host_in = cuda.pagelocked_empty(in_shape, np.float32)
-        self.host_out = cuda.pagelocked_empty(out_shape, np.float32)
         self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
-        self.dev_out = cuda.mem_alloc(self.host_out.nbytes)
         self.context.set_tensor_address(self.input_name, int(self.dev_in))
-        self.context.set_tensor_address(self.output_name, int(self.dev_out))
+        # every output by name (logits, and a defect map where the model has one)
+        self.host_out: dict[str, Any] = {}
+        self.dev_out: dict[str, Any] = {}
+        for name in outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            self.host_out[name] = cuda.pagelocked_empty(shape, np.float32)
+            self.dev_out[name] = cuda.mem_alloc(self.host_out[name].nbytes)
+            self.context.set_tensor_address(name, int(self.dev_out[name]))
 
     @classmethod
     def from_bundle(
@@ -131,17 +137,18 @@ class TensorRTBackend:
             build_engine(bundle.tensorrt_model_path(precision), target)
         return cls(target)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         np.copyto(self.host_in, x)
         cuda.memcpy_htod_async(self.dev_in, self.host_in, self.stream)
         if not self.context.execute_async_v3(stream_handle=self.stream.handle):
             raise BackendError("TensorRT execution failed")
-        cuda.memcpy_dtoh_async(self.host_out, self.dev_out, self.stream)
+        for name, host in self.host_out.items():
+            cuda.memcpy_dtoh_async(host, self.dev_out[name], self.stream)
         self.stream.synchronize()
-        return np.array(self.host_out, dtype=np.float32)
+        return {name: np.array(host, dtype=np.float32) for name, host in self.host_out.items()}
 
     def close(self) -> None:
-        for buf in (self.dev_in, self.dev_out):
+        for buf in (self.dev_in, *self.dev_out.values()):
             buf.free()
         del self.context
         del self.engine

@@ -1,9 +1,10 @@
 """Inference backends behind one small interface: ONNX Runtime everywhere, TensorRT on Jetson.
 
-A backend takes one preprocessed input (1, C, H, W) float32 and returns its logits
-(1, classes) float32. ``open_backend`` picks one: ``auto`` means TensorRT where the
-``tensorrt`` module and a GPU exist, else ONNX Runtime. The TensorRT implementation lives in
-``backend_tensorrt`` and is imported only when asked for.
+A backend takes one preprocessed input (1, C, H, W) float32 and returns the model's outputs
+by name (``lineqc.edge.outputs``): ``logits`` (1, classes) float32 always, ``defect_map`` and
+``anomaly`` where the model has them. ``open_backend`` picks one: ``auto`` means TensorRT
+where the ``tensorrt`` module and a GPU exist, else ONNX Runtime. The TensorRT
+implementation lives in ``backend_tensorrt`` and is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class Backend(Protocol):
     name: str
     model_path: Path
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """(1, C, H, W) float32 -> (1, classes) float32 logits."""
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """(1, C, H, W) float32 -> outputs by name, ``logits`` (1, classes) among them."""
         ...
 
     def close(self) -> None: ...
@@ -59,12 +60,17 @@ class OnnxRuntimeBackend:
             raise BackendError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from None
         self.model_path = Path(model_path)
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if "logits" not in self.output_names:
+            raise BackendError(f"{model_path}: no 'logits' output (has {self.output_names})")
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
-        return np.asarray(out, dtype=np.float32)
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: x})
+        return {
+            name: np.asarray(out, dtype=np.float32)
+            for name, out in zip(self.output_names, outs, strict=True)
+        }
 
     def close(self) -> None:
         del self.session

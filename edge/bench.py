@@ -79,14 +79,19 @@ def torch_baseline(
 
     Random weights: they do not change the speed. Imports torch and timm here, lazily.
     """
-    import timm
     import torch
+
+    from lineqc.train.model import build_model, class_logits
 
     torch.set_num_threads(threads)
     name = bundle.manifest["model"]["name"]
     spec = bundle.spec
-    model = timm.create_model(
-        name, pretrained=False, num_classes=len(bundle.classes), in_chans=spec.channels
+    model = build_model(
+        name,
+        len(bundle.classes),
+        spec.channels,
+        defect_map=bundle.has_defect_map,
+        ok_index=bundle.classes.index(bundle.ok_class),
     ).eval()
     lat = []
     with torch.inference_mode():
@@ -96,7 +101,7 @@ def torch_baseline(
         for i in range(n):
             t0 = time.perf_counter()
             x = torch.from_numpy(preprocess(frames[i % len(frames)], spec)[None])
-            probs = torch.softmax(model(x) / bundle.policy.temperature, dim=1)
+            probs = torch.softmax(class_logits(model(x)) / bundle.policy.temperature, dim=1)
             int(probs.argmax())
             lat.append((time.perf_counter() - t0) * 1000)
         elapsed = time.perf_counter() - start

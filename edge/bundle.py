@@ -320,6 +320,11 @@ class Bundle:
         return DecisionPolicy.from_json(self.manifest["decision"])
 
     @property
+    def has_defect_map(self) -> bool:
+        """Whether the models have a ``defect_map`` output beside the logits."""
+        return self.manifest.get("defect_map") is not None
+
+    @property
     def default_precision(self) -> str:
         return str(self.manifest["default_precision"])
 

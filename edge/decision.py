@@ -7,7 +7,10 @@ A frame is uncertain (routed to review) when, in this order:
   1. its top probability is under ``prob_floor`` (reason ``low_confidence``),
   2. the top-two margin is under ``margin`` (reason ``ambiguous``),
   3. its top class has no threshold meeting the target precision, or its probability is under
-     that class's threshold (reason ``below_class_threshold``).
+     that class's threshold (reason ``below_class_threshold``),
+  4. it would be OK but its anomaly score (a model with an OK-patch memory) is at or above
+     ``anomaly_threshold`` (reason ``anomalous``): it looks unlike every OK part the model
+     learnt from, a defect kind nobody labelled perhaps.
 Otherwise the top class is the decision: OK when it is the OK class, else that defect.
 """
 
@@ -20,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 Verdict = Literal["ok", "defect", "uncertain"]
-REASONS = ("low_confidence", "ambiguous", "below_class_threshold")
+REASONS = ("low_confidence", "ambiguous", "below_class_threshold", "anomalous")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -42,6 +45,7 @@ class DecisionPolicy:
     margin: float = 0.0
     # class -> minimum calibrated probability to decide it; None: never decided (always review)
     thresholds: dict[str, float | None] = field(default_factory=dict)
+    anomaly_threshold: float | None = None  # None: the anomaly score is not used
 
     def __post_init__(self) -> None:
         if self.ok_class not in self.classes:
@@ -63,6 +67,7 @@ class DecisionPolicy:
             "prob_floor": self.prob_floor,
             "margin": self.margin,
             "thresholds": dict(self.thresholds),
+            "anomaly_threshold": self.anomaly_threshold,
         }
 
     @classmethod
@@ -76,6 +81,9 @@ class DecisionPolicy:
             thresholds={
                 k: (None if v is None else float(v)) for k, v in doc.get("thresholds", {}).items()
             },
+            anomaly_threshold=(
+                None if doc.get("anomaly_threshold") is None else float(doc["anomaly_threshold"])
+            ),
         )
 
     def threshold_vector(self) -> np.ndarray:
@@ -98,13 +106,15 @@ class Decision:
     probabilities: tuple[float, ...]
 
 
-def decide_batch(logits: np.ndarray, policy: DecisionPolicy) -> list[Decision]:
-    """Decisions for logits of shape (N, classes)."""
+def decide_batch(
+    logits: np.ndarray, policy: DecisionPolicy, anomaly: np.ndarray | None = None
+) -> list[Decision]:
+    """Decisions for logits of shape (N, classes) (and anomaly scores (N,), if any)."""
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[1] != len(policy.classes):
         raise ValueError(f"expected logits of shape (N, {len(policy.classes)}), got {logits.shape}")
     probs = softmax(logits, policy.temperature)
-    top, reasons = _uncertain_reasons(probs, policy)
+    top, reasons = _uncertain_reasons(probs, policy, anomaly)
     ok_index = policy.classes.index(policy.ok_class)
     out = []
     for p, t, reason in zip(probs, top, reasons, strict=True):
@@ -115,25 +125,35 @@ def decide_batch(logits: np.ndarray, policy: DecisionPolicy) -> list[Decision]:
     return out
 
 
-def decide(logits: Sequence[float] | np.ndarray, policy: DecisionPolicy) -> Decision:
-    """The decision for one frame's logits."""
-    return decide_batch(np.asarray(logits)[None, :], policy)[0]
+def decide(
+    logits: Sequence[float] | np.ndarray, policy: DecisionPolicy, anomaly: float | None = None
+) -> Decision:
+    """The decision for one frame's logits (and its anomaly score, if the model has one)."""
+    scores = None if anomaly is None else np.array([anomaly], dtype=np.float64)
+    return decide_batch(np.asarray(logits)[None, :], policy, scores)[0]
 
 
-def uncertain_mask(probs: np.ndarray, policy: DecisionPolicy) -> np.ndarray:
+def uncertain_mask(
+    probs: np.ndarray, policy: DecisionPolicy, anomaly: np.ndarray | None = None
+) -> np.ndarray:
     """Which rows of calibrated probabilities the policy sends to review."""
-    return np.array([bool(r) for r in _uncertain_reasons(probs, policy)[1]], dtype=bool)
+    return np.array([bool(r) for r in _uncertain_reasons(probs, policy, anomaly)[1]], dtype=bool)
 
 
-def _uncertain_reasons(probs: np.ndarray, policy: DecisionPolicy) -> tuple[np.ndarray, list[str]]:
+def _uncertain_reasons(
+    probs: np.ndarray, policy: DecisionPolicy, anomaly: np.ndarray | None
+) -> tuple[np.ndarray, list[str]]:
     order = np.argsort(-probs, axis=1, kind="stable")
     top = order[:, 0]
     rows = np.arange(len(probs))
     p1 = probs[rows, top]
     p2 = probs[rows, order[:, 1]] if probs.shape[1] > 1 else np.zeros(len(probs))
     below = p1 < policy.threshold_vector()[top]
-    reasons = [
-        "low_confidence" if lo else "ambiguous" if amb else "below_class_threshold" if b else ""
-        for lo, amb, b in zip(p1 < policy.prob_floor, (p1 - p2) < policy.margin, below, strict=True)
-    ]
+    strange = np.zeros(len(probs), dtype=bool)
+    if anomaly is not None and policy.anomaly_threshold is not None:
+        ok = policy.classes.index(policy.ok_class)
+        strange = (top == ok) & (np.asarray(anomaly) >= policy.anomaly_threshold)
+    # the first reason that holds, in the order of REASONS
+    conditions = [p1 < policy.prob_floor, (p1 - p2) < policy.margin, below, strange]
+    reasons = np.select(conditions, list(REASONS), default="").tolist()
     return top, reasons

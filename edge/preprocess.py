@@ -3,6 +3,14 @@
 Training evaluates through this function and the device runs it, so the two can never
 disagree. Its parameters travel in the bundle's manifest as a PreprocessSpec.
 numpy and OpenCV only: this module runs on the device.
+
+The steps, in order: colour to the model's channels; geometry (``resize``: ``stretch``
+squashes the frame to the input size, ``letterbox`` scales it to fit with its aspect kept
+and pads the rest with the mean, so a thin crack on a 2:1 tile stays as thin as it is);
+illumination correction of the frame's pixels (``illumination``: ``clahe``, local
+histogram equalisation, or ``flatfield``, division by a heavily blurred copy, which takes
+out the lighting's brightness and gradients); normalisation by mean and std. ``placement``
+gives the geometry alone, so that masks and defect maps map between frame and input.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import cv2
 import numpy as np
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+RESIZES = ("stretch", "letterbox")
+ILLUMINATIONS = ("none", "clahe", "flatfield")
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,11 @@ class PreprocessSpec:
     mean: tuple[float, ...] = (0.5,)  # per channel, on the 0..1 scale
     std: tuple[float, ...] = (0.25,)
     interpolation: str = "area"
+    resize: str = "stretch"  # or "letterbox": aspect kept, padded with the mean
+    illumination: str = "none"  # or "clahe", "flatfield"
+    clahe_clip_limit: float = 2.0  # clahe: contrast limit per tile
+    clahe_tiles: int = 8  # clahe: tiles along each side
+    flatfield_sigma: float = 0.1  # flatfield: Gaussian sigma as a share of the shorter side
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -39,6 +54,16 @@ class PreprocessSpec:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
         if self.height < 8 or self.width < 8:
             raise ValueError(f"input size {self.height}x{self.width} is too small")
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {list(RESIZES)}, not {self.resize!r}")
+        if self.illumination not in ILLUMINATIONS:
+            raise ValueError(
+                f"illumination must be one of {list(ILLUMINATIONS)}, not {self.illumination!r}"
+            )
+        if self.clahe_clip_limit <= 0 or self.clahe_tiles < 1 or not 0 < self.flatfield_sigma <= 1:
+            raise ValueError(
+                "clahe_clip_limit must be > 0, clahe_tiles >= 1, flatfield_sigma in (0, 1]"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,21 +94,73 @@ def to_model_colour(frame: np.ndarray, channels: int) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB if have == 3 else cv2.COLOR_BGRA2RGB)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a frame's pixels land in the model input: a ``height`` x ``width`` block at
+    (``top``, ``left``); the rest of the input is padding."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def placement(frame_hw: tuple[int, int], spec: PreprocessSpec) -> Placement:
+    """The geometry of ``preprocess`` for a frame of ``frame_hw`` (height, width)."""
+    h, w = frame_hw
+    if spec.resize == "stretch":
+        return Placement(0, 0, spec.height, spec.width)
+    scale = min(spec.height / h, spec.width / w)
+    ph = min(spec.height, max(1, round(h * scale)))
+    pw = min(spec.width, max(1, round(w * scale)))
+    return Placement((spec.height - ph) // 2, (spec.width - pw) // 2, ph, pw)
+
+
+def resize_to(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
+    """cv2.resize to (height, width) that keeps a single channel axis (HxWx1 stays 3-d)."""
+    if image.shape[:2] == (height, width):
+        return image
+    out = cv2.resize(image, (width, height), interpolation=interpolation)
+    return out[:, :, None] if image.ndim == 3 and out.ndim == 2 else out
+
+
+def correct_illumination(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The spec's illumination correction of a uint8 HxWxC image (C = 1 or 3), as uint8."""
+    if spec.illumination == "none":
+        return image
+    if spec.illumination == "clahe":
+        clahe = cv2.createCLAHE(spec.clahe_clip_limit, (spec.clahe_tiles, spec.clahe_tiles))
+        if image.shape[2] == 1:
+            return clahe.apply(image[:, :, 0])[:, :, None]
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)  # equalise lightness, keep colour
+        lab[:, :, 0] = clahe.apply(lab[:, :, 0])
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    # flatfield: divide by the lighting (a heavy blur), rescaled to mid-grey
+    pixels = image.astype(np.float32)
+    sigma = spec.flatfield_sigma * min(image.shape[:2])
+    light = cv2.GaussianBlur(pixels, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT_101)
+    light = light.reshape(pixels.shape)
+    flat = pixels / np.maximum(light, 1.0) * 128.0
+    return np.clip(flat + 0.5, 0, 255).astype(np.uint8)
+
+
 def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """One uint8 frame -> float32 array of shape (channels, height, width)."""
     if frame.dtype != np.uint8:
         raise ValueError(f"expected a uint8 frame, got {frame.dtype}")
     image = to_model_colour(frame, spec.channels)
-    if image.shape[:2] != (spec.height, spec.width):
-        image = cv2.resize(
-            image, (spec.width, spec.height), interpolation=INTERPOLATIONS[spec.interpolation]
-        )
-        if image.ndim == 2:  # cv2.resize drops a single channel axis
-            image = image[:, :, None]
+    place = placement(image.shape[:2], spec)
+    image = resize_to(image, place.height, place.width, INTERPOLATIONS[spec.interpolation])
+    image = correct_illumination(image, spec)
     scale = np.float32(1.0 / 255.0)
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    out = (image.astype(np.float32) * scale - mean) / std
+    body = (image.astype(np.float32) * scale - mean) / std
+    if (place.height, place.width) == (spec.height, spec.width):
+        out = body
+    else:  # letterbox: the padding is the mean, 0 after normalisation
+        out = np.zeros((spec.height, spec.width, spec.channels), np.float32)
+        out[place.top : place.top + place.height, place.left : place.left + place.width] = body
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 

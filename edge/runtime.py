@@ -22,12 +22,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
+from . import defect_map
 from .actuator import RejectEvent, make_actuator
 from .backends import Backend, BackendError, open_backend
 from .bundle import Bundle, BundleError, load_bundle
 from .config import DecisionOverrides, DeviceConfig
 from .decision import DecisionPolicy, decide
 from .outbox import Outbox
+from .outputs import ANOMALY, DEFECT_MAP, LOGITS
 from .preprocess import preprocess
 from .publisher import PendingSample, Publisher
 from .sampling import Sampler
@@ -38,6 +42,7 @@ from .wire import (
     SetThresholds,
     WireError,
     command_reply,
+    defect_map_part,
     dumps,
     parse_command,
     result_message,
@@ -273,13 +278,23 @@ class Runtime:
             self.outbox.close()
         return self.summary(elapsed, ended, clean)
 
+    def _defect_map(
+        self, outputs: dict[str, np.ndarray], frame_hw: tuple[int, int]
+    ) -> dict[str, Any] | None:
+        """The sample's defect map (the cells over the frame, as PNG), if the model has one."""
+        if DEFECT_MAP not in outputs:
+            return None
+        cells = defect_map.frame_cells(outputs[DEFECT_MAP][0], frame_hw, self.spec)
+        return defect_map_part(defect_map.png(cells), cells.shape[1], cells.shape[0])
+
     def _process(self, frame: Any) -> None:
         t1 = time.perf_counter()
         x = preprocess(frame.image, self.spec)[None]
         t2 = time.perf_counter()
-        logits = self.backend.infer(x)
+        outputs = self.backend.infer(x)
         t3 = time.perf_counter()
-        d = decide(logits[0], self.policy)
+        anomaly = outputs.get(ANOMALY)
+        d = decide(outputs[LOGITS][0], self.policy, None if anomaly is None else float(anomaly[0]))
         t4 = time.perf_counter()
         cfg = self.cfg
         frame_id = f"{cfg.device.id}-{frame.camera}-{self.run_id}-{frame.seq:07d}"
@@ -303,6 +318,7 @@ class Runtime:
                 frame_id=frame_id, device=cfg.device.id, camera=frame.camera, seq=frame.seq,
                 ts=frame.ts, model_version=self.bundle.version, verdict=d.verdict, label=d.label,
                 confidence=d.confidence, reason=d.reason, latency_ms=latency, sampled=why,
+                anomaly=None if anomaly is None else float(anomaly[0]),
             )  # fmt: skip
             self.publisher.submit("result", frame_id, dumps(result))
         if why is not None:
@@ -312,6 +328,8 @@ class Runtime:
                 model_version=self.bundle.version, classes=list(self.policy.classes),
                 probabilities=list(d.probabilities), verdict=d.verdict, label=d.label,
                 confidence=d.confidence, reason=d.reason,
+                defect_map=self._defect_map(outputs, frame.image.shape[:2]),
+                anomaly=None if anomaly is None else float(anomaly[0]),
             )  # fmt: skip
             self.publisher.submit(
                 "sample", frame_id, PendingSample(doc, frame.image, cfg.sampling.jpeg_quality)

@@ -58,6 +58,7 @@ class Result(_Msg):
     reason: str | None = None
     latency_ms: float
     sampled: Literal["uncertain", "audit"] | None = None
+    anomaly: float | None = None  # a model with an anomaly score only
 
 
 class SampleImage(BaseModel):
@@ -71,6 +72,21 @@ class SampleImage(BaseModel):
     data: str
 
     def jpeg_bytes(self) -> bytes:
+        return base64.b64decode(self.data)
+
+
+class DefectMapImage(BaseModel):
+    """Where the model saw defects: an 8-bit grey PNG over the frame (value / 255 = defect
+    probability of that cell), to be drawn stretched over the image."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    format: Literal["png"]
+    encoding: Literal["base64"]
+    width: int = Field(ge=1, le=1024)
+    height: int = Field(ge=1, le=1024)
+    data: str
+
+    def png_bytes(self) -> bytes:
         return base64.b64decode(self.data)
 
 
@@ -95,6 +111,8 @@ class Sample(_Msg):
     image_error: str | None = Field(
         default=None, description="why the image is missing (e.g. too large even re-encoded)"
     )
+    defect_map: DefectMapImage | None = None  # a model with a defect-map output only
+    anomaly: float | None = None  # a model with an anomaly score only
 
 
 class Status(_Msg):
@@ -211,8 +229,9 @@ def result_message(
     reason: str | None,
     latency_ms: float,
     sampled: str | None,
+    anomaly: float | None = None,
 ) -> dict[str, Any]:
-    return {
+    doc = {
         "v": WIRE_VERSION,
         "type": "result",
         "frame_id": frame_id,
@@ -228,6 +247,9 @@ def result_message(
         "latency_ms": round(latency_ms, 3),
         "sampled": sampled,
     }
+    if anomaly is not None:  # a minor addition: only where the model has the score
+        doc["anomaly"] = round(anomaly, 6)
+    return doc
 
 
 def sample_message(
@@ -247,9 +269,13 @@ def sample_message(
     label: str,
     confidence: float,
     reason: str | None,
+    defect_map: dict[str, Any] | None = None,
+    anomaly: float | None = None,
 ) -> dict[str, Any]:
-    """The sample's metadata; ``attach_image`` adds the JPEG (or the reason it is missing)."""
-    return {
+    """The sample's metadata; ``attach_image`` adds the JPEG (or the reason it is missing).
+    ``defect_map``: a ``defect_map_part``, when the model has a defect-map output;
+    ``anomaly``: the frame's anomaly score, when the model has one."""
+    doc = {
         "v": WIRE_VERSION,
         "type": "sample",
         "why": why,
@@ -269,7 +295,11 @@ def sample_message(
         "reason": reason,
         "image": None,
         "image_error": None,
+        "defect_map": defect_map,
     }
+    if anomaly is not None:
+        doc["anomaly"] = round(anomaly, 6)
+    return doc
 
 
 def image_part(jpeg: bytes, width: int, height: int, quality: int, scale: float) -> dict[str, Any]:
@@ -281,6 +311,16 @@ def image_part(jpeg: bytes, width: int, height: int, quality: int, scale: float)
         "quality": quality,
         "scale": round(scale, 4),
         "data": base64.b64encode(jpeg).decode("ascii"),
+    }
+
+
+def defect_map_part(png: bytes, width: int, height: int) -> dict[str, Any]:
+    return {
+        "format": "png",
+        "encoding": "base64",
+        "width": width,
+        "height": height,
+        "data": base64.b64encode(png).decode("ascii"),
     }
 
 

@@ -54,6 +54,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("decision thresholds")
     d.add_argument("--target-precision", type=float, default=0.95)
     d.add_argument("--review-share", type=float, default=0.05, help="share of frames to review")
+    d.add_argument(
+        "--anomaly-share",
+        type=float,
+        default=0.02,
+        help="share of OK validation frames the anomaly threshold may send to review (a model "
+        "with an anomaly score; default 0.02)",
+    )
     m = parser.add_argument_group("measurement")
     m.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     m.add_argument("--latency-reps", type=int, default=200)
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         keep_sensitive=args.keep_sensitive,
         target_precision=args.target_precision,
         review_share=args.review_share,
+        anomaly_share=args.anomaly_share,
         threads=args.threads,
         latency_reps=args.latency_reps,
         model_version=args.model_version,

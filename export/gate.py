@@ -1,20 +1,24 @@
 """The accuracy gate: the INT8 model against FP32 on the validation split.
 
 Checks top-1 agreement, the change in macro-F1 and in defect-vs-OK AUROC; reports recall at
-95% precision too. The metric functions are training's (``lineqc.train.metrics``), so that
-export and evaluation measure the same thing.
+95% precision too. A model with a defect map has it checked too: the mean absolute change of
+its probabilities, and the change in the AUROC of the map's maximum as a defect score; one
+with an anomaly score, the change in that score's AUROC. The metric functions are
+training's (``lineqc.train.metrics``), so that export and evaluation measure the same thing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lineqc.edge.decision import softmax
-from lineqc.train.metrics import per_class, summary
+from lineqc.edge.outputs import ANOMALY, DEFECT_MAP, LOGITS
+from lineqc.train.intervals import fmt_ci
+from lineqc.train.metrics import per_class, roc_auc, summary, with_intervals
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class GateLimits:
     min_agreement: float = 0.99
     max_macro_f1_drop: float = 0.01  # one point
     max_auroc_drop: float = 0.005
+    max_map_mae: float = 0.02  # defect map: mean |probability change| per cell
+    max_map_auroc_drop: float = 0.01  # defect map: AUROC of its maximum as a defect score
+    max_anomaly_auroc_drop: float = 0.01  # anomaly score: AUROC as a defect score
 
 
 @dataclass
@@ -39,6 +46,12 @@ class GateResult:
     limits: GateLimits
     kept_fp32: list[str] = field(default_factory=list)  # layers left unquantized
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    # precision -> figure -> bootstrap 95% interval (resampling parts); what they rest on
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    support: dict[str, int] = field(default_factory=dict)
+    # a DefectNet's map: mae, map_auroc_fp32, map_auroc_int8
+    defect_map: dict[str, float | None] | None = None
+    anomaly: dict[str, float | None] | None = None  # auroc_fp32, auroc_int8
 
     @property
     def passed(self) -> bool:
@@ -57,37 +70,59 @@ class GateResult:
         def fmt(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.4f}"
 
+        def with_ci(precision: str, key: str, v: float | None) -> str:
+            return fmt_ci(v, self.intervals.get(precision, {}).get(key))
+
         def delta(a: float | None, b: float | None) -> str:
             return "" if a is None or b is None else f"{b - a:+.4f}"
 
         lim = self.limits
-        rows = [
-            ("top-1 agreement", "", fmt(self.agreement), "", f">= {lim.min_agreement:.4f}"),
-            (
-                "macro-F1",
-                fmt(self.macro_f1_fp32),
-                fmt(self.macro_f1_int8),
-                delta(self.macro_f1_fp32, self.macro_f1_int8),
-                f"drop <= {lim.max_macro_f1_drop:.4f}",
-            ),
-            (
-                "AUROC defect vs OK",
-                fmt(self.auroc_fp32),
-                fmt(self.auroc_int8),
-                delta(self.auroc_fp32, self.auroc_int8),
-                f"drop <= {lim.max_auroc_drop:.4f}",
-            ),
+        figures = (
+            ("macro-F1", "macro_f1", self.macro_f1_fp32, self.macro_f1_int8),
+            ("AUROC defect vs OK", "auroc_defect_vs_ok", self.auroc_fp32, self.auroc_int8),
             (
                 "recall @ 95% precision",
-                fmt(self.recall95_fp32),
-                fmt(self.recall95_int8),
-                delta(self.recall95_fp32, self.recall95_int8),
-                "(reported)",
+                "recall_at_95_precision",
+                self.recall95_fp32,
+                self.recall95_int8,
             ),
+        )
+        limits = (
+            f"drop <= {lim.max_macro_f1_drop:.4f}",
+            f"drop <= {lim.max_auroc_drop:.4f}",
+            "(reported)",
+        )
+        rows = [("top-1 agreement", "", fmt(self.agreement), "", f">= {lim.min_agreement:.4f}")]
+        rows += [
+            (name, with_ci("fp32", key, a), with_ci("int8", key, b), delta(a, b), limit)
+            for (name, key, a, b), limit in zip(figures, limits, strict=True)
         ]
-        lines = [f"INT8 accuracy gate on {self.n} validation images"]
-        lines.append(f"  {'metric':24s} {'FP32':>8s} {'INT8':>8s} {'change':>8s}  limit")
-        lines += [f"  {r[0]:24s} {r[1]:>8s} {r[2]:>8s} {r[3]:>8s}  {r[4]}" for r in rows]
+        if self.defect_map is not None:
+            m = self.defect_map
+            rows.append(
+                ("defect map |change|", "", fmt(m["mae"]), "", f"mean <= {lim.max_map_mae:.4f}")
+            )
+            a, b = m["map_auroc_fp32"], m["map_auroc_int8"]
+            rows.append(
+                ("defect map max AUROC", fmt(a), fmt(b), delta(a, b),
+                 f"drop <= {lim.max_map_auroc_drop:.4f}")
+            )  # fmt: skip
+        if self.anomaly is not None:
+            a, b = self.anomaly["auroc_fp32"], self.anomaly["auroc_int8"]
+            rows.append(
+                ("anomaly score AUROC", fmt(a), fmt(b), delta(a, b),
+                 f"drop <= {lim.max_anomaly_auroc_drop:.4f}")
+            )  # fmt: skip
+        s = self.support
+        on = (
+            f"{s['images']} validation images of {s['parts']} parts ({s['defect_images']} "
+            f"defect, {s['ok_images']} OK); [95% bootstrap interval over parts]"
+            if s
+            else f"{self.n} validation images"
+        )
+        lines = [f"INT8 accuracy gate on {on}"]
+        lines.append(f"  {'metric':24s} {'FP32':>22s} {'INT8':>22s} {'change':>8s}  limit")
+        lines += [f"  {r[0]:24s} {r[1]:>22s} {r[2]:>22s} {r[3]:>8s}  {r[4]}" for r in rows]
         lines.append("  worst classes (F1 FP32 -> INT8, agreement):")
         for c in self.per_class[:3]:
             lines.append(
@@ -106,15 +141,19 @@ class GateResult:
 
 
 def run_gate(
-    fp32_logits: np.ndarray,
-    int8_logits: np.ndarray,
+    fp32: Mapping[str, np.ndarray],
+    int8: Mapping[str, np.ndarray],
     labels: np.ndarray,
     classes: Sequence[str],
     ok_index: int,
     temperature: float,
     limits: GateLimits = GateLimits(),
+    clusters: Sequence[str | None] | None = None,
 ) -> GateResult:
-    p32, p8 = softmax(fp32_logits, temperature), softmax(int8_logits, temperature)
+    """The INT8 model's outputs (``lineqc.edge.outputs``, by name) against the FP32 model's
+    on the validation images. ``clusters``: each image's part, which the bootstrap
+    intervals resample."""
+    p32, p8 = softmax(fp32[LOGITS], temperature), softmax(int8[LOGITS], temperature)
     s32, s8 = summary(p32, labels, classes, ok_index), summary(p8, labels, classes, ok_index)
     same = p32.argmax(axis=1) == p8.argmax(axis=1)
     c32, c8 = per_class(p32, labels, classes), per_class(p8, labels, classes)
@@ -145,8 +184,35 @@ def run_gate(
     a32, a8 = s32["auroc_defect_vs_ok"], s8["auroc_defect_vs_ok"]
     if a32 is not None and a8 is not None and a32 - a8 > limits.max_auroc_drop:
         failures.append(f"AUROC dropped by {a32 - a8:.4f} > {limits.max_auroc_drop}")
+    map_figures = anomaly = None
+    defect = labels != ok_index
+    if DEFECT_MAP in fp32 and DEFECT_MAP in int8:
+        map_figures = _map_figures(fp32[DEFECT_MAP], int8[DEFECT_MAP], defect)
+        if map_figures["mae"] > limits.max_map_mae:
+            failures.append(
+                f"defect map changed by {map_figures['mae']:.4f} on average > {limits.max_map_mae}"
+            )
+        m32, m8 = map_figures["map_auroc_fp32"], map_figures["map_auroc_int8"]
+        if m32 is not None and m8 is not None and m32 - m8 > limits.max_map_auroc_drop:
+            failures.append(
+                f"defect map AUROC dropped by {m32 - m8:.4f} > {limits.max_map_auroc_drop}"
+            )
+    if ANOMALY in fp32 and ANOMALY in int8:
+        anomaly = {
+            "auroc_fp32": roc_auc(defect, fp32[ANOMALY]),
+            "auroc_int8": roc_auc(defect, int8[ANOMALY]),
+        }
+        n32, n8 = anomaly["auroc_fp32"], anomaly["auroc_int8"]
+        if n32 is not None and n8 is not None and n32 - n8 > limits.max_anomaly_auroc_drop:
+            failures.append(
+                f"anomaly AUROC dropped by {n32 - n8:.4f} > {limits.max_anomaly_auroc_drop}"
+            )
     if failures:
         failures.append("worst classes: " + ", ".join(r["class"] for r in rows[:3]))
+    boot = {
+        name: with_intervals(p, labels, classes, ok_index, clusters)
+        for name, p in (("fp32", p32), ("int8", p8))
+    }
     return GateResult(
         n=len(labels),
         agreement=agreement,
@@ -159,4 +225,18 @@ def run_gate(
         per_class=rows,
         failures=failures,
         limits=limits,
+        intervals={name: b["intervals"] for name, b in boot.items()},
+        support=boot["fp32"]["support"],
+        defect_map=map_figures,
+        anomaly=anomaly,
     )
+
+
+def _map_figures(fp32: np.ndarray, int8: np.ndarray, defect: np.ndarray) -> dict[str, Any]:
+    """Mean |change| of the map's probabilities, and the AUROC of each map's maximum."""
+    flat32, flat8 = fp32.reshape(len(fp32), -1), int8.reshape(len(int8), -1)
+    return {
+        "mae": float(np.abs(flat32 - flat8).mean()) if flat32.size else 0.0,
+        "map_auroc_fp32": roc_auc(defect, flat32.max(axis=1)),
+        "map_auroc_int8": roc_auc(defect, flat8.max(axis=1)),
+    }

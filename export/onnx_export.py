@@ -12,6 +12,7 @@ import torch
 
 from lineqc.edge.decision import softmax
 from lineqc.edge.preprocess import PreprocessSpec
+from lineqc.train.model import DefectNet, ExportHeads, class_logits
 
 from . import runtime
 from .errors import ExportError
@@ -23,10 +24,12 @@ PARITY_TOLERANCE = 1e-4
 def export_onnx(
     model: torch.nn.Module, spec: PreprocessSpec, path: Path, opset: int = OPSET
 ) -> Path:
-    """Write the model as ONNX with input ``input`` (N, C, H, W) and output ``logits``."""
+    """Write the model as ONNX with input ``input`` (N, C, H, W) and output ``logits``, and
+    for a DefectNet a second output ``defect_map`` (N, 1, H/8, W/8, defect probability)."""
     if opset < OPSET:
         raise ExportError(f"opset {opset} is too old: Q/DQ per-channel export needs >= {OPSET}")
-    model = model.eval()
+    outputs = output_names(model)
+    model = ExportHeads(model).eval()
     example = torch.zeros(1, spec.channels, spec.height, spec.width)
     batch = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
@@ -40,8 +43,8 @@ def export_onnx(
             dynamo=False,
             opset_version=opset,
             input_names=[runtime.INPUT_NAME],
-            output_names=[runtime.OUTPUT_NAME],
-            dynamic_axes={runtime.INPUT_NAME: batch, runtime.OUTPUT_NAME: batch},
+            output_names=outputs,
+            dynamic_axes={name: batch for name in [runtime.INPUT_NAME, *outputs]},
             do_constant_folding=True,
         )
     try:
@@ -51,16 +54,27 @@ def export_onnx(
     return path
 
 
+def output_names(model: torch.nn.Module) -> list[str]:
+    """The ONNX outputs of a model: ``logits``; for a DefectNet ``defect_map``, and
+    ``anomaly`` once its memory is filled."""
+    if not isinstance(model, DefectNet):
+        return [runtime.OUTPUT_NAME]
+    names = [runtime.OUTPUT_NAME, runtime.DEFECT_MAP]
+    return [*names, runtime.ANOMALY] if model.memory.ready else names
+
+
 @dataclass
 class Parity:
     n_images: int
     max_abs_prob_diff: float
     max_abs_logit_diff: float
     tolerance: float
+    max_abs_defect_map_diff: float | None = None  # a DefectNet's map, in probability
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_prob_diff <= self.tolerance
+        worst = max(self.max_abs_prob_diff, self.max_abs_defect_map_diff or 0.0)
+        return worst <= self.tolerance
 
 
 @torch.no_grad()
@@ -72,16 +86,23 @@ def check_parity(
     tolerance: float = PARITY_TOLERANCE,
     threads: int = 2,
 ) -> Parity:
-    """Compare calibrated probabilities of PyTorch and ONNX Runtime on the same inputs."""
+    """Compare calibrated probabilities (and a defect map's) of PyTorch and ONNX Runtime."""
     if len(inputs) == 0:
         raise ExportError("no images to check ONNX parity on")
-    ref = model.eval()(torch.from_numpy(inputs)).float().numpy()
-    got = runtime.logits(runtime.session(onnx_path, threads), inputs, desc="onnx parity")
-    prob_diff = np.abs(softmax(ref, temperature) - softmax(got, temperature)).max()
-    parity = Parity(len(inputs), float(prob_diff), float(np.abs(ref - got).max()), tolerance)
+    out = model.eval()(torch.from_numpy(inputs))
+    ref = class_logits(out).float().numpy()
+    got = runtime.outputs(runtime.session(onnx_path, threads), inputs, desc="onnx parity")
+    prob_diff = np.abs(softmax(ref, temperature) - softmax(got["logits"], temperature)).max()
+    parity = Parity(
+        len(inputs), float(prob_diff), float(np.abs(ref - got["logits"]).max()), tolerance
+    )
+    if isinstance(out, tuple):
+        ref_map = torch.sigmoid(out[1]).float().numpy()
+        parity.max_abs_defect_map_diff = float(np.abs(ref_map - got[runtime.DEFECT_MAP]).max())
     if not parity.passed:
         raise ExportError(
             f"{onnx_path}: ONNX Runtime and PyTorch disagree on {len(inputs)} validation images "
-            f"(max |probability difference| {parity.max_abs_prob_diff:.2e} > {tolerance:.0e})"
+            f"(max |probability difference| {parity.max_abs_prob_diff:.2e}, defect map "
+            f"{parity.max_abs_defect_map_diff or 0.0:.2e}; tolerance {tolerance:.0e})"
         )
     return parity

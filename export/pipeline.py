@@ -23,6 +23,8 @@ from lineqc import __version__
 from lineqc.datasets.manifest import DatasetError, load, manifest_hash
 from lineqc.edge.signing import load_private_key
 from lineqc.train import checkpoint
+from lineqc.train.intervals import parts_of
+from lineqc.train.model import DefectNet
 
 from . import bundle_writer, calibration_set, data, latency, onnx_export, quantize, runtime
 from .errors import ExportError, GateFailed
@@ -43,6 +45,7 @@ class ExportOptions:
     keep_sensitive: int = 0  # on a failing gate: up to this many layers kept in FP32, retried
     target_precision: float = 0.95
     review_share: float = 0.05
+    anomaly_share: float = 0.02  # OK val frames the anomaly threshold may send to review
     opset: int = onnx_export.OPSET
     parity_tolerance: float = onnx_export.PARITY_TOLERANCE
     parity_images: int = 64
@@ -104,21 +107,27 @@ def export_run(
 
         calib_inputs = data.load_inputs(dataset, calib_records, spec, "load calibration")
         trt_path, int8_path = work / "model.int8.tensorrt.onnx", work / "model.int8.onnx"
-        fp32_logits = runtime.logits(runtime.session(fp32_path, options.threads), val.inputs)
+        fp32_out = runtime.outputs(runtime.session(fp32_path, options.threads), val.inputs)
+        fp32_logits = fp32_out[runtime.OUTPUT_NAME]
         ok_index = classes.index(ok_class)
-        int8_logits: np.ndarray | None = None  # the ONNX Runtime file's, on val
+
+        def int8_outputs() -> dict[str, np.ndarray]:  # the ONNX Runtime file's, on val
+            return runtime.outputs(runtime.session(int8_path, options.threads), val.inputs)
+
+        int8_out: dict[str, np.ndarray] | None = None
 
         def gate_of(keep: list[str]) -> GateResult:
-            nonlocal int8_logits
-            int8_logits = runtime.logits(runtime.session(int8_path, options.threads), val.inputs)
+            nonlocal int8_out
+            int8_out = int8_outputs()
             result = run_gate(
-                fp32_logits,
-                int8_logits,
+                fp32_out,
+                int8_out,
                 val.labels,
                 classes,
                 ok_index,
                 temperature,
                 options.limits,
+                parts_of(val.records),
             )
             result.kept_fp32 = keep
             return result
@@ -160,8 +169,8 @@ def export_run(
             f"INT8 ONNX Runtime file vs TensorRT source on {rewrite.n_images} val images "
             f"(reference Q/DQ execution): max |dp| {rewrite.max_abs_prob_diff:.1e}"
         )
-        if int8_logits is None:  # no gate: not run yet
-            int8_logits = runtime.logits(runtime.session(int8_path, options.threads), val.inputs)
+        if int8_out is None:  # no gate: not run yet
+            int8_out = int8_outputs()
 
         log(f"latency on this CPU ({options.threads} threads, batch 1)")
         lat = latency.measure(
@@ -176,15 +185,17 @@ def export_run(
         if gate is not None:
             gate.latency_ms = {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()}
 
-        default_logits = fp32_logits if default == "fp32" else int8_logits
+        default_out = fp32_out if default == "fp32" else int8_out
         policy, decision_report = choose_policy(
-            default_logits,
+            default_out[runtime.OUTPUT_NAME],
             val.labels,
             classes,
             ok_class,
             temperature,
             options.target_precision,
             options.review_share,
+            default_out.get(runtime.ANOMALY),
+            options.anomaly_share,
         )
         doc = {
             "model": {
@@ -206,6 +217,18 @@ def export_run(
                 "width": spec.width,
             },
             "output": {"name": runtime.OUTPUT_NAME, "kind": "logits", "classes": len(classes)},
+            "defect_map": (
+                {
+                    "output": runtime.DEFECT_MAP,
+                    "kind": "probability",
+                    "layout": "N1HW",
+                    "stride": DefectNet.stride,
+                    "covers": "the model input; lineqc.edge.defect_map.frame_cells crops the "
+                    "frame's cells",
+                }
+                if runtime.DEFECT_MAP in fp32_out
+                else None
+            ),
             "preprocess": spec.to_json(),
             "decision": policy.to_json(),
             "dataset": {

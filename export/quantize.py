@@ -49,6 +49,10 @@ METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers a sensitivity pass ranks
+# Nodes never quantized: the anomaly score (``DefectNet.memory``) is a nearest-neighbour
+# distance, |p|^2 - 2 p.b + |b|^2, a small difference of large numbers that an 8-bit grid
+# erases. It stays FP32 in the INT8 files; its input features are quantized like the rest.
+FP32_SCOPES = ("/memory/",)
 # max |probability difference| allowed between the ONNX Runtime file and the TensorRT source,
 # both run by ONNX Runtime with graph optimizations off: they are the same function
 REWRITE_TOLERANCE = 1e-6
@@ -75,6 +79,7 @@ class Calibrated:
     method: str
     n_images: int
     weighted_nodes: list[str] = field(default_factory=list)
+    fp32_nodes: list[str] = field(default_factory=list)  # in FP32_SCOPES: never quantized
 
 
 def calibrate(
@@ -99,8 +104,9 @@ def calibrate(
     reader = _ArrayReader(inputs, batch_size, f"calibrate ({method})")
     _quiet_quantize(prepared, workdir / "calibrated.int8.onnx", cache, method, reader=reader)
     graph = onnx.load(str(prepared), load_external_data=False).graph
-    nodes = [n.name for n in graph.node if n.op_type in WEIGHTED_OPS]
-    return Calibrated(prepared, cache, method, len(inputs), nodes)
+    fp32 = [n.name for n in graph.node if n.name.startswith(FP32_SCOPES)]
+    nodes = [n.name for n in graph.node if n.op_type in WEIGHTED_OPS and n.name not in fp32]
+    return Calibrated(prepared, cache, method, len(inputs), nodes, fp32)
 
 
 def quantize(
@@ -110,9 +116,8 @@ def quantize(
     only: Sequence[str] | None = None,
 ) -> Path:
     """Write the Q/DQ model; ``keep_fp32`` nodes stay unquantized, ``only`` limits the rest."""
-    _quiet_quantize(
-        cal.prepared, out_path, cal.cache, cal.method, exclude=list(keep_fp32), only=only
-    )
+    exclude = [*keep_fp32, *cal.fp32_nodes]
+    _quiet_quantize(cal.prepared, out_path, cal.cache, cal.method, exclude=exclude, only=only)
     return out_path
 
 

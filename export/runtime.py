@@ -8,8 +8,11 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from lineqc.edge.outputs import ANOMALY, DEFECT_MAP
+from lineqc.edge.outputs import LOGITS as OUTPUT_NAME
+
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+__all__ = ["ANOMALY", "DEFECT_MAP", "INPUT_NAME", "OUTPUT_NAME", "logits", "outputs", "session"]
 
 
 def session(path: Path, threads: int = 2, optimize: bool = True) -> ort.InferenceSession:
@@ -24,13 +27,25 @@ def session(path: Path, threads: int = 2, optimize: bool = True) -> ort.Inferenc
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def outputs(
+    sess: ort.InferenceSession, inputs: np.ndarray, batch_size: int = 32, desc: str = "infer"
+) -> dict[str, np.ndarray]:
+    """Every output (float32, by name) of preprocessed inputs, batch by batch."""
+    name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False):
+        got = sess.run(names, {name: inputs[start : start + batch_size]})
+        for n, value in zip(names, got, strict=True):
+            parts[n].append(value)
+    return {
+        n: np.concatenate(v).astype(np.float32) if v else np.zeros((0, 0), np.float32)
+        for n, v in parts.items()
+    }
+
+
 def logits(
     sess: ort.InferenceSession, inputs: np.ndarray, batch_size: int = 32, desc: str = "infer"
 ) -> np.ndarray:
     """Logits (float32, N x classes) of preprocessed inputs, batch by batch."""
-    name = sess.get_inputs()[0].name
-    out = [
-        sess.run(None, {name: inputs[start : start + batch_size]})[0]
-        for start in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False)
-    ]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+    return outputs(sess, inputs, batch_size, desc)[OUTPUT_NAME]

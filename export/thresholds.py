@@ -5,10 +5,14 @@
   (the device then sends that class to review).
 * The uncertainty band: a probability floor and a top-two margin that together route at most
   ``review_share`` of validation frames to review, both cut at the same rank.
+* The anomaly threshold (a model with an anomaly score): the score that at most
+  ``anomaly_share`` of the validation OK frames reach; frames the classes call OK but that
+  score at least this go to review.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +60,17 @@ def uncertainty_band(probs: np.ndarray, review_share: float) -> tuple[float, flo
     return best
 
 
+def anomaly_threshold(scores: np.ndarray, is_ok: np.ndarray, share: float) -> float | None:
+    """The score at most ``share`` of the OK frames reach (None without OK frames)."""
+    ok_scores = np.sort(np.asarray(scores, dtype=np.float64)[is_ok])
+    if ok_scores.size == 0:
+        return None
+    allowed = int(np.floor(share * ok_scores.size + 1e-9))  # OK frames that may reach it
+    if allowed == 0:
+        return float(np.nextafter(ok_scores[-1], np.inf))
+    return float(ok_scores[-allowed])
+
+
 def choose_policy(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -64,10 +79,13 @@ def choose_policy(
     temperature: float,
     target_precision: float = 0.95,
     review_share: float = 0.05,
+    anomaly: np.ndarray | None = None,
+    anomaly_share: float = 0.02,
 ) -> tuple[DecisionPolicy, dict[str, Any]]:
     """The bundle's decision policy and a report of what it does on validation."""
     probs = softmax(logits, temperature)
     floor, margin = uncertainty_band(probs, review_share)
+    is_ok = labels == list(classes).index(ok_class)
     policy = DecisionPolicy(
         classes=tuple(classes),
         ok_class=ok_class,
@@ -75,10 +93,13 @@ def choose_policy(
         prob_floor=floor,
         margin=margin,
         thresholds=class_thresholds(probs, labels, classes, target_precision),
+        anomaly_threshold=None
+        if anomaly is None
+        else anomaly_threshold(anomaly, is_ok, anomaly_share),
     )
-    routed = uncertain_mask(probs, policy)
+    routed = uncertain_mask(probs, policy, anomaly)
     band_only = DecisionPolicy(tuple(classes), ok_class, float(temperature), floor, margin)
-    report = {
+    report: dict[str, Any] = {
         "target_precision": target_precision,
         "review_share_target": review_share,
         "review_share_band_val": float(uncertain_mask(probs, band_only).mean()),
@@ -86,4 +107,8 @@ def choose_policy(
         "unreachable_classes": [c for c, t in policy.thresholds.items() if t is None],
         "n_val": len(labels),
     }
+    if anomaly is not None:
+        without = uncertain_mask(probs, dataclasses.replace(policy, anomaly_threshold=None))
+        report["anomaly_share_target"] = anomaly_share
+        report["review_share_anomaly_val"] = float((routed & ~without).mean())
     return policy, report

@@ -1,8 +1,11 @@
 """Train-split augmentation of uint8 frames (albumentations), before the edge preprocessing.
 
-The pipeline works on frames as the camera gives them (gray HxWx1 or BGR HxWx3) and ends at
-the model's input size, so the edge ``preprocess`` that follows only converts colour and
-normalises: training and the device share that one function.
+The pipeline works on frames as the camera gives them (gray HxWx1 or BGR HxWx3), with their
+defect masks moved alike, and the edge ``preprocess`` that follows is the same function the
+device runs. With ``resize: stretch`` (the old recipes) the pipeline crops and resizes to
+the model's input size itself; with ``letterbox`` it keeps the frame's size and aspect, and
+``preprocess`` alone places the frame in the input: training and the device see the same
+geometry.
 """
 
 from __future__ import annotations
@@ -14,10 +17,23 @@ import numpy as np
 from .config import AugmentConfig
 
 
-def build_train_transform(cfg: AugmentConfig, size_hw: tuple[int, int]) -> A.Compose:
+def build_train_transform(
+    cfg: AugmentConfig, size_hw: tuple[int, int], resize: str = "stretch"
+) -> A.Compose:
     h, w = size_hw
     ops: list[A.BasicTransform] = []
-    if cfg.enabled and cfg.crop_scale != (1.0, 1.0):
+    if resize == "letterbox":
+        if cfg.enabled:
+            ops.append(
+                A.Affine(
+                    scale=cfg.affine_scale,
+                    translate_percent=(-cfg.affine_shift, cfg.affine_shift),
+                    rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+                    border_mode=cv2.BORDER_REFLECT_101,
+                    p=cfg.rotate_p,
+                )
+            )
+    elif cfg.enabled and cfg.crop_scale != (1.0, 1.0):
         ops.append(
             A.RandomResizedCrop(
                 size=(h, w),
@@ -33,7 +49,12 @@ def build_train_transform(cfg: AugmentConfig, size_hw: tuple[int, int]) -> A.Com
         ops += [
             A.HorizontalFlip(p=cfg.hflip),
             A.VerticalFlip(p=cfg.vflip),
-            A.Rotate(limit=cfg.rotate_limit, border_mode=cv2.BORDER_REFLECT_101, p=cfg.rotate_p),
+        ]
+        if resize != "letterbox":  # letterbox rotates inside its affine
+            ops.append(
+                A.Rotate(limit=cfg.rotate_limit, border_mode=cv2.BORDER_REFLECT_101, p=cfg.rotate_p)
+            )
+        ops += [
             A.RandomBrightnessContrast(
                 brightness_limit=cfg.brightness_contrast,
                 contrast_limit=cfg.brightness_contrast,
@@ -48,13 +69,19 @@ def build_train_transform(cfg: AugmentConfig, size_hw: tuple[int, int]) -> A.Com
     return A.Compose(ops)
 
 
-def augment(transform: A.Compose, frame: np.ndarray, seed: int) -> np.ndarray:
-    """Augment one uint8 frame with randomness drawn from ``seed`` only.
+def augment(
+    transform: A.Compose, frame: np.ndarray, seed: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Augment one uint8 frame (and its mask, moved alike) with randomness from ``seed`` only.
 
     Seeding per sample makes an epoch's images independent of worker count, DDP rank and
     resumption, which is what lets a resumed run reach the same weights.
     """
     image = frame[:, :, None] if frame.ndim == 2 else frame
     transform.set_random_seed(seed)
-    out = transform(image=image)["image"]
-    return out if out.ndim == 3 else out[:, :, None]
+    if mask is None:
+        out = transform(image=image)["image"]
+        return (out if out.ndim == 3 else out[:, :, None]), None
+    done = transform(image=image, mask=mask)
+    out = done["image"]
+    return (out if out.ndim == 3 else out[:, :, None]), done["mask"]

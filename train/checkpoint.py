@@ -85,8 +85,13 @@ def load_model(
         len(meta["classes"]),
         meta["preprocess"]["channels"],
         model_kwargs=meta.get("model_kwargs"),
+        defect_map=bool(meta.get("defect_map")),
+        ok_index=list(meta["classes"]).index(meta["ok_class"]),
     )
     state = load_state(path, device)
+    bank = state["model"].get("memory.bank")
+    if bank is not None:  # a filled anomaly memory: its size is the checkpoint's
+        model.memory.bank = torch.zeros_like(bank)  # type: ignore[union-attr]
     model.load_state_dict(state["model"])
     return model.to(device).eval(), meta
 

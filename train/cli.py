@@ -32,10 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = train(cfg, args.dataset, args.out, resume=args.resume)
     if metrics:
-        from .report import HEADLINE
+        from .report import headline_text
 
         print(f"run folder: {args.out}  (evaluated on split '{metrics['split']}')")
-        for key in HEADLINE:
-            value = metrics.get(key)
-            print(f"  {key:24s} {'n/a' if value is None else f'{value:.4f}'}")
+        print(headline_text(metrics))
     return 0

@@ -45,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{args.run} on {args.dataset} split '{args.split}' ({metrics['n']} images)")
-        for key in report.HEADLINE:
-            value = metrics.get(key)
-            print(f"  {key:24s} {'n/a' if value is None else f'{value:.4f}'}")
+        print(f"{args.run} on {args.dataset} split '{args.split}'")
+        print(report.headline_text(metrics))
     return 0

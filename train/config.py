@@ -36,15 +36,23 @@ class LossConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Applied to uint8 frames of the train split only; 0 disables an operation."""
+    """Applied to uint8 frames of the train split only; 0 disables an operation.
+
+    With ``resize: stretch`` a random resized crop ends the geometric part (the model's
+    input size); with ``letterbox`` the frame keeps its own size through augmentation (a
+    random affine: scale, shift, rotation) and the edge preprocessing alone sets the
+    geometry, as on the device.
+    """
 
     enabled: bool = True
     crop_scale: tuple[float, float] = (0.7, 1.0)  # random resized crop area; (1, 1): resize only
     crop_ratio: tuple[float, float] = (0.8, 1.25)
+    affine_scale: tuple[float, float] = (0.9, 1.1)  # letterbox: zoom range of the affine
+    affine_shift: float = Field(default=0.05, ge=0, le=0.5)  # letterbox: shift, share of side
     hflip: float = Field(default=0.5, ge=0, le=1)
     vflip: float = Field(default=0.5, ge=0, le=1)
     rotate_limit: float = Field(default=15.0, ge=0, le=180)  # degrees
-    rotate_p: float = Field(default=0.3, ge=0, le=1)
+    rotate_p: float = Field(default=0.3, ge=0, le=1)  # letterbox: of the whole affine
     brightness_contrast: float = Field(default=0.2, ge=0, le=1)  # +- limit of both
     brightness_contrast_p: float = Field(default=0.5, ge=0, le=1)
     gamma_limit: tuple[float, float] = (80.0, 120.0)  # percent
@@ -61,10 +69,32 @@ class OptimConfig(_Strict):
     min_lr_ratio: float = Field(default=0.01, ge=0, le=1)  # cosine floor as a share of lr
     grad_clip: float | None = Field(default=1.0, gt=0)  # max global grad norm; null disables
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # null disables EMA
+    # EMA decay ramps up from 0 over the first steps (timm ModelEmaV3 warmup), so the average
+    # does not start from the random initial weights
+    ema_warmup: bool = False
+    # parameter-name prefixes kept frozen (BatchNorm there in eval mode): the pretrained
+    # stem and first stages, which cost most of a CPU step at high resolution
+    freeze: list[str] = Field(default_factory=list)
+
+
+class DefectMapConfig(_Strict):
+    """A defect-map head trained on the datasets' masks beside the class head."""
+
+    weight: float = Field(default=0.0, ge=0)  # 0: no head; else the map loss's weight
+    pos_weight: float = Field(default=10.0, gt=0)  # BCE weight of defect pixels (rare)
+
+
+class AnomalyConfig(_Strict):
+    """An anomaly score from OK frames only (a defect-map model; ``train.anomaly``)."""
+
+    bank_size: int = Field(default=0, ge=0)  # OK patches kept in the memory; 0: no score
 
 
 class EarlyStoppingConfig(_Strict):
-    metric: Literal["macro_f1", "balanced_accuracy", "auroc_defect_vs_ok", "loss"] = "macro_f1"
+    # "last": the final epoch (with EMA and a cosine schedule, usually the steadiest)
+    metric: Literal["macro_f1", "balanced_accuracy", "auroc_defect_vs_ok", "loss", "last"] = (
+        "macro_f1"
+    )
     patience: int | None = Field(default=None, ge=1)  # epochs without improvement; null: never stop
 
 
@@ -93,7 +123,15 @@ class TrainConfig(_Strict):
     mean: tuple[float, ...] | None = None  # preprocessing, 0..1 scale; null: per channels
     std: tuple[float, ...] | None = None
     interpolation: Literal["area", "linear", "cubic"] = "area"
-    balanced_sampling: bool = False  # draw each class equally often (with replacement)
+    resize: Literal["stretch", "letterbox"] = "stretch"  # letterbox: aspect kept (edge spec)
+    illumination: Literal["none", "clahe", "flatfield"] = "none"  # correction in the edge spec
+    clahe_clip_limit: float = Field(default=2.0, gt=0)
+    flatfield_sigma: float = Field(default=0.1, gt=0, le=1)
+    # true: draw each class equally often (with replacement); "sqrt": class frequency to the
+    # power 1/2, between natural and balanced (a rare class is seen less often repeated)
+    balanced_sampling: bool | Literal["sqrt"] = False
+    defect_map: DefectMapConfig = Field(default_factory=DefectMapConfig)
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

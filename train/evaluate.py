@@ -12,16 +12,46 @@ import torch
 from tqdm import tqdm
 
 from lineqc.datasets.manifest import DatasetError, Record, load
+from lineqc.edge import outputs
 from lineqc.edge.preprocess import PreprocessSpec, preprocess_batch
 
 from . import checkpoint
 from .data import FrameStore, label_indices, split_records
+from .intervals import parts_of
 from .metrics import evaluate
+from .model import ExportHeads
 
 SLICE_KINDS = ("session", "source")  # capture session / lighting, and camera or source
 
 
 @torch.no_grad()
+def predict_outputs(
+    model: torch.nn.Module,
+    batches: Iterator[torch.Tensor],
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, np.ndarray]:
+    """Every output the device would get (``lineqc.edge.outputs``), as float32 numpy."""
+    model.eval()
+    heads = ExportHeads(model)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for x in batches:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+        ):
+            out = heads(x)
+        got = out if isinstance(out, tuple) else (out,)
+        for name, value in zip(outputs.ORDER, got, strict=False):  # a model has a prefix
+            parts.setdefault(name, []).append(value.float().cpu())
+    if not parts:
+        return {outputs.LOGITS: np.zeros((0, 0), np.float32)}
+    return {name: torch.cat(values).numpy() for name, values in parts.items()}
+
+
 def predict(
     model: torch.nn.Module,
     batches: Iterator[torch.Tensor],
@@ -30,17 +60,7 @@ def predict(
     channels_last: bool = False,
 ) -> np.ndarray:
     """Logits (float32 numpy) of batches of preprocessed inputs."""
-    model.eval()
-    out = []
-    for x in batches:
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            device.type, dtype=autocast or torch.float32, enabled=autocast is not None
-        ):
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    return predict_outputs(model, batches, device, autocast, channels_last)[outputs.LOGITS]
 
 
 def tensor_batches(inputs: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -98,7 +118,13 @@ def evaluate_run(
     logits = predict(model, frame_batches(frames, spec, batch_size), torch.device(device))
     temperature = float(meta.get("temperature") or 1.0)
     metrics = evaluate(
-        logits, labels, classes, classes.index(ok_class), temperature, slice_keys(records)
+        logits,
+        labels,
+        classes,
+        classes.index(ok_class),
+        temperature,
+        slice_keys(records),
+        parts_of(records),
     )
     metrics["split"] = split
     metrics["dataset"] = str(dataset)

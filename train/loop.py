@@ -6,7 +6,6 @@ epoch's order and DDP averages the gradients. Rank 0 evaluates, checkpoints and 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -21,11 +20,14 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lineqc.datasets.manifest import DatasetError, load, manifest_hash
+from lineqc.edge import outputs
 from lineqc.errors import LineqcError
 
 from . import checkpoint, report
@@ -40,10 +42,18 @@ from .data import (
     label_indices,
     split_records,
 )
-from .evaluate import predict, predictions_csv, slice_keys, tensor_batches
+from .evaluate import (
+    frame_batches,
+    predict,
+    predict_outputs,
+    predictions_csv,
+    slice_keys,
+    tensor_batches,
+)
+from .intervals import parts_of
 from .losses import build_loss
-from .metrics import evaluate, summary
-from .model import build_model, preprocess_spec
+from .metrics import anomaly_figures, evaluate, summary
+from .model import DefectNet, build_model, class_logits, preprocess_spec
 from .tracking import MlflowRun, environment, git_commit
 
 
@@ -90,23 +100,37 @@ def choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | No
     return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
 
 
-class Ema:
-    """Exponential moving average of a model's weights (buffers copied as they are)."""
+def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[torch.nn.Module]:
+    """Stop gradients to parameters whose names start with one of ``prefixes``; returns the
+    frozen modules, whose BatchNorm statistics ``train_epoch`` keeps fixed too."""
+    if not prefixes:
+        return []
+    names = dict(model.named_modules())
+    found = [n for n in names if n and any(n == p or n.startswith(p + ".") for p in prefixes)]
+    unknown = [p for p in prefixes if p not in names]
+    if unknown:
+        raise ConfigError(f"optim.freeze: no module named {', '.join(unknown)} in the model")
+    for name in found:
+        for param in names[name].parameters(recurse=False):
+            param.requires_grad_(False)
+    return [names[p] for p in prefixes]
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        current = model.state_dict()
-        for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.lerp_(current[name], 1.0 - self.decay)
-            else:
-                value.copy_(current[name])
+def map_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, pos_weight: float
+) -> torch.Tensor:
+    """Pixel-wise BCE of the defect map against the mask grid, averaged over each image's
+    cells, then over the images that have a mask (``weight`` 1)."""
+    if not bool(weight.any()):
+        return logits.sum() * 0.0
+    per_cell = F.binary_cross_entropy_with_logits(
+        logits.float(),
+        target,
+        pos_weight=torch.tensor(pos_weight, device=logits.device),
+        reduction="none",
+    )
+    per_image = per_cell.flatten(1).mean(1)
+    return (per_image * weight).sum() / weight.sum()
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -223,7 +247,11 @@ class Trainer:
         )
         self.spec = preprocess_spec(cfg)
         self.train_frames = FrameStore(
-            self.dataset, self.train_records, self.cached, "decode train"
+            self.dataset,
+            self.train_records,
+            self.cached,
+            "decode train",
+            masks=cfg.defect_map.weight > 0,
         )
         # Validation runs every epoch: preprocess it once, through the edge function.
         self.val_inputs = (
@@ -238,8 +266,17 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every resume
         model = build_model(
-            cfg.model, len(self.classes), cfg.channels, cfg.pretrained, cfg.model_kwargs
+            cfg.model,
+            len(self.classes),
+            cfg.channels,
+            cfg.pretrained,
+            cfg.model_kwargs,
+            defect_map=cfg.defect_map.weight > 0,
+            ok_index=self.ok_index,
         ).to(self.device)
+        self.frozen = freeze(
+            model.backbone if isinstance(model, DefectNet) else model, cfg.optim.freeze
+        )
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.raw = model
@@ -250,7 +287,11 @@ class Trainer:
             if self.dist.world > 1
             else model
         )
-        self.ema = Ema(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
+        self.ema = (
+            ModelEmaV3(model, cfg.optim.ema_decay, use_warmup=cfg.optim.ema_warmup)
+            if cfg.optim.ema_decay
+            else None
+        )
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr
         )
@@ -275,8 +316,10 @@ class Trainer:
             TrainImages(
                 self.train_frames,
                 self.train_labels,
-                build_train_transform(cfg.augment, cfg.size_hw),
+                build_train_transform(cfg.augment, cfg.size_hw, cfg.resize),
                 self.spec,
+                DefectNet.stride if cfg.defect_map.weight > 0 else None,
+                self.ok_index,
             ),
             batch_sampler=self.sampler,
             num_workers=workers,
@@ -297,6 +340,8 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         torch.manual_seed(_seed_for(cfg.seed, epoch, self.dist.rank))  # dropout, drop-path
         self.model.train()
+        for module in self.frozen:
+            module.eval()  # frozen: BatchNorm keeps the pretrained statistics
         loss_sum = torch.zeros((), dtype=torch.float64)
         seen = 0
         wait = 0.0
@@ -308,7 +353,7 @@ class Trainer:
             unit="batch",
         )
         fetched = time.perf_counter()
-        for x, y in self.loader:
+        for x, y, target, target_weight in self.loader:
             wait += time.perf_counter() - fetched
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -319,7 +364,15 @@ class Trainer:
                 dtype=self.autocast or torch.float32,
                 enabled=self.autocast is not None,
             ):
-                loss = self.loss_fn(self.model(x), y)
+                out = self.model(x)
+                loss = self.loss_fn(class_logits(out), y)
+                if isinstance(out, tuple):
+                    loss = loss + cfg.defect_map.weight * map_loss(
+                        out[1],
+                        target.to(self.device, non_blocking=True),
+                        target_weight.to(self.device, dtype=torch.float32),
+                        cfg.defect_map.pos_weight,
+                    )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.optim.grad_clip:
@@ -328,8 +381,9 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.raw)
+            if self.ema is not None:  # the step drives ModelEmaV3's warmup, when asked for
+                warm = self.scheduler.last_epoch if cfg.optim.ema_warmup else None
+                self.ema.update(self.raw, step=warm)
             loss_sum += loss.detach().double().cpu() * len(y)
             seen += len(y)
             elapsed = time.perf_counter() - start
@@ -383,6 +437,7 @@ class Trainer:
         return {
             "model": self.cfg.model,
             "model_kwargs": self.cfg.model_kwargs,
+            "defect_map": self.cfg.defect_map.weight > 0,
             "classes": self.classes,
             "ok_class": self.ok_class,
             "preprocess": self.spec.to_json(),
@@ -498,8 +553,9 @@ class Trainer:
                 if self.dist.main:
                     val, _ = self.validate()
                     row.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
-                    value = _monitor_value(cfg, val)
-                    if _better(value, best, mode) or epoch == start_epoch == 0:
+                    last = cfg.early_stopping.metric == "last"  # every epoch kept: the final
+                    value = 0.0 if last else _monitor_value(cfg, val)
+                    if last or _better(value, best, mode) or epoch == start_epoch == 0:
                         best, bad_epochs = value, 0
                         checkpoint.save(
                             self.out / "best.pt",
@@ -536,10 +592,28 @@ class Trainer:
                 dist.barrier()
         return result
 
+    def fill_memory(self, model: DefectNet) -> None:
+        """The anomaly memory from the OK frames of the train split, as the device sees them
+        (no augmentation); saved into the best checkpoint."""
+        ok_rows = [r for r, y in zip(self.train_records, self.train_labels, strict=True)
+                   if y == self.ok_index]  # fmt: skip
+        frames = FrameStore(self.dataset, ok_rows, self.cached, "decode OK train")
+        patches = []
+        model.eval()
+        with torch.no_grad():
+            for x in frame_batches(frames, self.spec, self.cfg.data.eval_batch_size, "OK patches"):
+                features = model.patch_features(x.to(self.device))
+                patches.append(model.memory.patches(features).flatten(0, 1).cpu())
+        model.memory.fill(torch.cat(patches), self.cfg.anomaly.bank_size, self.cfg.seed)
+
     def finish(self) -> dict[str, Any]:
-        """Best weights -> temperature fitted on val -> metrics on test (val when none)."""
+        """Best weights -> anomaly memory -> temperature fitted on val -> metrics on test
+        (val when there is no test split)."""
         assert self.val_inputs is not None
         model, meta = checkpoint.load_model(self.out / "best.pt", self.device)
+        if self.cfg.anomaly.bank_size and isinstance(model, DefectNet):
+            self.fill_memory(model)
+            checkpoint.save(self.out / "best.pt", {"model": model.state_dict()}, meta)
         temperature = fit_temperature(self.logits(self.val_inputs, model), self.val_labels)
         if self.test_records:
             split, records, labels = "test", self.test_records, self.test_labels
@@ -549,10 +623,27 @@ class Trainer:
         else:
             split, records, labels = "val", self.val_records, self.val_labels
             inputs = self.val_inputs
-        logits = self.logits(inputs, model)
-        metrics = evaluate(
-            logits, labels, self.classes, self.ok_index, temperature, slice_keys(records)
+        out = predict_outputs(
+            model,
+            tensor_batches(inputs, self.cfg.data.eval_batch_size),
+            self.device,
+            self.autocast,
+            self.channels_last,
         )
+        logits = out[outputs.LOGITS]
+        metrics = evaluate(
+            logits,
+            labels,
+            self.classes,
+            self.ok_index,
+            temperature,
+            slice_keys(records),
+            parts_of(records),
+        )
+        if outputs.ANOMALY in out:
+            metrics["anomaly"] = anomaly_figures(
+                out[outputs.ANOMALY], labels, self.classes, self.ok_index, parts_of(records)
+            )
         metrics["split"] = split
         metrics["dataset"] = str(self.dataset)
         metrics["best_epoch"] = int(meta["epoch"]) + 1

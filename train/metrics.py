@@ -15,9 +15,20 @@ import numpy as np
 
 from lineqc.edge.decision import softmax
 
+from . import intervals as ci
 from .calibration import expected_calibration_error
 
 MIN_PRECISION = 0.95
+# The figures that carry a bootstrap interval, overall and in every slice.
+INTERVAL_KEYS = (
+    "accuracy",
+    "macro_f1",
+    "balanced_accuracy",
+    "auroc_defect_vs_ok",
+    "recall_at_95_precision",
+    "defect_recall_at_argmax",
+    "ok_false_reject_rate",
+)
 
 
 def roc_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
@@ -97,18 +108,36 @@ def _none_if_nan(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
+def core(probs: np.ndarray, labels: np.ndarray, n_classes: int, ok_index: int) -> dict[str, Any]:
+    """The figures of ``INTERVAL_KEYS`` (and the 95%-precision threshold, the confusion)."""
+    known = labels >= 0
+    defect = labels != ok_index  # unknown labels are defects
+    defect_score = 1.0 - probs[:, ok_index]
+    preds = probs.argmax(axis=1)
+    cm = confusion_matrix(labels[known], preds[known], n_classes)
+    recall95, threshold95 = recall_at_precision(defect, defect_score)
+    predicted_defect = preds != ok_index
+    n_ok = int((~defect).sum())
+    return {
+        "accuracy": float((preds[known] == labels[known]).mean()) if known.any() else None,
+        "macro_f1": macro_f1(cm),
+        "balanced_accuracy": balanced_accuracy(cm),
+        "auroc_defect_vs_ok": roc_auc(defect, defect_score),
+        "recall_at_95_precision": recall95,
+        "threshold_at_95_precision": threshold95,
+        "defect_recall_at_argmax": float(predicted_defect[defect].mean()) if defect.any() else None,
+        "ok_false_reject_rate": float(predicted_defect[~defect].mean()) if n_ok else None,
+        "confusion_matrix": cm,
+    }
+
+
 def summary(
     probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], ok_index: int
 ) -> dict[str, Any]:
     """The headline metrics of one set of calibrated probabilities."""
     known = labels >= 0
-    defect = labels != ok_index  # unknown labels are defects
-    defect_score = 1.0 - probs[:, ok_index]
-    preds = probs.argmax(axis=1)
-    cm = confusion_matrix(labels[known], preds[known], len(classes))
-    recall95, threshold95 = recall_at_precision(defect, defect_score)
-    predicted_defect = preds != ok_index
-    n_ok = int((~defect).sum())
+    figures = core(probs, labels, len(classes), ok_index)
+    cm = figures.pop("confusion_matrix")
     auroc_per_class = {
         name: roc_auc(labels[known] == i, probs[known, i]) for i, name in enumerate(classes)
     }
@@ -120,14 +149,7 @@ def summary(
     return {
         "n": int(labels.size),
         "n_unknown_label": int((~known).sum()),
-        "accuracy": float((preds[known] == labels[known]).mean()) if known.any() else None,
-        "macro_f1": macro_f1(cm),
-        "balanced_accuracy": balanced_accuracy(cm),
-        "auroc_defect_vs_ok": roc_auc(defect, defect_score),
-        "recall_at_95_precision": recall95,
-        "threshold_at_95_precision": threshold95,
-        "defect_recall_at_argmax": float(predicted_defect[defect].mean()) if defect.any() else None,
-        "ok_false_reject_rate": float(predicted_defect[~defect].mean()) if n_ok else None,
+        **figures,
         "auroc_per_class": auroc_per_class,
         "recall_at_95_precision_per_class": recall95_per_class,
         "ece": _none_if_nan(expected_calibration_error(probs[known], labels[known])),
@@ -154,6 +176,97 @@ def per_class(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> 
     return out
 
 
+def _class_figures(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Per class (by index): recall at argmax and one-vs-rest AUROC."""
+    known = labels >= 0
+    cm = confusion_matrix(labels[known], probs[known].argmax(axis=1), n_classes)
+    recall = _per_class_prf(cm)[1]
+    out: dict[str, Any] = {}
+    for i in range(n_classes):
+        positive = labels[known] == i
+        out[f"{i}.recall"] = float(recall[i]) if positive.any() else None
+        out[f"{i}.auroc"] = roc_auc(positive, probs[known, i])
+    return out
+
+
+def with_intervals(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    ok_index: int,
+    clusters: Sequence[str | None] | None,
+    slice_values: Mapping[str, np.ndarray] | None = None,
+    reps: int = ci.REPS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Bootstrap intervals (resampling parts) of the headline figures, of each class's
+    recall and AUROC, and of the headline figures within each slice; with their support.
+
+    Returns ``{"intervals", "support", "bootstrap", "classes", "slices"}``: ``classes`` maps
+    a class to the intervals of its recall and AUROC; ``slices`` maps kind -> value -> the
+    slice's intervals and support.
+    """
+    ids = ci.cluster_ids(clusters, len(labels))
+    masks = {
+        (kind, value): values == value
+        for kind, values in (slice_values or {}).items()
+        for value in sorted(set(values.tolist()))
+    }
+
+    def figures(rows: np.ndarray) -> dict[str, float | None]:
+        p, y = probs[rows], labels[rows]
+        got = {k: v for k, v in core(p, y, len(classes), ok_index).items() if k in INTERVAL_KEYS}
+        got.update(_class_figures(p, y, len(classes)))
+        for (kind, value), mask in masks.items():
+            inside = mask[rows]
+            part = core(p[inside], y[inside], len(classes), ok_index) if inside.any() else {}
+            got.update({f"{kind}\0{value}\0{k}": part.get(k) for k in INTERVAL_KEYS})
+        return got
+
+    found = ci.intervals(figures, ids, reps, seed)
+    slices: dict[str, dict[str, Any]] = {}
+    for (kind, value), mask in masks.items():
+        slices.setdefault(kind, {})[value] = {
+            "intervals": {k: found.get(f"{kind}\0{value}\0{k}") for k in INTERVAL_KEYS},
+            "support": ci.support(labels[mask], ok_index, ids[mask]),
+        }
+    return {
+        "intervals": {k: found.get(k) for k in INTERVAL_KEYS},
+        "support": ci.support(labels, ok_index, ids),
+        "bootstrap": ci.method(reps),
+        "classes": {
+            name: {"recall": found.get(f"{i}.recall"), "auroc": found.get(f"{i}.auroc")}
+            for i, name in enumerate(classes)
+        },
+        "slices": slices,
+    }
+
+
+def anomaly_figures(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    ok_index: int,
+    clusters: Sequence[str | None] | None = None,
+) -> dict[str, Any]:
+    """How well the anomaly score (learnt from OK frames only) separates defects from OK:
+    AUROC overall with its interval and support, and per defect class against OK."""
+    defect = labels != ok_index
+    ids = ci.cluster_ids(clusters, len(labels))
+    found = ci.intervals(lambda rows: {"auroc": roc_auc(defect[rows], scores[rows])}, ids)
+    per_class = {
+        name: roc_auc(labels[(labels == i) | ~defect] == i, scores[(labels == i) | ~defect])
+        for i, name in enumerate(classes)
+        if i != ok_index
+    }
+    return {
+        "auroc_defect_vs_ok": roc_auc(defect, scores),
+        "interval": found["auroc"],
+        "support": ci.support(labels, ok_index, ids),
+        "auroc_per_class": per_class,
+    }
+
+
 def evaluate(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -161,12 +274,14 @@ def evaluate(
     ok_index: int,
     temperature: float,
     slice_keys: Mapping[str, Sequence[str | None]] | None = None,
+    clusters: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """Everything ``metrics.json`` reports, for logits of one split.
 
     Headline and sliced metrics use probabilities calibrated with ``temperature``; the ECE
     before calibration uses temperature 1. ``slice_keys`` maps a slice kind ("session",
-    "source") to each image's value of it.
+    "source") to each image's value of it; ``clusters`` gives each image's part, the unit
+    the bootstrap intervals resample (None: every image its own part).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size == 0:
@@ -180,11 +295,23 @@ def evaluate(
     result["temperature"] = float(temperature)
     result["classes"] = list(classes)
     result["ok_class"] = classes[ok_index]
+    slice_values = {
+        kind: np.array(["(none)" if k is None else str(k) for k in keys])
+        for kind, keys in (slice_keys or {}).items()
+    }
+    boot = with_intervals(probs, labels, classes, ok_index, clusters, slice_values)
+    result["intervals"] = boot["intervals"]
+    result["support"] = boot["support"]
+    result["bootstrap"] = boot["bootstrap"]
     slices: dict[str, Any] = {"class": per_class(probs, labels, classes)}
-    for kind, keys in (slice_keys or {}).items():
-        values = np.array(["(none)" if k is None else str(k) for k in keys])
+    for name, found in boot["classes"].items():
+        slices["class"][name]["intervals"] = found
+    for kind, values in slice_values.items():
         slices[kind] = {
-            value: summary(probs[values == value], labels[values == value], classes, ok_index)
+            value: {
+                **summary(probs[values == value], labels[values == value], classes, ok_index),
+                **boot["slices"][kind][value],
+            }
             for value in sorted(set(values.tolist()))
         }
     result["slices"] = slices

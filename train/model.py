@@ -1,4 +1,9 @@
-"""timm classifiers by name, and the preprocessing spec that goes with them."""
+"""timm classifiers by name, with an optional defect-map head, and their preprocessing spec.
+
+Pretrained weights come from timm's hub (``pretrained: true``), a local file (a path), or a
+named source installed from a package registry (``pretrained_sources``), which is what
+works offline.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,138 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from lineqc.edge.preprocess import PreprocessSpec
 
+from . import pretrained_sources
+from .anomaly import PatchMemory
 from .config import ConfigError, TrainConfig
 
 IMAGENET_GRAY = ((0.449,), (0.226,))  # ImageNet mean/std averaged over RGB
+MAP_CHANNELS = 64
+
+
+class DefectNet(nn.Module):
+    """A timm classifier plus a defect map: per-pixel defect logits at stride 8.
+
+    The map head is a small feature pyramid over the backbone's stride-8, stride-16 and final
+    features; training supervises it with the datasets' defect masks, which teaches the
+    shared backbone where defects are, not only that there is one. The class head
+    (``DefectHead``) reads the pooled features and the map's evidence (its maximum, top-k
+    mean and mean), so a small defect the map found weighs in the decision. ``forward``
+    returns ``(class logits, map logits)``; the map is ``input / 8`` on each side.
+    ``memory``, once filled from OK frames after training, scores anomalies on the stride-16
+    features.
+    """
+
+    stride = 8
+    top_k = 4
+
+    def __init__(self, backbone: Any, ok_index: int = 0) -> None:  # a timm model (untyped API)
+        super().__init__()
+        num_classes = int(backbone.num_classes)
+        backbone.reset_classifier(0)
+        self.backbone = backbone
+        info = backbone.feature_info
+        reductions = [int(f["reduction"]) for f in info]
+        self.indices = [reductions.index(8), reductions.index(16)]
+        c8, c16 = (int(info[i]["num_chs"]) for i in self.indices)
+        final = int(backbone.num_features)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, MAP_CHANNELS, 1) for c in (c8, c16, final))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(MAP_CHANNELS, MAP_CHANNELS, 3, padding=1, bias=False),
+            nn.BatchNorm2d(MAP_CHANNELS),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(MAP_CHANNELS, 1, 1),
+        )
+        self.head = DefectHead(final + 3, num_classes, ok_index)
+        self.memory = PatchMemory(c16)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, defect_map, _ = self.run(x)
+        return logits, defect_map
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the device gets: logits, defect probability per cell, and (with a filled
+        memory) the anomaly score."""
+        logits, defect_map, f16 = self.run(x)
+        out = (logits, torch.sigmoid(defect_map))
+        return (*out, self.memory(f16)) if self.memory.ready else out
+
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-16 features that ``memory`` compares (N, C, h, w)."""
+        return self.run(x)[2]
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        final, (f8, f16) = self.backbone.forward_intermediates(
+            x, indices=self.indices, intermediates_only=False
+        )
+        size = f8.shape[-2:]
+        fused = self.lateral[0](f8)
+        for lateral, feature in zip(self.lateral[1:], (f16, final), strict=True):
+            fused = fused + F.interpolate(lateral(feature), size=size, mode="nearest")
+        defect_map = self.fuse(fused)
+        cells = defect_map.flatten(1)
+        evidence = torch.stack(
+            [
+                cells.max(dim=1).values,
+                cells.topk(self.top_k, dim=1).values.mean(dim=1),
+                cells.mean(dim=1),
+            ],
+            dim=1,
+        )
+        pooled = self.backbone.forward_head(final)
+        return self.head(torch.cat([pooled, evidence], dim=1)), defect_map, f16
+
+
+class DefectHead(nn.Module):
+    """Class logits in two steps: is there a defect, and if so which.
+
+    ``p(OK) = 1 - sigmoid(d)`` and ``p(class c) = sigmoid(d) * softmax(k)_c`` for the defect
+    classes, returned as log-probabilities (their softmax gives back exactly these), so the
+    decision policy and temperature scaling work on them as on any logits. The defect logit
+    ``d`` starts out as the defect map's maximum (the last three inputs are the map's
+    evidence, the first its maximum): a small defect the map finds counts from the start,
+    where a flat classifier would first have to learn to look at one input among 1,283.
+    """
+
+    def __init__(self, features: int, num_classes: int, ok_index: int) -> None:
+        super().__init__()
+        self.ok_index = ok_index
+        self.defect = nn.Linear(features, 1)
+        self.kind = nn.Linear(features, num_classes - 1)
+        with torch.no_grad():
+            self.defect.weight.zero_()
+            self.defect.weight[0, features - 3] = 1.0  # the map's maximum
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        d = self.defect(h)
+        defects = F.logsigmoid(d) + F.log_softmax(self.kind(h), dim=1)
+        i = self.ok_index
+        return torch.cat([defects[:, :i], F.logsigmoid(-d), defects[:, i:]], dim=1)
+
+
+class ExportHeads(nn.Module):
+    """What the ONNX file computes: ``logits`` and, for a DefectNet, ``defect_map``
+    (per-pixel defect probability, N x 1 x H/8 x W/8) and ``anomaly`` (N) when its memory
+    is filled."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if isinstance(self.model, DefectNet):
+            return self.model.outputs(x)
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+def class_logits(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The class logits of a model's output (a DefectNet gives a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def build_model(
@@ -21,26 +152,42 @@ def build_model(
     in_chans: int,
     pretrained: bool | str = False,
     model_kwargs: dict[str, Any] | None = None,
+    defect_map: bool = False,
+    ok_index: int = 0,
 ) -> torch.nn.Module:
-    """A timm model; ``pretrained`` is False, True (timm hub) or a local weights file.
+    """A timm model, wrapped in a ``DefectNet`` when ``defect_map`` (``ok_index``: which of
+    the classes means OK).
 
-    timm adapts the first convolution to ``in_chans`` and drops a classifier of another width,
-    for hub and local weights alike.
+    ``pretrained``: False, True (timm hub), a named source (``pretrained_sources.NAMED``) or
+    a local weights file. timm adapts the first convolution to ``in_chans`` and drops a
+    classifier of another width, for hub and local weights alike; named sources do the same.
     """
     if not timm.is_model(name):
         raise ConfigError(f"model '{name}' is not a timm model name (see timm.list_models())")
     kwargs: dict[str, Any] = dict(model_kwargs or {})
-    if isinstance(pretrained, str):
+    named = isinstance(pretrained, str) and pretrained in pretrained_sources.NAMED
+    if isinstance(pretrained, str) and not named:
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise ConfigError(f"pretrained: weights file {path} does not exist")
+            raise ConfigError(
+                f"pretrained: weights file {path} does not exist (named sources: "
+                f"{', '.join(sorted(pretrained_sources.NAMED))})"
+            )
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
-        return timm.create_model(
-            name, pretrained=bool(pretrained), num_classes=num_classes, in_chans=in_chans, **kwargs
+        model = timm.create_model(
+            name,
+            pretrained=bool(pretrained) and not named,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            **kwargs,
         )
     except TypeError as exc:  # an unknown model_kwargs entry
         raise ConfigError(f"model_kwargs for '{name}': {exc}") from None
+    if named:
+        assert isinstance(pretrained, str)
+        pretrained_sources.load_named(pretrained, name, model, in_chans)
+    return DefectNet(model, ok_index) if defect_map else model
 
 
 def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
@@ -51,6 +198,12 @@ def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
     h, w = cfg.size_hw
     if cfg.mean is not None and cfg.std is not None:
         mean, std = cfg.mean, cfg.std
+    elif cfg.pretrained in pretrained_sources.NAMED:
+        source = pretrained_sources.NAMED[str(cfg.pretrained)]
+        if cfg.channels == 1:  # the stem is summed over RGB: one gray value per pixel
+            mean, std = (sum(source.mean) / 3,), (sum(source.std) / 3,)
+        else:
+            mean, std = source.mean, source.std
     elif cfg.pretrained:
         if cfg.channels == 1:
             mean, std = IMAGENET_GRAY
@@ -68,6 +221,10 @@ def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
             mean=tuple(mean),
             std=tuple(std),
             interpolation=cfg.interpolation,
+            resize=cfg.resize,
+            illumination=cfg.illumination,
+            clahe_clip_limit=cfg.clahe_clip_limit,
+            flatfield_sigma=cfg.flatfield_sigma,
         )
     except ValueError as exc:
-        raise ConfigError(f"preprocessing (mean/std/channels): {exc}") from None
+        raise ConfigError(f"preprocessing: {exc}") from None

@@ -18,6 +18,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from lineqc.edge.decision import softmax
 
 from .calibration import reliability_bins
+from .intervals import fmt_ci
 
 if TYPE_CHECKING:
     from .evaluate import SplitResult
@@ -143,6 +144,34 @@ def plot_history(history: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def headline_rows(m: dict[str, Any]) -> list[list[str]]:
+    """metric, value [95% interval]: the interval where the figure has one."""
+    found = m.get("intervals", {})
+    return [
+        [k, fmt_ci(m.get(k), found.get(k)) if k in found else fmt_value(m.get(k))] for k in HEADLINE
+    ]
+
+
+def headline_text(m: dict[str, Any]) -> str:
+    """The headline figures with their intervals and support, for a terminal."""
+    lines = [f"  {support_text(m)}"]
+    lines += [f"  {key:24s} {value}" for key, value in headline_rows(m)]
+    return "\n".join(lines)
+
+
+def support_text(m: dict[str, Any]) -> str:
+    """What the figures rest on, in words."""
+    s = m.get("support")
+    if not s:
+        return f"{m.get('n', '?')} images"
+    boot = m.get("bootstrap", {})
+    return (
+        f"{s['images']} images of {s['parts']} parts ({s['defect_images']} defect, "
+        f"{s['ok_images']} OK); intervals: {int(boot.get('level', 0.95) * 100)}% "
+        f"{boot.get('method', 'bootstrap')}, {boot.get('reps', '?')} resamples"
+    )
+
+
 def _table(rows: list[list[str]], head: list[str]) -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join(
@@ -152,12 +181,35 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
 
 
 def _slice_rows(slices: dict[str, Any]) -> list[list[str]]:
-    return [[name] + [fmt_value(s.get(c)) for c in SLICE_COLUMNS] for name, s in slices.items()]
+    rows = []
+    for name, s in slices.items():
+        found = s.get("intervals", {})
+        parts = s.get("support", {}).get("parts")
+        row = [name, f"{s['n']}" + (f" ({parts} parts)" if parts is not None else "")]
+        row += [fmt_ci(s.get(c), found.get(c)) for c in SLICE_COLUMNS[1:]]
+        rows.append(row)
+    return rows
+
+
+CLASS_HEAD = ["class", "support", "precision", "recall [95%]", "f1", "auroc [95%]", "recall@95%P"]
 
 
 def _class_rows(per_class: dict[str, Any]) -> list[list[str]]:
-    cols = ("support", "precision", "recall", "f1", "auroc", "recall_at_95_precision")
-    return [[name] + [fmt_value(s[c]) for c in cols] for name, s in per_class.items()]
+    rows = []
+    for name, s in per_class.items():
+        found = s.get("intervals", {})
+        rows.append(
+            [
+                name,
+                fmt_value(s["support"]),
+                fmt_value(s["precision"]),
+                fmt_ci(s["recall"], found.get("recall")),
+                fmt_value(s["f1"]),
+                fmt_ci(s["auroc"], found.get("auroc")),
+                fmt_value(s["recall_at_95_precision"]),
+            ]
+        )
+    return rows
 
 
 def write_all(
@@ -188,9 +240,9 @@ def write_all(
         (plot_dir / f"{name}.png").write_bytes(data)
         written.append(plot_dir / f"{name}.png")
 
-    headline = [[k, fmt_value(m.get(k))] for k in HEADLINE]
+    headline = headline_rows(m)
     slice_head = ["slice", *SLICE_COLUMNS]
-    class_head = ["class", "support", "precision", "recall", "f1", "auroc", "recall@95%P"]
+    class_head = CLASS_HEAD
     sections = [
         f"<h1>lineqc evaluation: {html.escape(meta['model'])} on "
         f"{html.escape(m['split'])} ({m['n']} images)</h1>",
@@ -198,7 +250,8 @@ def write_all(
         f"{html.escape(m.get('dataset', ''))}, manifest "
         f"{html.escape(str(meta.get('dataset_manifest_hash', ''))[:16])}</p>",
         "<h2>Headline</h2>",
-        _table(headline, ["metric", "value"]),
+        f"<p>{html.escape(support_text(m))}</p>",
+        _table(headline, ["metric", "value [95% interval]"]),
         "<h2>By class</h2>",
         _table(_class_rows(m["slices"]["class"]), class_head),
     ]
@@ -265,18 +318,15 @@ cameras or lighting than those in its training data without re-evaluation, and n
 only safeguard where a missed defect is safety-critical.
 
 ## Metrics ({m["split"]} split)
-{md_table([[k, fmt_value(m.get(k))] for k in HEADLINE], ["metric", "value"])}
+On {support_text(m)}.
+
+{md_table(headline_rows(m), ["metric", "value [95% interval]"])}
 
 Recall at 95% precision means: the share of defective frames caught while at most 5% of
 rejected frames are actually OK.
 
 ## By class
-{
-        md_table(
-            _class_rows(m["slices"]["class"]),
-            ["class", "support", "precision", "recall", "f1", "auroc", "recall@95%P"],
-        )
-    }
+{md_table(_class_rows(m["slices"]["class"]), CLASS_HEAD)}
 
 ## By capture session
 {md_table(_slice_rows(m["slices"].get("session", {})), ["session", *SLICE_COLUMNS])}

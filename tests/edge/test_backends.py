@@ -32,12 +32,17 @@ def test_backend_conformance(kind: str, precision: str, edge_bundle) -> None:
     spec = bundle.spec
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, spec.channels, spec.height, spec.width)).astype(np.float32)
-    out = backend.infer(x)
+    outputs = backend.infer(x)
+    out = outputs["logits"]
     assert out.shape == (1, len(bundle.classes)) and out.dtype == np.float32
-    np.testing.assert_array_equal(out, backend.infer(x))  # deterministic
-    reference = ort.InferenceSession(str(bundle.model_path(precision))).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(out, backend.infer(x)["logits"])  # deterministic
+    session = ort.InferenceSession(str(bundle.model_path(precision)))
+    names = [o.name for o in session.get_outputs()]
+    reference = dict(zip(names, session.run(None, {"input": x}), strict=True))
+    assert set(outputs) == set(reference)
     tol = 1e-4 if precision == "fp32" or kind == "onnxruntime" else 0.25
-    np.testing.assert_allclose(out, reference, atol=tol, rtol=tol)
+    for name, value in outputs.items():
+        np.testing.assert_allclose(value, reference[name], atol=tol, rtol=tol)
     backend.close()
 
 

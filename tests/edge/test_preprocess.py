@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lineqc.edge.preprocess import PreprocessSpec, preprocess, preprocess_batch
+from lineqc.edge.preprocess import PreprocessSpec, placement, preprocess, preprocess_batch
 
 
 def test_gray_frame_resized_and_normalised() -> None:
@@ -64,3 +64,49 @@ def test_bad_frames_are_refused() -> None:
         preprocess(np.zeros((16, 16), np.float32), spec)
     with pytest.raises(ValueError, match="gray or BGR"):
         preprocess(np.zeros((16, 16, 2), np.uint8), spec)
+
+
+def test_letterbox_keeps_the_aspect_and_pads_with_the_mean() -> None:
+    frame = np.full((50, 200), 200, np.uint8)  # a 4:1 tile
+    spec = PreprocessSpec(64, 64, 1, mean=(0.5,), std=(0.25,), resize="letterbox")
+    out = preprocess(frame, spec)[0]
+    place = placement(frame.shape, spec)
+    assert (place.top, place.left, place.height, place.width) == (24, 0, 16, 64)
+    body = out[place.top : place.top + place.height]
+    np.testing.assert_allclose(body, (200 / 255 - 0.5) / 0.25, rtol=1e-6)
+    assert np.all(out[: place.top] == 0) and np.all(out[place.top + place.height :] == 0)
+    # a stretched frame fills the input: the same tile squashed to a square
+    assert placement(frame.shape, PreprocessSpec(64, 64, 1)).height == 64
+
+
+def test_flatfield_takes_out_a_lighting_gradient_but_keeps_a_defect() -> None:
+    h, w = 120, 160
+    light = np.linspace(60, 220, w, dtype=np.float32)[None, :].repeat(h, 0)  # uneven lighting
+    frame = light.copy()
+    frame[55:65, 75:85] *= 0.5  # a dark blemish
+    frame = frame.astype(np.uint8)
+    plain = PreprocessSpec(h, w, 1, mean=(0.0,), std=(1.0,))
+    flat = PreprocessSpec(h, w, 1, mean=(0.0,), std=(1.0,), illumination="flatfield")
+    before, after = preprocess(frame, plain)[0], preprocess(frame, flat)[0]
+    background = np.ones_like(before, dtype=bool)
+    background[40:80, 60:100] = False
+    assert before[background].std() > 0.15  # the gradient dominates the raw frame
+    assert after[background].std() < 0.05  # flat after the correction
+    assert after[58:62, 78:82].mean() < after[background].mean() - 0.15  # the blemish stays
+
+
+def test_clahe_and_spec_json_with_and_without_the_new_fields() -> None:
+    rng = np.random.default_rng(1)
+    frame = (rng.normal(100, 5, (60, 80))).clip(0, 255).astype(np.uint8)  # low contrast
+    spec = PreprocessSpec(60, 80, 1, mean=(0.0,), std=(1.0,), illumination="clahe")
+    assert (
+        preprocess(frame, spec).std()
+        > 2 * preprocess(frame, PreprocessSpec(60, 80, 1, (0.0,), (1.0,))).std()
+    )
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+    old = {"height": 32, "width": 32, "channels": 1, "mean": [0.5], "std": [0.25]}
+    assert PreprocessSpec.from_json(old).resize == "stretch"  # bundles made before the fields
+    with pytest.raises(ValueError, match="resize must be one of"):
+        PreprocessSpec(resize="crop")
+    with pytest.raises(ValueError, match="illumination must be one of"):
+        PreprocessSpec(illumination="gamma")

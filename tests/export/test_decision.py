@@ -69,3 +69,18 @@ def test_json_round_trip_and_validation() -> None:
         DecisionPolicy(CLASSES, "ok", temperature=0.0)
     with pytest.raises(ValueError, match="shape"):
         decide_batch(np.zeros((2, 4)), policy)
+
+
+def test_an_ok_frame_unlike_every_ok_part_goes_to_review() -> None:
+    policy = DecisionPolicy(("ok", "scratch"), "ok", anomaly_threshold=5.0)
+    ok_logits = np.array([4.0, 0.0])
+    assert decide(ok_logits, policy, anomaly=4.9).verdict == "ok"
+    odd = decide(ok_logits, policy, anomaly=5.0)
+    assert (odd.verdict, odd.reason, odd.label) == ("uncertain", "anomalous", "ok")
+    assert decide(np.array([0.0, 4.0]), policy, anomaly=9.0).verdict == "defect"  # already out
+    assert decide(ok_logits, policy).verdict == "ok"  # a model without the score
+    batch = decide_batch(np.stack([ok_logits, ok_logits]), policy, np.array([1.0, 6.0]))
+    assert [d.reason for d in batch] == [None, "anomalous"]
+    assert DecisionPolicy.from_json(policy.to_json()) == policy
+    old = {k: v for k, v in policy.to_json().items() if k != "anomaly_threshold"}
+    assert DecisionPolicy.from_json(old).anomaly_threshold is None

@@ -196,10 +196,15 @@ def test_a_wrong_rewrite_fails_the_check(tiny_run: Path, val_split, tmp_path: Pa
     ref = runtime.logits(runtime.session(trt, optimize=False), x)
     ok = quantize.check_rewrite(ref, runtime.logits(runtime.session(ort, optimize=False), x), 1.0)
     assert ok.n_images == 32 and ok.max_abs_prob_diff == 0.0
-    # a rewrite that shifts one activation's grid (zero point 120, not 128) is caught
+    # a rewrite that shifts one activation's grid (its dequantizer reads zero point 120
+    # where its quantizer wrote 128) is caught
     broken = onnx.load(str(ort))
-    zp = next(t for t in broken.graph.initializer if t.data_type == TensorProto.UINT8)
-    zp.CopyFrom(numpy_helper.from_array(np.array(120, np.uint8), zp.name))
+    quantized = {n.output[0] for n in broken.graph.node if n.op_type == "QuantizeLinear"}
+    dq = next(
+        n for n in broken.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized
+    )
+    broken.graph.initializer.append(numpy_helper.from_array(np.array(120, np.uint8), "zp_120"))
+    dq.input[2] = "zp_120"
     onnx.save(broken, tmp_path / "broken.onnx")
     got = runtime.logits(runtime.session(tmp_path / "broken.onnx", optimize=False), x)
     with pytest.raises(ExportError, match="disagree under ONNX Runtime"):

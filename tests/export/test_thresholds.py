@@ -70,3 +70,22 @@ def test_choose_policy_reports_shares() -> None:
     assert report["review_share_band_val"] <= 0.1
     assert report["review_share_val"] >= report["review_share_band_val"]
     assert set(policy.thresholds) == {"a", "ok", "c"}
+
+
+def test_anomaly_threshold_lets_at_most_the_share_of_ok_frames_through() -> None:
+    from lineqc.export.thresholds import anomaly_threshold
+
+    scores = np.arange(100, dtype=float)
+    is_ok = np.ones(100, dtype=bool)
+    t = anomaly_threshold(scores, is_ok, 0.02)
+    assert t == 98.0 and (scores[is_ok] >= t).sum() == 2
+    assert anomaly_threshold(scores, is_ok, 0.0) > 99.0  # no OK frame reaches it
+    is_ok[95:] = False  # defects score highest; only OK frames set the threshold
+    assert anomaly_threshold(scores, is_ok, 0.02) == 94.0
+    assert anomaly_threshold(scores, np.zeros(100, dtype=bool), 0.02) is None
+    labels = np.where(is_ok, 1, 0)
+    logits = np.zeros((100, 2))
+    logits[:, 1] = 3.0
+    policy, report = choose_policy(logits, labels, ["a", "ok"], "ok", 1.0, anomaly=scores)
+    assert policy.anomaly_threshold == 94.0
+    assert report["review_share_anomaly_val"] == 6 / 100  # 94 and the five defects

@@ -8,10 +8,17 @@ import numpy as np
 
 from lineqc.datasets.manifest import load
 from lineqc.datasets.storage import read_image
-from lineqc.edge.preprocess import PreprocessSpec, preprocess
+from lineqc.edge.preprocess import PreprocessSpec, placement, preprocess
 from lineqc.train.augment import augment, build_train_transform
 from lineqc.train.config import AugmentConfig
-from lineqc.train.data import EpochBatches, FrameStore, epoch_order, eval_inputs
+from lineqc.train.data import (
+    EpochBatches,
+    FrameStore,
+    TrainImages,
+    epoch_order,
+    eval_inputs,
+    map_target,
+)
 
 
 def test_epoch_order_is_seeded_and_changes_per_epoch() -> None:
@@ -42,7 +49,7 @@ def test_augmentation_depends_on_the_seed_only(synth_dataset: Path) -> None:
     record = load(synth_dataset).in_split("train")[0]
     frame = read_image(synth_dataset, record)
     t = build_train_transform(AugmentConfig(noise_p=1.0, clahe_p=1.0), (32, 32))
-    a, b, c = augment(t, frame, 7), augment(t, frame, 7), augment(t, frame, 8)
+    (a, _), (b, _), (c, _) = augment(t, frame, 7), augment(t, frame, 7), augment(t, frame, 8)
     assert a.shape == (32, 32, 1) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -57,3 +64,63 @@ def test_eval_inputs_are_the_edge_preprocessing(synth_dataset: Path) -> None:
         np.testing.assert_array_equal(inputs[i], preprocess(read_image(synth_dataset, r), spec))
     lazy = FrameStore(synth_dataset, records, cache=False)
     np.testing.assert_array_equal(eval_inputs(lazy, spec).numpy(), inputs)
+
+
+def test_sqrt_sampling_lies_between_natural_and_balanced() -> None:
+    labels = np.array([0] * 900 + [1] * 100)
+    rows = np.array([r for e in range(3) for r, _ in epoch_order(labels, 0, e, "sqrt")])
+    share = np.bincount(labels[rows], minlength=2) / len(rows)
+    np.testing.assert_allclose(share, [30 / 40, 10 / 40], atol=0.03)  # sqrt(900) : sqrt(100)
+
+
+def _wide_frames(tmp_path: Path) -> tuple[FrameStore, np.ndarray]:
+    """A 1:3 frame whose mask marks a blemish near its right end (on disk, as a dataset)."""
+    import cv2
+
+    from lineqc.datasets.ingest import Candidate, ingest
+
+    frame = np.full((60, 180), 120, np.uint8)
+    frame[25:35, 150:160] = 20
+    mask = np.zeros_like(frame)
+    mask[25:35, 150:160] = 255
+    ok, image = cv2.imencode(".png", frame)
+    ok2, mask_png = cv2.imencode(".png", mask)
+    assert ok and ok2
+    ingest(
+        tmp_path,
+        [Candidate("wide.png", "t", "scratch", data=bytes(image), mask_data=bytes(mask_png))],
+        import_name="t",
+        quiet=True,
+    )
+    return FrameStore(tmp_path, list(load(tmp_path)), cache=True, masks=True), frame
+
+
+def test_training_and_device_inputs_agree_on_a_non_square_frame(tmp_path: Path) -> None:
+    frames, frame = _wide_frames(tmp_path)
+    spec = PreprocessSpec(64, 64, 1, resize="letterbox", illumination="flatfield")
+    labels = np.array([1])
+    plain = build_train_transform(AugmentConfig(enabled=False), (64, 64), "letterbox")
+    x, _, target, weight = TrainImages(frames, labels, plain, spec, 8, 0)[(0, 3)]
+    np.testing.assert_array_equal(x.numpy(), preprocess(frame, spec))  # the device's input
+    # augmented: other pixels, the same geometry (the frame keeps its place in the input)
+    full = build_train_transform(AugmentConfig(), (64, 64), "letterbox")
+    xa, *_ = TrainImages(frames, labels, full, spec, 8, 0)[(0, 3)]
+    place = placement(frame.shape, spec)
+    inside = np.zeros((64, 64), dtype=bool)
+    inside[place.top : place.top + place.height, place.left : place.left + place.width] = True
+    assert np.all(xa.numpy()[0][~inside] == 0) and np.all(x.numpy()[0][~inside] == 0)
+    # the mask lands where the frame's blemish lands: cells of the right end, frame's band
+    assert weight == 1.0 and target.shape == (1, 8, 8)
+    hot = np.argwhere(target.numpy()[0] > 0)
+    assert hot.size and set(hot[:, 1]) <= {6, 7} and set(hot[:, 0]) <= {3, 4}
+    cells = x.numpy()[0].reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(8, 8, -1)
+    darkest = np.unravel_index(cells.min(axis=2).argmin(), (8, 8))
+    assert tuple(darkest) in {tuple(c) for c in hot}
+
+
+def test_map_target_marks_a_defect_smaller_than_a_cell() -> None:
+    spec = PreprocessSpec(64, 64, 1, resize="letterbox")
+    mask = np.zeros((300, 300), np.uint8)
+    mask[100:102, 200:202] = 255  # 2 px: a blowhole, under a tenth of a cell once scaled
+    target = map_target(mask, mask.shape, spec, 8)
+    assert target.sum() == 1 and target[0, 2, 5] == 1

