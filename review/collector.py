@@ -38,11 +38,13 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import re
 import signal
 import ssl
+import struct
 import sys
 import time
 from pathlib import Path
@@ -62,7 +64,8 @@ from sqlalchemy import String, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError
 
-from lineqc.edge.wire import Sample, SampleImage, WireError, parse_message
+from lineqc.edge.defect_map import decode_png
+from lineqc.edge.wire import DefectMapImage, Sample, SampleImage, WireError, parse_message
 from lineqc.errors import LineqcError
 
 from .store import Frame, Store
@@ -77,6 +80,8 @@ RETRY_MAX_S = 5.0  # short: a broker restart forgets shared subscriptions (see a
 SUMMARY_EVERY_S = 60.0
 INT_MAX = 2**63 - 1  # seq is a BIGINT; image sizes fit in the same check
 FIELD_COLUMN = {"label": "predicted"}  # wire field -> frames column, where the names differ
+MAP_MAX_SIDE = 1024  # a defect map's largest side, as the wire model bounds it
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,18 +125,18 @@ _LENGTHS = {
 }
 
 
-def decode_sample(payload: bytes) -> Sample:
-    """A wire ``sample`` that the store can take whole; WireError naming what is wrong.
+def decode_sample(payload: bytes) -> tuple[Sample, str | None]:
+    """A wire ``sample`` that the store can take whole, and why its defect map was dropped
+    (None: it had a valid one, or none); WireError naming what is wrong with the sample.
 
     Beyond the wire model: the image must be strict base64 of a JPEG that decodes to the
     stated size, and every value must fit its column on any database (PostgreSQL refuses
     what SQLite would take: long strings, NUL characters, NaN in JSON, 64-bit integers).
     A message the database refuses would otherwise come back from the broker forever.
+    A malformed defect map costs only the map: the frame is worth reviewing without it.
     """
-    msg = parse_message(payload)
-    if not isinstance(msg, Sample):
-        raise WireError(f"message: type {msg.type!r} is not a sample")
-    for name, value in msg.model_dump(exclude={"image"}).items():
+    msg, map_problem = _parse_sample(payload)
+    for name, value in msg.model_dump(exclude={"image", "defect_map"}).items():
         if isinstance(value, str):
             _check_text(name, value, _LENGTHS.get(FIELD_COLUMN.get(name, name)))
         elif isinstance(value, int) and not -INT_MAX <= value <= INT_MAX:
@@ -142,7 +147,38 @@ def decode_sample(payload: bytes) -> Sample:
         raise WireError("ts, confidence, probabilities: not finite numbers")
     if msg.image is not None:
         _check_jpeg(msg.image)
-    return msg
+    if msg.defect_map is not None:
+        try:
+            _check_defect_map(msg.defect_map)
+        except WireError as exc:
+            msg, map_problem = msg.model_copy(update={"defect_map": None}), str(exc)
+    return msg, map_problem
+
+
+def _parse_sample(payload: bytes) -> tuple[Sample, str | None]:
+    """The sample, parsed again without its defect map when the map alone breaks the wire
+    model (then with the model's complaint about it)."""
+    try:
+        msg, map_problem = parse_message(payload), None
+    except WireError as exc:
+        stripped = _without_defect_map(payload)
+        if stripped is None:
+            raise
+        msg, map_problem = parse_message(stripped), str(exc)
+    if not isinstance(msg, Sample):
+        raise WireError(f"message: type {msg.type!r} is not a sample")
+    return msg, map_problem
+
+
+def _without_defect_map(payload: bytes) -> str | None:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("defect_map") is None:
+        return None
+    del doc["defect_map"]
+    return json.dumps(doc)
 
 
 def _check_text(name: str, value: str, limit: int | None) -> None:
@@ -176,6 +212,40 @@ def _check_jpeg(image: SampleImage) -> None:
         )
 
 
+def _check_defect_map(defect_map: DefectMapImage) -> None:
+    try:
+        data = base64.b64decode(defect_map.data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise WireError(f"defect_map.data: not base64 ({exc})") from None
+    width, height = _grey_png_size(data)  # from the header: nothing decoded yet
+    if (width, height) != (defect_map.width, defect_map.height):
+        raise WireError(
+            f"defect_map: the PNG is {width}x{height}, "
+            f"the message says {defect_map.width}x{defect_map.height}"
+        )
+    try:
+        cells = decode_png(data)
+    except (ValueError, cv2.error):
+        cells = None
+    if cells is None or cells.shape != (height, width):
+        raise WireError(f"defect_map.data: {len(data)} bytes that are not a readable PNG")
+
+
+def _grey_png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header, which must say 8-bit grey of at most
+    MAP_MAX_SIDE a side (so a decompression bomb is refused before it is decoded)."""
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise WireError(f"defect_map.data: {len(data)} bytes that are not a PNG")
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if (depth, colour) != (8, 0):
+        raise WireError(
+            f"defect_map: not an 8-bit grey PNG (bit depth {depth}, colour type {colour})"
+        )
+    if not (1 <= width <= MAP_MAX_SIDE and 1 <= height <= MAP_MAX_SIDE):
+        raise WireError(f"defect_map: the PNG is {width}x{height}, over {MAP_MAX_SIDE} a side")
+    return width, height
+
+
 # ---- the collector ------------------------------------------------------------------------
 
 
@@ -185,12 +255,15 @@ class Counts:
     duplicates: int = 0
     rejected: int = 0
     store_errors: int = 0
+    maps_dropped: int = 0  # frames stored without their malformed defect map
 
     def line(self) -> str:
-        return (
+        line = (
             f"stored {self.stored}, duplicates {self.duplicates}, rejected {self.rejected}, "
             f"store errors {self.store_errors}"
         )
+        # Only when it happened: the line stays as scripts know it for maps-less fleets.
+        return line + (f", defect maps dropped {self.maps_dropped}" if self.maps_dropped else "")
 
 
 class Collector:
@@ -300,7 +373,7 @@ class Collector:
     def _handle(self, topic: str, payload: bytes) -> None:
         """Store or reject one message; raises only when the store fails."""
         try:
-            sample = decode_sample(payload)
+            sample, map_problem = decode_sample(payload)
         except WireError as exc:
             self._reject(topic, payload, str(exc))
             return
@@ -309,10 +382,18 @@ class Collector:
         except DataError as exc:  # a value this database refuses; it would never go in
             self._reject(topic, payload, f"the database refused it: {exc.orig}")
             return
-        if stored:
-            self.counts.stored += 1
-        else:
+        if not stored:
             self.counts.duplicates += 1
+            return
+        self.counts.stored += 1
+        if map_problem is not None:  # counted once, with the frame it came with
+            self.counts.maps_dropped += 1
+            log.warning(
+                "stored frame %s from %s without its defect map: %s",
+                sample.frame_id,
+                topic,
+                map_problem,
+            )
 
     def _reject(self, topic: str, payload: bytes, reason: str) -> None:
         # The reason may quote the payload: make it text every database takes.

@@ -3,8 +3,10 @@
 The metadata lives in a database named by an SQLAlchemy URL (SQLite by default, PostgreSQL
 for large plants); the images live in a content-addressed folder beside it
 (``images/ab/<sha256>.jpg``), written and fsynced before the row that points at them is
-committed, so a row never names a missing image. A frame is stored once per ``frame_id``
-(the devices deliver at least once).
+committed, so a row never names a missing image. A frame's defect map, when its model sent
+one, lies beside its image as ``images/ab/<image sha256>.defect.png`` (no column names it:
+the image's sha256 does); the first map stored for an image is kept. A frame is stored
+once per ``frame_id`` (the devices deliver at least once).
 
 Tables: ``frames`` (one flagged or gold frame), ``users``, ``sessions`` (web sign-ins),
 ``reviews`` (one inspector's answer for one frame), ``adjudications`` (the final word on a
@@ -46,6 +48,7 @@ from lineqc.errors import LineqcError
 
 UNSURE = "unsure"  # an inspector's answer that is not a class
 SKIP = "skip"  # the inspector passed; the frame stays in the queue for others
+DEFECT_MAP_SUFFIX = ".defect.png"  # a frame's defect map, beside its image
 POLICY_VERSION = "review-v1"  # the labelling rules inspectors follow (into the dataset rows)
 
 
@@ -229,21 +232,36 @@ class Store:
 
     # ---- images -------------------------------------------------------------------------
 
-    def image_path(self, sha256: str) -> Path:
-        """The stored file of an image; refuses anything that is not a sha256 (traversal)."""
+    def _stored_file(self, sha256: str, suffix: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise StoreError(f"not an image id: {sha256[:80]!r}")
-        return self.images / sha256[:2] / f"{sha256}.jpg"
+        return self.images / sha256[:2] / f"{sha256}{suffix}"
 
-    def put_image(self, data: bytes) -> str:
-        """Store JPEG bytes by content (durably: fsync, then an atomic rename); its sha256."""
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.image_path(digest)
+    def image_path(self, sha256: str) -> Path:
+        """The stored file of an image; refuses anything that is not a sha256 (traversal)."""
+        return self._stored_file(sha256, ".jpg")
+
+    def defect_map_path(self, image_sha256: str) -> Path:
+        """The defect map stored with an image (named by the image's sha256)."""
+        return self._stored_file(image_sha256, DEFECT_MAP_SUFFIX)
+
+    @staticmethod
+    def _put_once(path: Path, data: bytes) -> None:
+        # Durably (fsync, then an atomic rename); a file already there is kept as it is.
         if path.exists():
-            return digest
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
+
+    def put_image(self, data: bytes) -> str:
+        """Store JPEG bytes by content; their sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        self._put_once(self.image_path(digest), data)
         return digest
+
+    def put_defect_map(self, image_sha256: str, png: bytes) -> None:
+        """Store a frame's defect map (PNG bytes) beside its image."""
+        self._put_once(self.defect_map_path(image_sha256), png)
 
     # ---- frames -------------------------------------------------------------------------
 
@@ -254,6 +272,8 @@ class Store:
                 return False
             share = float(get_setting(s, "double_review_share"))
         digest = self.put_image(sample.image.jpeg_bytes()) if sample.image else None
+        if digest is not None and sample.defect_map is not None:  # no image: nothing to overlay
+            self.put_defect_map(digest, sample.defect_map.png_bytes())
         frame = Frame(
             frame_id=sample.frame_id,
             why=sample.why,

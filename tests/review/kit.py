@@ -22,7 +22,15 @@ from sqlalchemy import update
 
 from lineqc.datasets import manifest as mf
 from lineqc.datasets.synth import candidates
-from lineqc.edge.wire import Sample, dumps, image_part, parse_message, sample_message
+from lineqc.edge.defect_map import png
+from lineqc.edge.wire import (
+    Sample,
+    defect_map_part,
+    dumps,
+    image_part,
+    parse_message,
+    sample_message,
+)
 from lineqc.review.store import SKIP, UNSURE, Adjudication, Frame, Review, Store, User
 
 NOW = time.time()
@@ -90,6 +98,12 @@ def wire_sample(
     parsed = parse_message(dumps(msg))
     assert isinstance(parsed, Sample)
     return parsed
+
+
+def defect_map(cells: np.ndarray | list[list[float]]) -> dict[str, Any]:
+    """A sample's ``defect_map`` part as the device makes it, from probabilities (h x w)."""
+    grid = np.asarray(cells, np.float32)
+    return defect_map_part(png(grid), grid.shape[1], grid.shape[0])
 
 
 CLASSES = ["contamination", "dent", "ok", "scratch"]  # the synthetic dataset's, sorted

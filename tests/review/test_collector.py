@@ -27,7 +27,8 @@ import pytest
 import sqlalchemy
 from sqlalchemy import func, select
 
-from lineqc.edge.wire import Sample, dumps, image_part, result_message
+from lineqc.edge.defect_map import decode_png, png
+from lineqc.edge.wire import Sample, defect_map_part, dumps, image_part, result_message
 from lineqc.errors import LineqcError
 from lineqc.review.collector import BrokerUrl, parse_broker_url
 from lineqc.review.store import Frame, Reject, Store, normalize_url
@@ -238,6 +239,69 @@ def test_malformed_messages_are_logged_counted_and_never_stored(
     logged = [line for line in run.log.splitlines() if f"rejected a message on {TOPIC}" in line]
     assert len(logged) == len(bad)
     assert all(why in line for line, why in zip(logged, bad, strict=True))
+
+
+def grey_png(cells: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cells)
+    assert ok
+    return buf.tobytes()
+
+
+def test_defect_maps_are_stored_and_a_malformed_one_costs_only_the_map(
+    broker, collector, sample_doc, sqlite_db: str, tmp_path: Path
+) -> None:
+    """A valid map is stored beside its frame's image; every malformed one is dropped and
+    logged while its frame is stored (the map is an aid, the frame is the evidence)."""
+    run = collector(broker.port, sqlite_db)
+    cells = np.array([[0.0, 0.5, 1.0], [0.25, 0.0, 0.75]], np.float32)
+    good = png(cells)
+    huge = grey_png(np.zeros((1, 2000), np.uint8))  # over 1024 a side, from the header alone
+    b64 = base64.b64encode
+    bad: dict[str, Callable[[dict[str, Any]], object]] = {
+        "the PNG is 3x2, the message says 4x2": lambda m: m.update(width=4),
+        "defect_map.data: not base64": lambda m: m.update(data="@@" + m["data"]),
+        "bytes that are not a PNG": lambda m: m.update(data=b64(jpeg(1)).decode()),
+        "not an 8-bit grey PNG (bit depth 8, colour type 2)": lambda m: m.update(
+            data=b64(grey_png(np.zeros((2, 3, 3), np.uint8))).decode()
+        ),
+        "not an 8-bit grey PNG (bit depth 16": lambda m: m.update(
+            data=b64(grey_png(np.zeros((2, 3), np.uint16))).decode()
+        ),
+        "not a readable PNG": lambda m: m.update(data=b64(good[:40]).decode()),
+        "the PNG is 2000x1, over 1024 a side": lambda m: m.update(data=b64(huge).decode()),
+        "defect_map.width": lambda m: m.update(width=5000),  # the wire model refuses it
+        "defect_map.format": lambda m: m.update(format="jpeg"),
+    }
+    docs = []
+    for seq, change in enumerate([None, *bad.values()]):
+        doc = sample_doc(seq)
+        doc["defect_map"] = defect_map_part(good, 3, 2)
+        if change is not None:
+            change(doc["defect_map"])
+        docs.append(doc)
+    docs.append(sample_doc(len(docs)))  # no map at all (an older device or model)
+    publish(broker.port, [dumps(d) for d in docs])
+    assert wait_until(lambda: count(sqlite_db) == len(docs))
+    summary = run.stop()
+    assert summary == f"stored {len(docs)}, duplicates 0, rejected 0, store errors 0, " + (
+        f"defect maps dropped {len(bad)}"
+    )
+    with closing(Store(sqlite_db, tmp_path / "images")) as store:
+        stored = {r.frame_id: r.image_sha256 for r in rows(sqlite_db)}
+        first = store.defect_map_path(stored[docs[0]["frame_id"]])
+        assert (
+            first.name.endswith(".defect.png")
+            and first.parent == store.image_path(stored[docs[0]["frame_id"]]).parent
+        )
+        assert first.read_bytes() == good
+        np.testing.assert_allclose(decode_png(first.read_bytes()), cells, atol=0.5 / 255)
+        for doc in docs[1:]:
+            assert not store.defect_map_path(stored[doc["frame_id"]]).exists()
+    assert sorted(p.name for p in (tmp_path / "images").rglob("*.png")) == [first.name]
+    logged = [line for line in run.log.splitlines() if "without its defect map" in line]
+    assert len(logged) == len(bad)
+    for line, doc, why in zip(logged, docs[1:], bad, strict=False):
+        assert doc["frame_id"] in line and why in line, line
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(

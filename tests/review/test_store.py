@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from lineqc.edge.wire import Sample
 from lineqc.review.store import Frame, Reject, Store, StoreError, in_share, set_setting
+from tests.review.kit import defect_map
 
 MakeSample = Callable[..., Sample]  # the make_sample fixture (tests/review/conftest.py)
 
@@ -82,6 +83,26 @@ def test_sample_without_image_is_stored_with_its_reason(
     (row,) = frames(store)
     assert row.image_sha256 is None and row.image_width is None and row.image_error == why
     assert image_files(store) == []
+
+
+def test_defect_map_is_stored_beside_its_image(store: Store, make_sample: MakeSample) -> None:
+    first = make_sample("dev1-cam0-1-1", defect_map=defect_map([[0.0, 1.0]]))
+    assert first.image is not None and first.defect_map is not None
+    assert store.add_sample(first)
+    (row,) = frames(store)
+    path = store.defect_map_path(row.image_sha256 or "")
+    assert path == store.images / path.name[:2] / f"{row.image_sha256}.defect.png"
+    assert path.read_bytes() == first.defect_map.png_bytes()
+    # the same image again with another map (say, another model): the first map is kept
+    again = make_sample("dev1-cam0-1-2", defect_map=defect_map([[1.0, 0.0]]))
+    assert store.add_sample(again.model_copy(update={"image": first.image}))
+    assert path.read_bytes() == first.defect_map.png_bytes()
+    # a map without an image has nothing to lie over: not stored
+    blind = make_sample("dev1-cam0-1-3", defect_map=defect_map([[0.5]]))
+    assert store.add_sample(blind.model_copy(update={"image": None, "image_error": "big"}))
+    assert image_files(store) == sorted([store.image_path(row.image_sha256 or ""), path])
+    with pytest.raises(StoreError, match="not an image id"):
+        store.defect_map_path("../" + "a" * 61)
 
 
 def test_double_review_share_is_stable_and_near_the_setting(
