@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from timm.layers.padding import pad_same_arg
 
 from lineqc.edge.decision import softmax
 from lineqc.edge.preprocess import PreprocessSpec
@@ -31,6 +35,7 @@ def export_onnx(
     outputs = output_names(model)
     model = ExportHeads(model).eval()
     example = torch.zeros(1, spec.channels, spec.height, spec.width)
+    static_same_padding(model, example)
     batch = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated in favour of torch.export (which needs
@@ -52,6 +57,38 @@ def export_onnx(
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path}: the ONNX checker rejects the exported model ({exc})") from None
     return path
+
+
+def static_same_padding(model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Fix the TensorFlow-style 'same' padding of timm's ``Conv2dSame`` layers (the tf_*
+    models) for the bundle's input size, in place.
+
+    ``Conv2dSame`` pads from the input size at run time, which exports as shape arithmetic
+    in float; INT8 quantization put that arithmetic on an 8-bit grid and a 32x32 defect map
+    came out 31x31. A bundle's input size is fixed, so its padding is a constant.
+    """
+    sizes: dict[torch.nn.Module, list[int]] = {}
+    convs = [m for m in model.modules() if isinstance(m, Conv2dSame)]
+
+    def record(conv: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        sizes.setdefault(conv, list(args[0].shape[-2:]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in convs]
+    with torch.no_grad():
+        model(example)
+    for hook in hooks:
+        hook.remove()
+    for conv in convs:
+        pads = pad_same_arg(
+            sizes[conv], list(conv.weight.shape[-2:]), list(conv.stride), list(conv.dilation)
+        )
+        conv.forward = functools.partial(_padded_conv, conv, [int(p) for p in pads])  # type: ignore[method-assign]
+
+
+def _padded_conv(conv: torch.nn.Conv2d, pads: list[int], x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(
+        F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups
+    )
 
 
 def output_names(model: torch.nn.Module) -> list[str]:

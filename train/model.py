@@ -51,13 +51,7 @@ class DefectNet(nn.Module):
         self.indices = [reductions.index(8), reductions.index(16)]
         c8, c16 = (int(info[i]["num_chs"]) for i in self.indices)
         final = int(backbone.num_features)
-        self.lateral = nn.ModuleList(nn.Conv2d(c, MAP_CHANNELS, 1) for c in (c8, c16, final))
-        self.fuse = nn.Sequential(
-            nn.Conv2d(MAP_CHANNELS, MAP_CHANNELS, 3, padding=1, bias=False),
-            nn.BatchNorm2d(MAP_CHANNELS),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(MAP_CHANNELS, 1, 1),
-        )
+        self.map_head = MapHead((c8, c16, final))
         self.head = DefectHead(final + 3, num_classes, ok_index)
         self.memory = PatchMemory(c16)
 
@@ -80,11 +74,7 @@ class DefectNet(nn.Module):
         final, (f8, f16) = self.backbone.forward_intermediates(
             x, indices=self.indices, intermediates_only=False
         )
-        size = f8.shape[-2:]
-        fused = self.lateral[0](f8)
-        for lateral, feature in zip(self.lateral[1:], (f16, final), strict=True):
-            fused = fused + F.interpolate(lateral(feature), size=size, mode="nearest")
-        defect_map = self.fuse(fused)
+        defect_map = self.map_head(f8, f16, final)
         cells = defect_map.flatten(1)
         evidence = torch.stack(
             [
@@ -96,6 +86,29 @@ class DefectNet(nn.Module):
         )
         pooled = self.backbone.forward_head(final)
         return self.head(torch.cat([pooled, evidence], dim=1)), defect_map, f16
+
+
+class MapHead(nn.Module):
+    """Defect logits per stride-8 cell from the stride-8, stride-16 and final features: each
+    projected to a common width, upsampled to stride 8, summed, then a 3x3 convolution."""
+
+    def __init__(self, channels: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, MAP_CHANNELS, 1) for c in channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(MAP_CHANNELS, MAP_CHANNELS, 3, padding=1, bias=False),
+            nn.BatchNorm2d(MAP_CHANNELS),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(MAP_CHANNELS, 1, 1),
+        )
+
+    def forward(self, f8: torch.Tensor, f16: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        size = f8.shape[-2:]
+        fused = self.lateral[0](f8)
+        for lateral, feature in zip(self.lateral[1:], (f16, final), strict=True):
+            fused = fused + F.interpolate(lateral(feature), size=size, mode="nearest")
+        out: torch.Tensor = self.fuse(fused)
+        return out
 
 
 class DefectHead(nn.Module):
