@@ -18,7 +18,7 @@ from lineqc.edge.preprocess import PreprocessSpec, preprocess_batch
 from . import checkpoint
 from .data import FrameStore, label_indices, split_records
 from .intervals import parts_of
-from .metrics import evaluate
+from .metrics import anomaly_figures, evaluate
 from .model import ExportHeads
 
 SLICE_KINDS = ("session", "source")  # capture session / lighting, and camera or source
@@ -87,6 +87,7 @@ class SplitResult:
     records: list[Record]
     labels: np.ndarray
     logits: np.ndarray
+    defect_maps: np.ndarray | None = None  # N x 1 x h x w probabilities (a DefectNet)
 
 
 def evaluate_run(
@@ -115,7 +116,8 @@ def evaluate_run(
     labels = label_indices(records, classes, ok_class, manifest.ok_class)
     spec = checkpoint.spec_of(meta)
     frames = FrameStore(Path(dataset), records, cache=False)
-    logits = predict(model, frame_batches(frames, spec, batch_size), torch.device(device))
+    out = predict_outputs(model, frame_batches(frames, spec, batch_size), torch.device(device))
+    logits = out[outputs.LOGITS]
     temperature = float(meta.get("temperature") or 1.0)
     metrics = evaluate(
         logits,
@@ -126,9 +128,13 @@ def evaluate_run(
         slice_keys(records),
         parts_of(records),
     )
+    if outputs.ANOMALY in out:
+        metrics["anomaly"] = anomaly_figures(
+            out[outputs.ANOMALY], labels, classes, classes.index(ok_class), parts_of(records)
+        )
     metrics["split"] = split
     metrics["dataset"] = str(dataset)
-    return SplitResult(metrics, records, labels, logits)
+    return SplitResult(metrics, records, labels, logits, out.get(outputs.DEFECT_MAP))
 
 
 def predictions_csv(result: SplitResult, classes: list[str], temperature: float) -> str:

@@ -655,7 +655,7 @@ class Trainer:
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         from .evaluate import SplitResult
 
-        result = SplitResult(metrics, records, labels, logits)
+        result = SplitResult(metrics, records, labels, logits, out.get(outputs.DEFECT_MAP))
         (self.out / "predictions.csv").write_text(
             predictions_csv(result, self.classes, temperature)
         )

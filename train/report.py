@@ -16,8 +16,10 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from lineqc.edge.decision import softmax
+from lineqc.edge.preprocess import PreprocessSpec
 
 from .calibration import reliability_bins
+from .gallery import error_gallery
 from .intervals import fmt_ci
 
 if TYPE_CHECKING:
@@ -156,7 +158,31 @@ def headline_text(m: dict[str, Any]) -> str:
     """The headline figures with their intervals and support, for a terminal."""
     lines = [f"  {support_text(m)}"]
     lines += [f"  {key:24s} {value}" for key, value in headline_rows(m)]
+    if "anomaly" in m:
+        a = m["anomaly"]
+        lines.append(
+            f"  {'anomaly score AUROC':24s} {fmt_ci(a['auroc_defect_vs_ok'], a['interval'])}"
+            "  (learnt from OK frames only)"
+        )
     return "\n".join(lines)
+
+
+def anomaly_text(m: dict[str, Any]) -> str:
+    """The anomaly score's figures in a sentence ('' for a model without one)."""
+    a = m.get("anomaly")
+    if not a:
+        return ""
+    per_class = ", ".join(f"{c} {fmt_value(v)}" for c, v in a["auroc_per_class"].items())
+    return (
+        "Anomaly score (learnt from OK frames only, for defects nobody labelled): defect-vs-OK "
+        f"AUROC {fmt_ci(a['auroc_defect_vs_ok'], a['interval'])}; per defect class against OK: "
+        f"{per_class}."
+    )
+
+
+def anomaly_html(m: dict[str, Any]) -> str:
+    text = anomaly_text(m)
+    return f"<p>{html.escape(text)}</p>" if text else ""
 
 
 def support_text(m: dict[str, Any]) -> str:
@@ -177,7 +203,7 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
-    return f"<table><tr>{cells}</tr>{body}</table>"
+    return f'<div class="wide"><table><tr>{cells}</tr>{body}</table></div>'
 
 
 def _slice_rows(slices: dict[str, Any]) -> list[list[str]]:
@@ -252,6 +278,7 @@ def write_all(
         "<h2>Headline</h2>",
         f"<p>{html.escape(support_text(m))}</p>",
         _table(headline, ["metric", "value [95% interval]"]),
+        anomaly_html(m),
         "<h2>By class</h2>",
         _table(_class_rows(m["slices"]["class"]), class_head),
     ]
@@ -264,11 +291,27 @@ def write_all(
     for name, data in plots.items():
         b64 = base64.b64encode(data).decode()
         sections.append(f'<h2>{name}</h2><img alt="{name}" src="data:image/png;base64,{b64}">')
+    if m.get("dataset"):
+        sections.append(
+            error_gallery(
+                result.records,
+                result.labels,
+                probs,
+                result.defect_maps,
+                classes,
+                ok,
+                Path(m["dataset"]),
+                PreprocessSpec.from_json(meta["preprocess"]),
+            )
+        )
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
         "img{max-width:100%}"
+        ".wide{overflow-x:auto}"
+        ".gallery{display:flex;flex-wrap:wrap;gap:8px}"
+        ".gallery figure{margin:0;width:160px;font-size:11px;color:#333}"
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>lineqc report</title>"
@@ -321,6 +364,8 @@ only safeguard where a missed defect is safety-critical.
 On {support_text(m)}.
 
 {md_table(headline_rows(m), ["metric", "value [95% interval]"])}
+
+{anomaly_text(m)}
 
 Recall at 95% precision means: the share of defective frames caught while at most 5% of
 rejected frames are actually OK.
