@@ -98,10 +98,21 @@ def open_backend(
     threads: int = 2,
     precision: str | None = None,
     engine_cache: Path | None = None,
+    allow_failed_gate: bool = False,
 ) -> Backend:
-    """The backend for a verified bundle's model of ``precision`` (default: the bundle's)."""
+    """The backend for a verified bundle's model of ``precision`` (default: the bundle's).
+
+    An INT8 model whose accuracy gate failed (or was skipped) at export is refused unless
+    ``allow_failed_gate``: the gate is what stands between a quantization error and the line.
+    """
     if kind not in ("auto", "tensorrt", "onnxruntime"):
         raise BackendError(f"unknown backend {kind!r} (auto, tensorrt, onnxruntime)")
+    failure = bundle.gate_failure(precision)
+    if failure and not allow_failed_gate:
+        raise BackendError(
+            f"{failure}; run its fp32 model (model.precision: fp32), or set "
+            "model.allow_failed_gate to diagnose it"
+        )
     if kind == "tensorrt" or (kind == "auto" and tensorrt_available()):
         if not tensorrt_available():
             raise BackendError(

@@ -319,6 +319,17 @@ class Bundle:
     def policy(self) -> DecisionPolicy:
         return DecisionPolicy.from_json(self.manifest["decision"])
 
+    def gate_failure(self, precision: str | None = None) -> str | None:
+        """Why the model of ``precision`` must not run: its INT8 accuracy gate failed or was
+        skipped at export (None: it may run; FP32 is the reference and always may)."""
+        precision = precision or self.default_precision
+        entry = self._model_entry(precision)
+        if precision != "int8" or entry.get("gate_passed") is True:
+            return None
+        gate = (self.manifest.get("evaluation") or {}).get("gate") or {}
+        failures = "; ".join(f for f in gate.get("failures", []) if f) or "the gate was skipped"
+        return f"{self.root}: its INT8 model did not pass the accuracy gate at export ({failures})"
+
     @property
     def has_defect_map(self) -> bool:
         """Whether the models have a ``defect_map`` output beside the logits."""

@@ -135,6 +135,11 @@ class ModelConfig(_Strict):
         default=None, description="model precision (default: the bundle's default)"
     )
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    allow_failed_gate: bool = Field(
+        default=False,
+        description="run an INT8 model whose accuracy gate failed or was skipped at export "
+        "(to diagnose it; never on a line)",
+    )
     threads: int = Field(default=2, ge=1, le=64, description="ONNX Runtime intra-op threads")
     engine_cache: LocalPath | None = Field(
         default=None, description="TensorRT: folder for engines built on this device"

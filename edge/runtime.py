@@ -113,7 +113,9 @@ class Runtime:
 
     def _open_backend(self, bundle: Bundle) -> Backend:
         m = self.cfg.model
-        return open_backend(bundle, m.backend, m.threads, m.precision, m.engine_cache)
+        return open_backend(
+            bundle, m.backend, m.threads, m.precision, m.engine_cache, m.allow_failed_gate
+        )
 
     # ---- status ------------------------------------------------------------------------------
 

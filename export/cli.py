@@ -45,6 +45,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--max-f1-drop", type=float, default=0.01, help="macro-F1 drop (0.01 = 1 pt)")
     q.add_argument("--max-auroc-drop", type=float, default=0.005)
     q.add_argument(
+        "--require-int8",
+        action="store_true",
+        help="fail the export (no bundle) when INT8 fails the gate; by default the bundle then "
+        "keeps FP32 as its default precision and marks its INT8 model as failed",
+    )
+    q.add_argument(
         "--keep-sensitive",
         type=int,
         default=0,
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         model_version=args.model_version,
         tar=args.tar,
         overwrite=args.overwrite,
+        require_int8=args.require_int8,
     )
     try:
         result = export_run(Path(args.target), args.dataset, args.out, args.key, options)

@@ -43,6 +43,7 @@ class ExportOptions:
     gate: bool = True
     limits: GateLimits = field(default_factory=GateLimits)
     keep_sensitive: int = 0  # on a failing gate: up to this many layers kept in FP32, retried
+    require_int8: bool = False  # a failing gate fails the export (else: FP32 is the default)
     target_precision: float = 0.95
     review_share: float = 0.05
     anomaly_share: float = 0.02  # OK val frames the anomaly threshold may send to review
@@ -134,9 +135,11 @@ def export_run(
 
         # "auto": no one range method suits every model (percentile clipped the outliers of
         # the magnetic-tile resnet18 that min-max kept; a tiny resnet10t went the other way),
-        # so try each in turn and keep the first the gate passes.
+        # so try each in turn and keep the first the gate passes (or, if none does, the one
+        # that came closest).
         methods = AUTO_METHODS if options.calib_method == "auto" else (options.calib_method,)
         gate: GateResult | None = None
+        tried: list[tuple[GateResult, quantize.Calibrated]] = []
         for method in methods:
             log(f"INT8: {method} calibration on {len(calib_records)} train images")
             cal = quantize.calibrate(fp32_path, work / "quant", calib_inputs, method)
@@ -144,6 +147,7 @@ def export_run(
             if not options.gate:
                 break
             gate = gate_of([])
+            tried.append((gate, cal))
             log(
                 f"gate with {method} calibration: agreement {gate.agreement:.4f}, "
                 f"{'passed' if gate.passed else 'failed'}"
@@ -155,8 +159,17 @@ def export_run(
                 gate = _retry_with_fp32_layers(
                     cal, trt_path, int8_path, val.inputs, fp32_logits, gate_of, work, options
                 )
-            if not gate.passed:
+            if not gate.passed and options.require_int8:
                 raise GateFailed(gate)
+            if not gate.passed:
+                cal = max(tried, key=lambda t: t[0].agreement)[1]
+                write_int8(cal, trt_path, int8_path, [])
+                gate = gate_of([])  # of the files kept
+                log(
+                    "INT8 failed the accuracy gate: the bundle keeps FP32 as its default and "
+                    f"its INT8 model ({cal.method} calibration) marked as failed, which devices "
+                    "refuse to run (--require-int8: no bundle instead)"
+                )
 
         def reference_logits(path: Path) -> np.ndarray:  # Q/DQ as the ONNX spec defines them
             sess = runtime.session(path, options.threads, optimize=False)

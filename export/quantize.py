@@ -126,11 +126,16 @@ def calibrate(
         raise ExportError("the calibration set is empty (no training images?)")
     workdir.mkdir(parents=True, exist_ok=True)
     prepared = workdir / "prepared.onnx"
-    try:
-        quant_pre_process(str(fp32_path), str(prepared))
-    except Exception:  # ORT's symbolic shape inference gives up on some graphs (a DefectNet's
-        # size-matched upsampling); ONNX's own shape inference serves a CNN as well
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    # ORT's symbolic shape inference gives up on some graphs (a DefectNet's size-matched
+    # upsampling), dumping its state into the working folder: run it in ours, and fall back
+    # to ONNX's own shape inference, which serves a CNN as well.
+    with contextlib.chdir(workdir.resolve()):
+        try:
+            quant_pre_process(str(fp32_path.resolve()), str(prepared.resolve()))
+        except Exception:
+            quant_pre_process(
+                str(fp32_path.resolve()), str(prepared.resolve()), skip_symbolic_shape=True
+            )
     cache = workdir / f"calibration.{method}.json"
     cache.unlink(missing_ok=True)
     if method != "minmax":

@@ -11,12 +11,15 @@ import onnx
 import pytest
 import torch
 
+from lineqc.edge.backends import BackendError, open_backend
 from lineqc.edge.bundle import load_bundle
 from lineqc.edge.preprocess import PreprocessSpec, preprocess_batch
 from lineqc.export import onnx_export, quantize, runtime
 from lineqc.export.errors import ExportError, GateFailed
 from lineqc.export.pipeline import ExportOptions, export_run
 from lineqc.train.model import build_model
+
+from .conftest import FAST
 
 
 def test_bundle_models_qdq_and_dynamic_batch(
@@ -72,13 +75,27 @@ def test_broken_calibration_fails_the_gate(
 
     monkeypatch.setattr(quantize, "calibrate", shrunk)
     out = tmp_path / "bundle"
+    strict = ExportOptions(require_int8=True, **FAST)
     with pytest.raises(GateFailed) as failed:
-        export_run(tiny_run, export_dataset, out, keys[0], ExportOptions(calib_size=64))
+        export_run(tiny_run, export_dataset, out, keys[0], strict)
     result = failed.value.result
     assert not result.passed and result.agreement < 0.99
     assert "worst classes" in str(failed.value)
     assert result.worst_classes()[0] in str(failed.value)
-    assert not out.exists()  # a failing gate writes no bundle
+    assert not out.exists()  # --require-int8: a failing gate writes no bundle
+
+    # by default the bundle ships FP32 as its default; devices refuse its failed INT8 model
+    export_run(tiny_run, export_dataset, out, keys[0], ExportOptions(**FAST))
+    bundle = load_bundle(out, keys[1])
+    assert bundle.default_precision == "fp32"
+    assert bundle.manifest["models"]["int8"]["gate_passed"] is False
+    assert bundle.manifest["evaluation"]["gate"]["passed"] is False
+    assert bundle.gate_failure("fp32") is None
+    assert "top-1 agreement" in str(bundle.gate_failure("int8"))
+    with pytest.raises(BackendError, match="did not pass the accuracy gate"):
+        open_backend(bundle, "onnxruntime", threads=1, precision="int8")
+    open_backend(bundle, "onnxruntime", 1, "int8", allow_failed_gate=True).close()
+    open_backend(bundle, "onnxruntime", threads=1).close()  # its default, FP32
 
 
 def test_keeping_layers_in_fp32(tiny_run: Path, val_split, tmp_path: Path) -> None:
