@@ -39,7 +39,7 @@ def ensure_dataset(dataset: Path, source: Path) -> None:
         [*run, "import", str(source), "--format", "magnetic-tile", "--dataset", str(dataset)],
         check=True,
     )
-    subprocess.run([*run, "split", str(dataset), "--hold-out-session", "exp5"], check=True)
+    subprocess.run([*run, "split", str(dataset)], check=True)
 
 
 class PlainImages(Dataset[tuple[torch.Tensor, int]]):
