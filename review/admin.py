@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 
 from .agreement import PairAgreement, pair_agreement
 from .auth import SignedIn
-from .consensus import frame_states
+from .consensus import FrameState, frame_states
+from .frameview import frame_view
 from .gold import GoldScore, gold_audit
-from .queue import answers_by_frame, resolve
+from .queue import answers_by_frame, history_of, resolve
 from .store import (
     DEFAULT_SETTINGS,
     SKIP,
@@ -30,10 +31,11 @@ from .store import (
     get_setting,
     set_setting,
 )
-from .web import Admin, AdminPoster, render, store_of
+from .web import Admin, AdminPoster, answer_keys, render, store_of
 
 router = APIRouter()
 STATES = ("pending", "agreed", "disputed", "adjudicated")
+ADJUDICATE_PAGE = 200  # disputed frames the list shows (the count covers all of them)
 
 
 def _flagged(s: Session) -> dict[int, int]:
@@ -118,14 +120,41 @@ def change_settings(
     return RedirectResponse("/admin", 303)
 
 
+def _disputed(s: Session) -> tuple[list[Frame], dict[int, FrameState]]:
+    """The disputed frames, oldest capture first, and every flagged frame's state."""
+    states = frame_states(s, _flagged(s))
+    pks = [pk for pk, st in states.items() if st.consensus.state == "disputed"]
+    frames = s.scalars(select(Frame).where(Frame.id.in_(pks)).order_by(Frame.ts, Frame.id)).all()
+    return list(frames), states
+
+
 @router.get("/adjudicate")
 def adjudicate_page(request: Request, user: Admin) -> Response:
     with store_of(request).session() as s:
-        states = frame_states(s, _flagged(s))
-        disputed = [pk for pk, st in states.items() if st.consensus.state == "disputed"]
-        frames = s.scalars(select(Frame).where(Frame.id.in_(disputed)).order_by(Frame.ts)).all()
-        items = [(f, states[f.id].answers) for f in frames[:200]]
-    return render(request, "adjudicate.html", items=items, waiting=len(disputed), csrf=user.csrf)
+        frames, states = _disputed(s)
+        items = [(f, states[f.id].answers) for f in frames[:ADJUDICATE_PAGE]]
+    return render(request, "adjudicate.html", items=items, waiting=len(frames))
+
+
+@router.get("/adjudicate/{frame_pk}")
+def adjudicate_frame(request: Request, frame_pk: int, user: Admin) -> Response:
+    """One disputed frame with the frame page's viewer, guide and keys (classes only)."""
+    with store_of(request).session() as s:
+        frame = s.get(Frame, frame_pk)
+        if frame is None or frame.is_gold:
+            raise HTTPException(404, f"no frame {frame_pk} to adjudicate")
+        frames, states = _disputed(s)
+        history = history_of(s, frame.id)
+    return render(
+        request,
+        "adjudicate_frame.html",
+        **frame_view(request, frame),
+        state=states[frame.id],
+        history=history,
+        keys=answer_keys(frame.classes),
+        waiting=len(frames),
+        csrf=user.csrf,
+    )
 
 
 @router.post("/adjudicate/{frame_pk}")
@@ -149,4 +178,6 @@ def adjudicate(
                 frame_pk=frame.id, user_id=user.user_id, label=label, created_at=time.time()
             )
         )
-    return RedirectResponse("/adjudicate", 303)
+    with store_of(request).session() as s:
+        following = _disputed(s)[0]
+    return RedirectResponse(f"/adjudicate/{following[0].id}" if following else "/adjudicate", 303)

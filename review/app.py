@@ -1,8 +1,9 @@
-"""The inspectors' web app: sign-in, the queue, the frame page, labelling, images.
+"""The inspectors' web app: sign-in, the queue, the frame page, labelling.
 
 ``create_app(store)`` builds the FastAPI app (tests drive it with TestClient);
 ``serve(args)`` runs it with uvicorn for ``lineqc review serve``. Admin pages (agreement,
-settings, adjudication) live in ``admin.py``; shared page plumbing in ``web.py``.
+settings, adjudication) live in ``admin.py``; images, defect-map overlays and the guide's
+examples in ``media.py``; the class guide in ``guide.py``; shared page plumbing in ``web.py``.
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from typing import Annotated
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineqc.errors import LineqcError
 
-from . import admin
+from . import admin, media
 from .auth import (
     SESSION_TTL_S,
     authenticate,
@@ -30,9 +34,22 @@ from .auth import (
     same_token,
     start_session,
 )
+from .frameview import frame_view
+from .guide import Guide
 from .middleware import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
-from .queue import QUEUE_PAGE, Filters, QueueError, answer_of, build_queue, record_answer
-from .store import SKIP, UNSURE, Frame, Store, StoreError, User
+from .queue import (
+    CHANGE_WINDOW_S,
+    Filters,
+    QueueError,
+    answer_of,
+    build_queue,
+    changeable_until,
+    history_of,
+    last_answer,
+    parse_page,
+    record_answer,
+)
+from .store import SKIP, UNSURE, Adjudication, Frame, Store, User
 from .web import (
     HERE,
     LOGIN_CSRF_COOKIE,
@@ -40,6 +57,7 @@ from .web import (
     Inspector,
     NotSignedIn,
     Poster,
+    answer_keys,
     render,
     safe_next,
     store_of,
@@ -51,15 +69,26 @@ KEY_UNSURE = "u"
 KEY_SKIP = "s"
 
 
-def create_app(store: Store, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    store: Store,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    *,
+    guide: Guide | None = None,
+    change_window_s: float = CHANGE_WINDOW_S,
+) -> FastAPI:
+    """The app on ``store``; ``guide``: the class guide (default: built-in descriptions and
+    examples from the store); ``change_window_s``: how long an answer may be changed."""
     app = FastAPI(title="lineqc review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+    app.state.guide = guide if guide is not None else Guide()
+    app.state.change_window_s = change_window_s
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: on every response, errors included
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_error_pages(app)
     _add_sign_in(app)
     _add_inspection(app)
+    app.include_router(media.router)
     app.include_router(admin.router)
     return app
 
@@ -175,11 +204,29 @@ def _frame_url(frame: Frame | None, filters: Filters) -> str:
     return with_query(path, filters.as_params())
 
 
-def _keys(frame: Frame) -> list[tuple[str, str]]:
-    """(key, label) per answer button: 1..9 for the frame's first nine classes in order (a
-    tenth class and beyond get a button without a key), then unsure and skip."""
-    keys = [(str(i) if i <= 9 else "", c) for i, c in enumerate(frame.classes, start=1)]
-    return [*keys, (KEY_UNSURE, UNSURE), (KEY_SKIP, SKIP)]
+ANSWER_EXTRAS = ((KEY_UNSURE, UNSURE), (KEY_SKIP, SKIP))
+
+
+def _page_url(filters: Filters, page: int) -> str:
+    return with_query("/queue", {**filters.as_params(), "page": str(page)})
+
+
+def _answer_view(s: Session, request: Request, frame: Frame, user_id: int) -> dict[str, Any]:
+    """The inspector's own answer on the frame page: what they answered, until when they may
+    change it, what they replaced, and their last answer elsewhere (the back key)."""
+    window: float = request.app.state.change_window_s
+    now = time.time()
+    mine = answer_of(s, frame.id, user_id)
+    until = changeable_until(mine, s.get(Adjudication, frame.id) is not None, window)
+    last = last_answer(s, user_id)
+    if last is not None and (last.frame_pk == frame.id or now > last.created_at + window):
+        last = None
+    return {
+        "mine": mine if mine is not None and mine.label != SKIP else None,
+        "change_until": until if until is not None and now <= until else None,
+        "history": history_of(s, frame.id, user_id),
+        "last": last,
+    }
 
 
 def _add_inspection(app: FastAPI) -> None:
@@ -190,14 +237,18 @@ def _add_inspection(app: FastAPI) -> None:
     @app.get("/queue")
     def queue_page(request: Request, user: Inspector) -> Response:
         filters = Filters.parse(request.query_params)
+        number = parse_page(request.query_params.get("page"))
         store = store_of(request)
         with store.session() as s:
             queue = build_queue(s, user.user_id, filters)
+            page = queue.page(number)
             return render(
                 request,
                 "queue.html",
                 queue=queue,
-                frames=queue.frames[:QUEUE_PAGE],
+                page=page,
+                prev_url=_page_url(filters, page.number - 1) if page.number > 1 else None,
+                next_url=_page_url(filters, page.number + 1) if page.number < page.pages else None,
                 filters=filters,
                 params=filters.as_params(),
                 choices=_choices(store),
@@ -218,14 +269,14 @@ def _add_inspection(app: FastAPI) -> None:
             if frame is None:
                 raise HTTPException(404, f"no frame {frame_pk}")
             waiting = build_queue(s, user.user_id, filters).waiting
-            mine = answer_of(s, frame.id, user.user_id)
+            answer = _answer_view(s, request, frame, user.user_id)
         return render(
             request,
             "frame.html",
-            frame=frame,
-            bars=list(zip(frame.classes, frame.probabilities, strict=False)),
-            keys=_keys(frame),
-            mine=mine,
+            **frame_view(request, frame),
+            **answer,
+            keys=answer_keys(frame.classes, ANSWER_EXTRAS),
+            change_keys=answer_keys(frame.classes, ANSWER_EXTRAS[:1]),  # a change: no skip
             waiting=waiting,
             filters=filters,
             params=filters.as_params(),
@@ -240,27 +291,11 @@ def _add_inspection(app: FastAPI) -> None:
     ) -> Response:
         filters = Filters.parse(request.query_params)
         store = store_of(request)
-        record_answer(store, user.user_id, frame_pk, label)  # as the session's user, only
+        window = request.app.state.change_window_s
+        record_answer(store, user.user_id, frame_pk, label, window)  # as the session's user
         with store.session() as s:
             following = build_queue(s, user.user_id, filters).first
         return RedirectResponse(_frame_url(following, filters), 303)
-
-    @app.get("/image/{sha256}")
-    def image(request: Request, sha256: str, user: Inspector) -> Response:
-        store = store_of(request)
-        try:
-            path = store.image_path(sha256)
-        except StoreError:
-            raise HTTPException(404, "no such image") from None
-        # image_path refuses names that are not a sha256; a link planted in the store that
-        # points elsewhere is refused here (the resolved file must lie in the store).
-        root = store.images.resolve()
-        real = path.resolve()
-        if not real.is_relative_to(root) or not real.is_file():
-            raise HTTPException(404, "no such image")
-        return FileResponse(
-            real, media_type="image/jpeg", headers={"cache-control": "private, max-age=86400"}
-        )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -281,6 +316,12 @@ def serve(args: argparse.Namespace) -> int:
     """``lineqc review serve``: the app on ``--host``/``--port`` until interrupted."""
     import uvicorn
 
+    guide = Guide.load(
+        Path(args.dataset) if args.dataset else None, Path(args.guide) if args.guide else None
+    )
+    window = float(args.change_window)
+    if not window >= 0:  # NaN too
+        raise LineqcError(f"--change-window {window:g}: must be 0 (no changes) or more seconds")
     store = Store(args.db, args.images)
     with store.session() as s:
         users = s.scalar(select(func.count(User.id))) or 0
@@ -295,7 +336,10 @@ def serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     config = uvicorn.Config(
-        create_app(store), log_level="warning", access_log=False, proxy_headers=False
+        create_app(store, guide=guide, change_window_s=window),
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])

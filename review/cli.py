@@ -27,6 +27,33 @@ def _db_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _guide_args(p: argparse.ArgumentParser) -> None:
+    """The web app's options beyond the store: the class guide and the change window."""
+    from .queue import CHANGE_WINDOW_S
+
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="a lineqc dataset whose labelled images the class guide shows as examples, and "
+        "whose OK class it marks (default: examples from frames already labelled here)",
+    )
+    p.add_argument(
+        "--guide",
+        default=None,
+        metavar="FILE",
+        help="YAML mapping class name -> one-line description for the class guide "
+        "(adds to or replaces the built-in ones)",
+    )
+    p.add_argument(
+        "--change-window",
+        type=float,
+        default=CHANGE_WINDOW_S,
+        metavar="S",
+        help="seconds an inspector may change an answer after giving it; 0: never "
+        f"(default: {CHANGE_WINDOW_S:g})",
+    )
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="review_cmd", metavar="COMMAND", required=True)
 
@@ -77,6 +104,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     _db_args(p)
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    _guide_args(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("add-gold", help="mix frames with known labels from a dataset into review")
@@ -102,6 +130,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device-config", required=True, help="the replaying device's YAML")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--no-serve", action="store_true", help="stop before starting the app")
+    _guide_args(p)
     p.set_defaults(func=_demo)
 
 

@@ -62,6 +62,4 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     from .app import serve
 
-    return serve(
-        argparse.Namespace(db=args.db, images=args.images, host="127.0.0.1", port=args.port)
-    )
+    return serve(argparse.Namespace(**{**vars(args), "host": "127.0.0.1"}))

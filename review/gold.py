@@ -29,7 +29,7 @@ GOLD_PREFIX = "gold-"
 JPEG_QUALITY = 90
 
 
-def _jpeg(root: Path, record: Record) -> bytes:
+def dataset_jpeg(root: Path, record: Record) -> bytes:
     """The row's image as JPEG bytes (JPEG files as they are, others re-encoded)."""
     path = root / record.path
     try:
@@ -89,7 +89,7 @@ def add_gold(args: argparse.Namespace) -> int:
             device, site, line, camera, model = (
                 rng.choice(origins) if origins else (record.source, "-", "-", "-", "-")
             )
-            digest = store.put_image(_jpeg(root, record))  # the file first, then its row
+            digest = store.put_image(dataset_jpeg(root, record))  # the file first, then its row
             now = time.time()
             with store.session() as s:
                 s.add(

@@ -5,6 +5,11 @@ has not answered it. A skip is stored as U's answer ``SKIP``: the frame goes to 
 U's queue (skipped frames oldest skip first) and stays in everyone else's; a later real
 answer replaces the skip, so there is one row per (frame, inspector).
 
+U may change an answer for ``change_window_s`` seconds after giving it (a slip of the key,
+a second look), unless an admin has adjudicated the frame. The row in ``reviews`` then holds
+the new answer (the one that counts) and ``review_history`` the one it replaced, as it does
+for a replaced skip: nothing is overwritten without a trace.
+
 Gold frames (known labels, ``gold.py``) are slipped in until U has answered each of them:
 before each new frame a stable draw, with probability ``gold_share``, puts one of U's
 unanswered gold frames first. The draw depends on how many answers U has given, so it is
@@ -14,6 +19,7 @@ the same on every page load and changes with each answer.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -27,9 +33,21 @@ from lineqc.errors import LineqcError
 
 from .consensus import Consensus, consensus
 from .priority import priority
-from .store import SKIP, UNSURE, Adjudication, Frame, Review, Store, get_setting, in_share
+from .store import (
+    SKIP,
+    UNSURE,
+    Adjudication,
+    Frame,
+    Review,
+    ReviewHistory,
+    Store,
+    User,
+    get_setting,
+    in_share,
+)
 
-QUEUE_PAGE = 200  # rows the queue page lists (the count covers all of them)
+QUEUE_PAGE = 24  # frames per queue page (the count covers all of them)
+CHANGE_WINDOW_S = 300.0  # how long an inspector may change an answer (lineqc review serve)
 
 
 class QueueError(LineqcError):
@@ -151,6 +169,22 @@ def _gold_order(user_id: int, frame: Frame) -> bytes:
     return hashlib.sha256(f"{user_id}:{frame.frame_id}".encode()).digest()
 
 
+@dataclass(frozen=True)
+class Page:
+    number: int  # from 1
+    pages: int  # at least 1
+    frames: list[Frame]
+
+
+def parse_page(value: str | None) -> int:
+    """A page number from the query (1 when absent); a malformed one is refused."""
+    if not value:
+        return 1
+    if re.fullmatch(r"[1-9][0-9]{0,8}", value) is None:
+        raise QueueError(f"page: {value[:20]!r} is not a page number", 400)
+    return int(value)
+
+
 @dataclass
 class Queue:
     frames: list[Frame]  # in the order the inspector gets them
@@ -163,12 +197,18 @@ class Queue:
     def first(self) -> Frame | None:
         return self.frames[0] if self.frames else None
 
+    def page(self, number: int) -> Page:
+        """Page ``number`` of QUEUE_PAGE frames; past the end (frames labelled since the
+        link was made), the last page."""
+        pages = max(1, -(-len(self.frames) // QUEUE_PAGE))
+        number = min(number, pages)
+        start = (number - 1) * QUEUE_PAGE
+        return Page(number, pages, self.frames[start : start + QUEUE_PAGE])
 
-def answer_of(s: Session, frame_pk: int, user_id: int) -> str | None:
+
+def answer_of(s: Session, frame_pk: int, user_id: int) -> Review | None:
     """The inspector's stored answer for a frame (SKIP included), if any."""
-    return s.scalar(
-        select(Review.label).where(Review.frame_pk == frame_pk, Review.user_id == user_id)
-    )
+    return s.scalar(select(Review).where(Review.frame_pk == frame_pk, Review.user_id == user_id))
 
 
 def build_queue(s: Session, user_id: int, filters: Filters, now: float | None = None) -> Queue:
@@ -215,8 +255,25 @@ def build_queue(s: Session, user_id: int, filters: Filters, now: float | None = 
     return Queue(first + fresh + skipped)
 
 
-def record_answer(store: Store, user_id: int, frame_pk: int, label: str) -> None:
-    """Store ``user_id``'s answer (a class, UNSURE or SKIP) for a frame that waits for it."""
+def changeable_until(
+    review: Review | None, adjudicated: bool, change_window_s: float
+) -> float | None:
+    """Until when this answer may be changed; None when it may not (a skip is no answer)."""
+    if review is None or review.label == SKIP or adjudicated or change_window_s <= 0:
+        return None
+    return review.created_at + change_window_s
+
+
+def record_answer(
+    store: Store,
+    user_id: int,
+    frame_pk: int,
+    label: str,
+    change_window_s: float = CHANGE_WINDOW_S,
+) -> None:
+    """Store ``user_id``'s answer (a class, UNSURE or SKIP) for a frame that waits for it,
+    or change their answer within ``change_window_s`` (to a class or UNSURE)."""
+    now = time.time()
     with store.session() as s:
         # Locks the frame row (PostgreSQL) so two inspectors cannot both take its last slot.
         frame = s.get(Frame, frame_pk, with_for_update=True)
@@ -230,13 +287,71 @@ def record_answer(store: Store, user_id: int, frame_pk: int, label: str) -> None
             )
         rows = answers_by_frame(s, [frame.id])[frame.id]
         mine = next((r for r in rows if r.user_id == user_id), None)
-        if mine is not None and mine.label != SKIP:
-            raise QueueError("you already answered this frame", 409)
         adjudicated = s.get(Adjudication, frame.id)
+        if mine is not None and mine.label != SKIP:
+            until = changeable_until(mine, adjudicated is not None, change_window_s)
+            _check_change(label, until, now)
+            if label != mine.label:
+                replace_answer(s, mine, label, now)
+            return
         if not frame.is_gold and resolve(frame, rows, adjudicated).state != "pending":
             raise QueueError("this frame no longer waits for review", 409)
         if mine is None:
-            s.add(Review(frame_pk=frame.id, user_id=user_id, label=label, created_at=time.time()))
+            s.add(Review(frame_pk=frame.id, user_id=user_id, label=label, created_at=now))
         else:  # a skip, replaced (or a skip again: back of the queue once more)
-            mine.label = label
-            mine.created_at = time.time()
+            replace_answer(s, mine, label, now)
+
+
+def _check_change(label: str, until: float | None, now: float) -> None:
+    if until is None or now > until:
+        raise QueueError("you already answered this frame (too late to change it)", 409)
+    if label == SKIP:
+        raise QueueError("an answer can change to a class or unsure, not to a skip", 400)
+
+
+def replace_answer(s: Session, review: Review, label: str, now: float) -> None:
+    """Give ``review`` a new label, keeping the one it had in ``review_history``."""
+    s.add(
+        ReviewHistory(
+            frame_pk=review.frame_pk,
+            user_id=review.user_id,
+            label=review.label,
+            answered_at=review.created_at,
+            replaced_at=now,
+        )
+    )
+    review.label = label
+    review.created_at = now
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """An answer its inspector replaced (``review_history``), for the pages."""
+
+    inspector: str
+    label: str
+    answered_at: float
+    replaced_at: float
+
+
+def history_of(s: Session, frame_pk: int, user_id: int | None = None) -> list[Replaced]:
+    """The answers replaced on a frame (by one inspector, or by all), oldest first."""
+    query = (
+        select(User.name, ReviewHistory.label, ReviewHistory.answered_at, ReviewHistory.replaced_at)
+        .join(User, User.id == ReviewHistory.user_id)
+        .where(ReviewHistory.frame_pk == frame_pk)
+        .order_by(ReviewHistory.replaced_at, ReviewHistory.id)
+    )
+    if user_id is not None:
+        query = query.where(ReviewHistory.user_id == user_id)
+    return [Replaced(*row) for row in s.execute(query)]
+
+
+def last_answer(s: Session, user_id: int) -> Review | None:
+    """The inspector's latest answer (not a skip): what the "back" key reopens."""
+    return s.scalar(
+        select(Review)
+        .where(Review.user_id == user_id, Review.label != SKIP)
+        .order_by(Review.created_at.desc(), Review.id.desc())
+        .limit(1)
+    )

@@ -9,9 +9,9 @@ the image's sha256 does); the first map stored for an image is kept. A frame is 
 once per ``frame_id`` (the devices deliver at least once).
 
 Tables: ``frames`` (one flagged or gold frame), ``users``, ``sessions`` (web sign-ins),
-``reviews`` (one inspector's answer for one frame), ``adjudications`` (the final word on a
-disagreement), ``rejects`` (malformed messages the collector counted, without the payload)
-and ``settings``.
+``reviews`` (one inspector's current answer for one frame), ``review_history`` (the answers
+they replaced), ``adjudications`` (the final word on a disagreement), ``rejects`` (malformed
+messages the collector counted, without the payload) and ``settings``.
 """
 
 from __future__ import annotations
@@ -122,6 +122,22 @@ class Review(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     label: Mapped[str] = mapped_column(String(100))  # a class, UNSURE or SKIP
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ReviewHistory(Base):
+    """An answer its inspector replaced: a skip answered later, or an answer changed within
+    the change window. ``reviews`` holds each inspector's current answer (the one that
+    counts); this table keeps every earlier one, so nothing is overwritten silently. A new
+    table, not a column: ``create_all`` adds it to an existing database."""
+
+    __tablename__ = "review_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_pk: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    label: Mapped[str] = mapped_column(String(100))  # the answer replaced
+    answered_at: Mapped[float] = mapped_column(Float)  # when it had been given
+    replaced_at: Mapped[float] = mapped_column(Float)
 
 
 class Adjudication(Base):

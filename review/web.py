@@ -34,6 +34,11 @@ def when(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
+def clock(ts: float) -> str:
+    """The time of day of a Unix time, for times within the hour (an answer's window)."""
+    return datetime.fromtimestamp(ts).astimezone().strftime("%H:%M:%S")
+
+
 def with_query(path: str, params: dict[str, str]) -> str:
     return f"{path}?{urlencode(params)}" if params else path
 
@@ -43,9 +48,33 @@ def ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+REASON_WORDS = {  # the decision policy's reason codes (edge/decision.py), for inspectors
+    "low_confidence": "low confidence",
+    "ambiguous": "two classes nearly tied",
+    "below_class_threshold": "below the class's threshold",
+    "anomalous": "unlike the good parts the model learnt from",
+}
+
+
+def reason_words(code: str | None) -> str:
+    """Why the model was unsure, in words; an unknown code as it is."""
+    return "—" if code is None else REASON_WORDS.get(code, code)
+
+
 _ENV.filters["when"] = when
+_ENV.filters["clock"] = clock
 _ENV.filters["ratio"] = ratio
+_ENV.filters["reason_words"] = reason_words
 _ENV.globals["with_query"] = with_query
+
+
+def answer_keys(
+    classes: list[str], extra: tuple[tuple[str, str], ...] = ()
+) -> list[tuple[str, str]]:
+    """(key, label) per answer button: 1..9 for the first nine classes in order (a tenth
+    class and beyond get a button without a key), then ``extra`` (unsure, skip)."""
+    keys = [(str(i) if i <= 9 else "", c) for i, c in enumerate(classes, start=1)]
+    return [*keys, *extra]
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:

@@ -140,17 +140,22 @@ class Seeder:
         required: int = 1,
         ts: float | None = None,
         gold: str | None = None,
+        **fields: Any,
     ) -> int:
+        """A frame with the synthetic dataset's classes; ``fields`` override the sample's."""
+        meta: dict[str, Any] = {
+            "model_version": "2026.1",
+            "classes": CLASSES,
+            "probabilities": [0.1, 0.2, 0.45, 0.25],
+            "reason": "low_confidence",
+        }
         sample = wire_sample(
             frame_id,
             jpeg=jpeg,
             image_error=None if jpeg else "too large even re-encoded",
             ts=NOW - 2 * HOUR if ts is None else ts,
             seq=int(ts or NOW) % 1000,
-            model_version="2026.1",
-            classes=CLASSES,
-            probabilities=[0.1, 0.2, 0.45, 0.25],
-            reason="low_confidence",
+            **{**meta, **fields},
         )
         assert self.store.add_sample(sample)
         with self.store.session() as s:
@@ -184,6 +189,32 @@ class Scenario:
     frames: dict[str, str]  # name -> frame_id
     labels: dict[str, str]  # name -> the label it should get in the dataset
     new_ids: list[str]  # frame_ids of the new line images (all agreed)
+
+
+@dataclass(frozen=True)
+class LineFrame:
+    label: str
+    jpeg: bytes  # 256 x 192: a synthetic part, as a camera on the line would see it
+    cells: np.ndarray  # its defect map, 8-pixel cells (32 x 24): the mask, as a model would
+
+
+def line_frames(n: int, seed: int = 11) -> list[LineFrame]:
+    """``n`` synthetic parts cropped to 4:3 (a frame is rarely square), each with a defect
+    map made from its defect mask, so a test can see the map lie over the defect."""
+    out = []
+    for c in candidates(n, seed=seed, size=256):
+        image = cv2.imdecode(np.frombuffer(c.read(), np.uint8), cv2.IMREAD_UNCHANGED)[32:224]
+        mask_png = c.read_mask()
+        mask = (
+            np.zeros(image.shape[:2], np.uint8)
+            if mask_png is None
+            else cv2.imdecode(np.frombuffer(mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)[32:224]
+        )
+        share = cv2.resize(mask.astype(np.float32) / 255, (32, 24), interpolation=cv2.INTER_AREA)
+        cells = np.clip(0.03 + share * 3.0, 0.0, 1.0)  # a cell half covered is a sure one
+        jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        out.append(LineFrame(str(c.label), jpeg, cells))
+    return out
 
 
 def row_id(frame_id: str, camera: str = "cam0") -> str:

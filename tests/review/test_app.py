@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import html
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -15,21 +16,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sklearn.metrics import cohen_kappa_score
 from sqlalchemy import func, select
 
+from lineqc.edge.defect_map import decode_png
+from lineqc.edge.defect_map import png as png_bytes
 from lineqc.edge.wire import Sample
 from lineqc.review.app import create_app
 from lineqc.review.auth import add_user
 from lineqc.review.gold import add_gold
+from lineqc.review.media import OVERLAY_BGR, OVERLAY_MAX_ALPHA
+from lineqc.review.queue import CHANGE_WINDOW_S, QUEUE_PAGE
 from lineqc.review.store import (
     SKIP,
     UNSURE,
     Adjudication,
     Frame,
     Review,
+    ReviewHistory,
     Store,
     User,
     WebSession,
@@ -37,6 +45,7 @@ from lineqc.review.store import (
     set_setting,
 )
 from lineqc.review.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from tests.review.kit import defect_map
 
 PASSWORD = "long enough password"
 CLASSES = ["ok", "scratch", "dent"]
@@ -374,6 +383,43 @@ def test_images_are_served_only_from_the_store(sqlite_site: Site, tmp_path: Path
         assert raw_get(sqlite_site.app, path, cookie) == 404, path
 
 
+def test_defect_map_is_served_as_an_overlay_of_its_size(sqlite_site: Site, tmp_path: Path) -> None:
+    cells = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 0.1]], np.float32)
+    mapped = sqlite_site.add("dev1-cam0-1-1", defect_map=defect_map(cells))
+    plain = sqlite_site.add("dev1-cam0-1-2")
+    store = sqlite_site.store
+    with store.session() as s:
+        sha, other = s.get(Frame, mapped).image_sha256, s.get(Frame, plain).image_sha256
+    assert sha and other
+    ann = sqlite_site.login("ann")
+    response = ann.get(f"/defect-map/{sha}")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    overlay = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (2, 3, 4)  # BGRA, the map's own size: the page stretches it
+    stored = decode_png(store.defect_map_path(sha).read_bytes())
+    expected = np.rint(stored * OVERLAY_MAX_ALPHA * 255)
+    np.testing.assert_array_equal(overlay[..., 3], expected)  # alpha follows probability
+    assert (overlay[..., :3] == OVERLAY_BGR).all()  # red
+    # the frame page offers the overlay only where there is a map
+    assert 'id="defect-map-toggle"' in ann.get(f"/frame/{mapped}").text
+    assert f'src="/defect-map/{sha}"' in ann.get(f"/frame/{mapped}").text
+    assert "defect-map" not in ann.get(f"/frame/{plain}").text
+    assert ann.get(f"/defect-map/{other}").status_code == 404  # no map for this image
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(np.full((2, 2), 1.0, np.float32)))
+    planted = "ab" * 32
+    store.defect_map_path(planted).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(secret, store.defect_map_path(planted))
+    for name in ["..%2f..%2fsecret.png", sha.upper(), sha[:-1], "z" * 64, planted,
+                 f"{sha}.defect.png", f"..%2f{sha[:2]}%2f{sha}.defect.png"]:  # fmt: skip
+        assert ann.get(f"/defect-map/{name}").status_code == 404, name
+    cookie = f"{SESSION_COOKIE}={ann.client.cookies[SESSION_COOKIE]}"
+    for path in ["/defect-map/../../secret.png", f"/defect-map/../{sha[:2]}/{sha}.defect.png"]:
+        assert raw_get(sqlite_site.app, path, cookie) == 404, path
+    assert TestClient(sqlite_site.app).get(f"/defect-map/{sha}").status_code == 401
+
+
 def test_security_headers_and_escaping(sqlite_site: Site) -> None:
     pk = sqlite_site.add("dev1-cam0-1-1", reason="<script>alert(1)</script>", line="l<b>1")
     ann = sqlite_site.login("ann")
@@ -448,6 +494,37 @@ def test_every_filter_narrows_the_queue(site: Site) -> None:
     assert last.headers["location"] == "/queue?line=line2"
 
 
+def test_queue_pages_thumbnails_and_reasons_in_words(sqlite_site: Site) -> None:
+    site = sqlite_site
+    n = QUEUE_PAGE + 5
+    reasons = ["ambiguous", "below_class_threshold", "low_confidence"]
+    pks = [site.add(f"f{i:02d}", reason=reasons[i % 3]) for i in range(n)]
+    other = site.add("other-line", line="line2")
+    ann = site.login("ann")
+    first = ann.get("/queue").text
+    assert waiting_in(first) == n + 1
+    assert len(listed_in(first)) == QUEUE_PAGE
+    assert "page 1 of 2" in first and 'id="page-prev"' not in first
+    assert len(re.findall(r'<img class="thumb" src="/image/[0-9a-f]{64}"', first)) == QUEUE_PAGE
+    text = html.unescape(first)
+    for words in ["two classes nearly tied", "below the class's threshold", "low confidence"]:
+        assert words in text
+    assert "below_class_threshold" not in text
+    second = ann.get("/queue?page=2").text
+    assert sorted(listed_in(first) + listed_in(second)) == sorted([*pks, other])
+    assert "page 2 of 2" in second and 'id="page-next"' not in second
+    assert 'href="/queue?page=1"' in second
+    # the filters go with the pages, and a page past the end shows the last one
+    filtered = ann.get("/queue?line=line1&page=2").text
+    assert len(listed_in(filtered)) == n - QUEUE_PAGE and other not in listed_in(filtered)
+    assert 'href="/queue?line=line1&amp;page=1"' in filtered
+    assert listed_in(ann.get("/queue?page=9").text) == listed_in(second)
+    for bad in ["0", "-1", "x", "1.5", "²", "9" * 20]:
+        assert ann.get(f"/queue?page={bad}").status_code == 400, bad
+    frame = html.unescape(ann.get(f"/frame/{pks[1]}").text)
+    assert "below the class's threshold" in frame and "Captured" in frame
+
+
 # ---- labelling ----------------------------------------------------------------------------
 
 
@@ -511,10 +588,82 @@ def test_labels_outside_the_frame_classes_and_repeats_are_refused(site: Site) ->
     assert ann.get("/frame/abc").status_code == 400
     assert site.reviews() == []
     assert ann.label(pk, "ok").status_code == 303
-    assert ann.label(pk, "dent").status_code == 409  # answered already
     bob = site.login("bob")
     assert bob.label(pk, "dent").status_code == 409  # single review: done
     assert site.reviews() == [("f1", "ann", "ok")]
+
+
+def history(site: Site) -> list[tuple[str, str, str]]:
+    """(frame id, inspector, replaced answer) of every answer replaced, oldest first."""
+    with site.store.session() as s:
+        rows = s.execute(
+            select(Frame.frame_id, User.name, ReviewHistory.label)
+            .join(Frame, Frame.id == ReviewHistory.frame_pk)
+            .join(User, User.id == ReviewHistory.user_id)
+            .order_by(ReviewHistory.id)
+        )
+        return [tuple(r) for r in rows]
+
+
+def backdate(site: Site, frame_pk: int, seconds: float) -> None:
+    with site.store.session() as s:
+        for review in s.scalars(select(Review).where(Review.frame_pk == frame_pk)):
+            review.created_at -= seconds
+
+
+def test_an_answer_can_be_changed_within_the_window_and_the_history_keeps_it(
+    site: Site,
+) -> None:
+    first, second = site.add("f1"), site.add("f2")
+    ann = site.login("ann")
+    assert ann.label(first, "ok").status_code == 303
+    page = ann.get(f"/frame/{first}").text
+    assert 'id="your-answer"' in page and "change it, until" in page
+    keys = re.findall(r'name="label" value="([^"]+)" data-key="([^"]+)"', page)
+    assert keys == [("ok", "1"), ("scratch", "2"), ("dent", "3"), (UNSURE, "u")]  # no skip
+    # the next frame links back to it (key b)
+    assert f'id="last-answer" href="/frame/{first}"' in ann.get(f"/frame/{second}").text
+
+    assert ann.label(first, "dent").headers["location"] == f"/frame/{second}"
+    assert site.reviews() == [("f1", "ann", "dent")]  # the new answer counts
+    assert history(site) == [("f1", "ann", "ok")]  # the old one is kept
+    assert ann.label(first, "dent").status_code == 303  # the same answer again: no change
+    assert ann.label(first, SKIP).status_code == 400  # an answer is not taken back
+    assert history(site) == [("f1", "ann", "ok")]
+    assert "<strong>ok</strong> at" in ann.get(f"/frame/{first}").text  # shown to ann
+
+    backdate(site, first, CHANGE_WINDOW_S + 1)  # too late now
+    assert ann.label(first, "scratch").status_code == 409
+    page = ann.get(f"/frame/{first}").text
+    assert "change it" not in page and 'id="label-form"' not in page
+    assert 'id="last-answer"' not in ann.get(f"/frame/{second}").text
+    assert site.reviews() == [("f1", "ann", "dent")]
+
+    # a skip replaced by an answer is kept too
+    assert ann.label(second, SKIP).status_code == 303
+    assert ann.label(second, "scratch").status_code == 303
+    assert history(site) == [("f1", "ann", "ok"), ("f2", "ann", SKIP)]
+
+
+def test_no_change_after_adjudication_or_with_a_zero_window(site: Site) -> None:
+    site.settings(double_review_share=1.0)
+    pk = site.add("f1")
+    ann, bob, root = site.login("ann"), site.login("bob"), site.login("root", admin=True)
+    ann.label(pk, "ok")
+    bob.label(pk, "dent")
+    assert ann.label(pk, "dent").status_code == 303  # agreed now, still within the window
+    assert ann.label(pk, "ok").status_code == 303  # disputed again
+    assert root.post(f"/adjudicate/{pk}", label="ok").status_code == 303
+    assert ann.label(pk, "scratch").status_code == 409  # the final word was given
+    assert history(site) == [("f1", "ann", "ok"), ("f1", "ann", "dent")]
+
+    strict = Site(site.store, site.make_sample, dict(site.users))
+    strict.app = create_app(site.store, change_window_s=0)
+    carol = strict.login("carol")
+    other = strict.add("f2")
+    assert carol.label(other, "ok").status_code == 303
+    assert carol.label(other, "dent").status_code == 409
+    assert "change it" not in carol.get(f"/frame/{other}").text
 
 
 # ---- double review, adjudication, gold, admin ---------------------------------------------
@@ -552,6 +701,41 @@ def test_double_review_agreed_disputed_adjudicated(site: Site) -> None:
         assert row is not None and (row.label, row.user_id) == ("dent", site.users["root"])
     assert states(site, root) == {"pending": 0, "agreed": 1, "disputed": 1, "adjudicated": 1}
     assert f'id="dispute-{disputed}"' not in root.get("/adjudicate").text
+
+
+def test_adjudication_page_has_the_viewer_keys_and_goes_to_the_next(site: Site) -> None:
+    site.settings(double_review_share=1.0)
+    early = site.add("early", ts=ts(10), defect_map=defect_map([[0.9, 0.1]]))
+    late = site.add("late", ts=ts(11))
+    agreed = site.add("agreed")
+    ann, bob, root = site.login("ann"), site.login("bob"), site.login("root", admin=True)
+    for pk, a, b in [(early, "ok", "dent"), (late, "scratch", UNSURE), (agreed, "ok", "ok")]:
+        ann.label(pk, a)
+        bob.label(pk, b)
+    ann.label(late, "dent")  # changed within the window: the adjudicator sees both
+    listing = root.get("/adjudicate").text
+    assert listed_in_adjudication(listing) == [early, late]
+    page = root.get(f"/adjudicate/{late}").text
+    assert '<img id="frame-image"' in page and "/static/frame.js" in page
+    keys = re.findall(r'name="label" value="([^"]+)" data-key="([^"]*)"', page)
+    assert keys == [("ok", "1"), ("scratch", "2"), ("dent", "3")]  # classes only
+    assert "ann: <strong>dent</strong>" in page and "bob: <strong>unsure</strong>" in page
+    assert "ann first answered <strong>scratch</strong>" in page
+    assert 'id="guide"' in page
+    assert 'id="defect-map-toggle"' in root.get(f"/adjudicate/{early}").text
+    assert 'id="not-disputed"' in root.get(f"/adjudicate/{agreed}").text
+    assert ann.get(f"/adjudicate/{late}").status_code == 403
+    assert root.get("/adjudicate/999999").status_code == 404
+    # each final label opens the next disputed frame, then the (empty) list
+    assert root.post(f"/adjudicate/{early}", label="dent").headers["location"] == (
+        f"/adjudicate/{late}"
+    )
+    assert root.post(f"/adjudicate/{late}", label="scratch").headers["location"] == "/adjudicate"
+    assert "No disputed frame waits" in root.get("/adjudicate").text
+
+
+def listed_in_adjudication(page: str) -> list[int]:
+    return [int(pk) for pk in re.findall(r'id="dispute-(\d+)"', page)]
 
 
 def test_admin_page_shows_kappa_per_pair_and_class(site: Site) -> None:

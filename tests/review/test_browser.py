@@ -12,14 +12,16 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import select
 
 from lineqc.edge.wire import Sample
-from lineqc.review.store import Review, Store, User, set_setting
-from tests.review.kit import review_serve
+from lineqc.review.store import Adjudication, Review, ReviewHistory, Store, User, set_setting
+from tests.review.kit import CLASSES as KIT_CLASSES
+from tests.review.kit import HOUR, NOW, Seeder, defect_map, line_frames, review_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -209,3 +211,271 @@ def test_the_running_server_refuses_paths_out_of_the_store(server: Server) -> No
         assert response.status == 404, path
         assert b"root:" not in body
     assert request("GET", "/queue", cookie=session).status == 200
+
+
+# ---- an inspector's shift: queue pages, the fitted frame, the defect map, the guide ------
+
+SHOTS = os.environ.get("LINEQC_SCREENSHOTS")  # a folder to keep the screenshots in
+
+
+@dataclass
+class Shift:
+    url: str
+    db: str
+    images: Path
+    shots: Path
+    waiting: int  # frames in ann's queue
+    disputed: int
+
+
+@pytest.fixture
+def shift(tmp_path: Path) -> Iterator[Shift]:
+    """36 synthetic line frames with defect maps: 6 already agreed by bob (the class guide's
+    examples), 2 disputed by bob and carol, the rest waiting; ann inspects, root adjudicates."""
+    if DEMO["url"]:
+        pytest.skip("needs its own frames, not the demo app's")
+    db, images = f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images"
+    store = Store(db, images)
+    with store.session() as s:
+        set_setting(s, "double_review_share", 0.0)
+    seeder = Seeder(store)
+    reasons = ["ambiguous", "low_confidence", "below_class_threshold"]
+    frames = []
+    for i, f in enumerate(line_frames(36)):
+        probs = [0.1, 0.1, 0.1, 0.1]
+        probs[KIT_CLASSES.index(f.label)] += 0.3 + 0.01 * (i % 7)  # leaning right, unsure
+        pk = seeder.frame(
+            f"dev1-cam0-7-{i:04d}", f.jpeg, required=2 if i in (1, 2) else 1,
+            ts=NOW - HOUR + 60 * i, probabilities=[p / sum(probs) for p in probs],
+            reason=reasons[i % 3], defect_map=defect_map(f.cells),
+        )  # fmt: skip
+        frames.append((pk, f.label))
+    for pk, label in frames[3:9]:
+        seeder.answer(pk, "bob", label)
+    for pk, _ in frames[1:3]:
+        seeder.answer(pk, "bob", "dent")
+        seeder.answer(pk, "carol", "scratch")
+    store.close()
+    lineqc_review("add-user", "ann", "--password-stdin", "--db", db, stdin=PASSWORD + "\n")
+    lineqc_review("add-user", "root", "--password-stdin", "--admin", "--db", db,
+                  stdin=PASSWORD + "\n")  # fmt: skip
+    shots = Path(SHOTS) if SHOTS else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    db_args = ["--db", db, "--images", str(images), "--host", "127.0.0.1"]
+    with review_serve(db_args, tmp_path / "serve.log") as url:
+        yield Shift(url, db, images, shots, waiting=36 - 8, disputed=2)
+
+
+def sign_in(driver: Any, url: str, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url + "login")
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "sign-in").click()
+    wait_for(driver, lambda d: urlsplit(d.current_url).path == "/queue")
+
+
+def wait_for(driver: Any, condition: Callable[[Any], Any]) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(condition)
+
+
+def loaded(driver: Any, image: Any) -> bool:
+    script = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+    return bool(driver.execute_script(script, image))
+
+
+def rect(driver: Any, element_id: str) -> dict[str, float]:
+    """The element's box on screen (CSS pixels)."""
+    box: dict[str, float] = driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return {left: r.left, top: r.top, width: r.width, height: r.height};",
+        element_id,
+    )
+    return box
+
+
+def same_box(a: dict[str, float], b: dict[str, float], tolerance: float = 1.0) -> bool:
+    return all(abs(a[k] - b[k]) <= tolerance for k in ("left", "top", "width", "height"))
+
+
+def fitted(driver: Any) -> dict[str, float]:
+    """The image's box once the viewer fitted it: whole, centred, touching two sides."""
+    wait_for(
+        driver, lambda d: "ready" in (d.find_element("id", "viewer").get_attribute("class") or "")
+    )
+    image, viewer = rect(driver, "frame-image"), rect(driver, "viewer")
+    assert image["left"] >= viewer["left"] - 1 and image["top"] >= viewer["top"] - 1
+    gaps = (
+        image["left"] - viewer["left"],
+        viewer["left"] + viewer["width"] - image["left"] - image["width"],
+        image["top"] - viewer["top"],
+        viewer["top"] + viewer["height"] - image["top"] - image["height"],
+    )
+    assert min(gaps) >= -1, (image, viewer)
+    assert abs(gaps[0] - gaps[1]) <= 1 and abs(gaps[2] - gaps[3]) <= 1, "not centred"
+    assert min(gaps[0] + gaps[1], gaps[2] + gaps[3]) <= 2, "fills neither width nor height"
+    return image
+
+
+def answers_of(db: str, images: Path, name: str) -> tuple[dict[int, str], list[tuple[int, str]]]:
+    """(frame pk -> current answer, [(frame pk, replaced answer)]) of one inspector."""
+    store = Store(db, images)
+    try:
+        with store.session() as s:
+            user = s.scalar(select(User.id).where(User.name == name))
+            current = dict(
+                s.execute(select(Review.frame_pk, Review.label).where(Review.user_id == user)).all()
+            )
+            replaced = s.execute(
+                select(ReviewHistory.frame_pk, ReviewHistory.label)
+                .where(ReviewHistory.user_id == user)
+                .order_by(ReviewHistory.id)
+            ).all()
+    finally:
+        store.close()
+    return current, [(int(pk), str(label)) for pk, label in replaced]
+
+
+def test_an_inspectors_shift(shift: Shift, chrome: object) -> None:
+    """Queue pages with thumbnails; a frame fitted to the viewer; the defect map over it at
+    fit and zoomed, toggled by `m` and remembered; the class guide on `g`; an answer
+    changed by going back (`b`), kept in the history."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(chrome, WebDriver)
+    driver = chrome
+
+    def press(key: str) -> None:
+        ActionChains(driver).send_keys(key).perform()
+
+    def frame_pk() -> int:
+        return int(driver.find_element(By.ID, "frame-page").get_attribute("data-frame") or 0)
+
+    def shot(name: str) -> None:
+        driver.save_screenshot(str(shift.shots / f"{name}.png"))
+
+    sign_in(driver, shift.url, "ann")
+    # the queue: a page of thumbnail cards, then the next page
+    cards = driver.find_elements(By.CSS_SELECTOR, "#queue-frames > li")
+    assert len(cards) == 24 and driver.find_element(By.ID, "page-of").text == "page 1 of 2"
+    assert int(driver.find_element(By.ID, "waiting-count").text) == shift.waiting
+    first_thumbs = driver.find_elements(By.CSS_SELECTOR, "#queue-frames img.thumb")[:5]
+    wait_for(driver, lambda d: all(loaded(d, t) for t in first_thumbs))
+    reasons = {c.find_element(By.CLASS_NAME, "reason").text for c in cards}
+    assert reasons == {
+        "two classes nearly tied", "low confidence", "below the class's threshold"
+    }  # fmt: skip
+    shot("queue")
+    driver.find_element(By.ID, "page-next").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "page-of").text == "page 2 of 2")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#queue-frames > li")) == shift.waiting - 24
+    driver.find_element(By.ID, "start").click()
+
+    # the frame opens fitted; the defect map is off until asked for
+    first = frame_pk()
+    at_fit = fitted(driver)
+    overlay = driver.find_element(By.ID, "defect-map")
+    toggle = driver.find_element(By.ID, "defect-map-toggle")
+    assert not overlay.is_displayed() and not toggle.is_selected()
+    shot("frame-fit")
+    press("m")
+    wait_for(driver, lambda d: overlay.is_displayed())
+    wait_for(driver, lambda d: loaded(d, overlay))
+    assert toggle.is_selected()
+    assert same_box(rect(driver, "defect-map"), at_fit)
+    shot("frame-map-fit")
+    press("+")
+    press("+")
+    wait_for(driver, lambda d: rect(d, "frame-image")["width"] > 2 * at_fit["width"])
+    assert same_box(rect(driver, "defect-map"), rect(driver, "frame-image"))
+    shot("frame-map-zoomed")
+    press("0")
+    wait_for(driver, lambda d: same_box(rect(d, "frame-image"), at_fit))
+
+    # the class guide, one key away: a line and examples per class, the OK class marked
+    press("g")
+    guide = driver.find_element(By.ID, "guide")
+    wait_for(driver, lambda d: guide.is_displayed())
+    entries = guide.find_elements(By.CLASS_NAME, "guide-entry")
+    assert [e.get_attribute("data-class") for e in entries] == KIT_CLASSES
+    for e in entries:
+        assert e.find_element(By.CLASS_NAME, "description").text
+    ok_entry = entries[KIT_CLASSES.index("ok")]
+    assert ok_entry.find_elements(By.CLASS_NAME, "ok-badge")
+    examples = guide.find_elements(By.CSS_SELECTOR, ".examples img")
+    assert examples  # bob's agreed frames
+    wait_for(driver, lambda d: all(loaded(d, img) for img in examples))
+    shot("guide")
+    press("g")
+    wait_for(driver, lambda d: not guide.is_displayed())
+
+    # answer, go back with `b`, change the answer; the next frame keeps the map on
+    page = driver.find_element(By.ID, "frame-page")
+    press(str(KIT_CLASSES.index("scratch") + 1))
+    wait_for(driver, lambda d: d.find_element(By.ID, "frame-page") != page)
+    assert frame_pk() != first
+    fitted(driver)
+    wait_for(driver, lambda d: d.find_element(By.ID, "defect-map").is_displayed())
+    press("b")
+    wait_for(driver, lambda d: frame_pk() == first)
+    notice = driver.find_element(By.ID, "your-answer").text
+    assert "You answered scratch" in notice and "change it" in notice
+    page = driver.find_element(By.ID, "frame-page")
+    press(str(KIT_CLASSES.index("dent") + 1))
+    wait_for(driver, lambda d: d.find_element(By.ID, "frame-page") != page)
+    current, replaced = answers_of(shift.db, shift.images, "ann")
+    assert current == {first: "dent"} and replaced == [(first, "scratch")]
+    driver.get(f"{shift.url}frame/{first}")
+    assert "scratch" in driver.find_element(By.ID, "history").text
+    shot("frame-changed")
+    press("m")  # off again, and remembered off
+    driver.get(f"{shift.url}frame/{first}")
+    fitted(driver)
+    assert not driver.find_element(By.ID, "defect-map").is_displayed()
+
+
+def test_adjudication_with_the_viewer_and_keys(shift: Shift, chrome: object) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(chrome, WebDriver)
+    driver = chrome
+    sign_in(driver, shift.url, "root")
+    driver.get(shift.url + "adjudicate")
+    thumbs = driver.find_elements(By.CSS_SELECTOR, "li.card-frame img.thumb")
+    assert len(thumbs) == shift.disputed
+    wait_for(driver, lambda d: all(loaded(d, t) for t in thumbs))
+    driver.save_screenshot(str(shift.shots / "adjudicate-list.png"))
+    driver.find_element(By.ID, "start").click()
+    at_fit = fitted(driver)
+    keys = [
+        b.get_attribute("data-key")
+        for b in driver.find_elements(By.CSS_SELECTOR, "#label-form button")
+    ]
+    assert keys == ["1", "2", "3", "4"]  # classes only: no unsure, no skip
+    assert "bob: dent" in driver.find_element(By.ID, "inspector-answers").text
+    ActionChains(driver).send_keys("+").perform()
+    wait_for(driver, lambda d: rect(d, "frame-image")["width"] > at_fit["width"] * 1.2)
+    driver.save_screenshot(str(shift.shots / "adjudicate-frame.png"))
+    ActionChains(driver).send_keys("0").perform()
+    decided = []
+    for key in ["2", "4"]:
+        page = driver.find_element(By.ID, "frame-page")
+        decided.append(int(page.get_attribute("data-frame") or 0))
+        ActionChains(driver).send_keys(key).perform()
+        wait_for(driver, lambda d, p=page: d.find_elements(By.ID, "frame-page") != [p])
+    wait_for(driver, lambda d: urlsplit(d.current_url).path == "/adjudicate")
+    assert "No disputed frame waits" in driver.page_source
+    store = Store(shift.db, shift.images)
+    try:
+        with store.session() as s:
+            rows = s.execute(select(Adjudication.frame_pk, Adjudication.label)).all()
+    finally:
+        store.close()
+    assert sorted(rows) == sorted(zip(decided, ["dent", "scratch"], strict=True))
