@@ -139,6 +139,21 @@ def edge_bundle(tmp_path_factory: pytest.TempPathFactory) -> EdgeBundle:
     )
 
 
+@pytest.fixture(scope="session")
+def defect_bundle(defect_run: tuple[Path, Path]) -> EdgeBundle:
+    """The DefectNet run (defect map, anomaly memory) exported by the real CLI."""
+    dataset, run = defect_run
+    work = run.parent
+    _cli("keys", "generate", "--out", "key", cwd=work)
+    _cli(
+        "export", str(run), "--dataset", str(dataset), "--out", "bundle", "--key", "key.key",
+        "--calib-size", "64", "--latency-reps", "20", cwd=work,
+    )  # fmt: skip
+    return EdgeBundle(
+        work / "bundle", work / "key.pub", work / "key.key", dataset, dataset / "images"
+    )
+
+
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
     """Start private Mosquitto brokers on free loopback ports; all stopped at the end."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -191,3 +192,36 @@ def test_missing_camera_is_reported_in_status_and_retried(edge, broker, subscrib
     assert proc.poll() is None  # still running, retrying
     edge.terminate(proc)
     assert proc.returncode == 0
+
+
+def test_a_defect_bundle_sends_its_map_and_anomaly_score(
+    tmp_path: Path, defect_bundle, broker, subscriber_factory
+) -> None:
+    from lineqc.edge.defect_map import decode_png
+    from tests.conftest import device_config
+
+    sub = subscriber_factory(broker.port)
+    cfg = device_config(
+        tmp_path, defect_bundle, broker.port, sampling={"audit_share": 1.0, "seed": 0}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "lineqc", "edge", "run", "--config", str(cfg), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    n = json.loads(proc.stdout)["frames"]
+    assert sub.wait_for(lambda: len(sub.docs("result")) >= n, 10)
+    samples = [parse_message(json.dumps(d)) for d in sub.docs("sample")]
+    assert len(samples) >= 10  # audit share 1, within the sampler's caps
+    for s in samples:
+        assert isinstance(s, Sample) and s.defect_map is not None and s.anomaly is not None
+        cells = decode_png(s.defect_map.png_bytes())
+        assert cells.shape == (s.defect_map.height, s.defect_map.width) == (8, 8)  # 64 px / 8
+    results = sub.docs("result")
+    assert all(isinstance(r.get("anomaly"), float) for r in results)
+    # the map marks defect frames more than OK frames
+    top = {s.frame_id: float(decode_png(s.defect_map.png_bytes()).max()) for s in samples}
+    labelled = [(s.label == "ok", top[s.frame_id]) for s in samples]
+    ok_peak = np.median([t for is_ok, t in labelled if is_ok])
+    defect_peak = np.median([t for is_ok, t in labelled if not is_ok])
+    assert defect_peak > ok_peak
