@@ -71,7 +71,7 @@ demo: setup $(BUNDLE)/manifest.json
 	$(BIN)/lineqc bundle verify $(BUNDLE) --pubkey $(KEY).pub
 	rm -rf $(RUNS)/review $(RUNS)/edge
 	$(BIN)/lineqc review demo --device-config firmware_config/replay-demo.yaml \
-	  --db $(RUNS)/review/review.db --port $(REVIEW_PORT)
+	  --db $(RUNS)/review/review.db --port $(REVIEW_PORT) --dataset $(DS)
 
 ## demo-inspect: with `make demo` serving, a scripted inspector labels three frames in Chromium
 demo-inspect:
