@@ -17,6 +17,8 @@ import glob
 import hashlib
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ import numpy as np
 from lineqc.errors import LineqcError
 
 from .config import CameraConfig
+from .imagesize import ImageSizeError, bounded_size
 
 log = logging.getLogger("lineqc.edge.sources")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -87,6 +90,28 @@ def decode_image(data: bytes) -> np.ndarray | None:
     return image
 
 
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file; OSError for anything else (a FIFO or a device would
+    block the read forever, and the replay with it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not block either
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"not a regular file ({path})")
+        return f.read()
+
+
+def load_image_file(path: Path) -> np.ndarray | str:
+    """A replayed image, decoded; else why not (the caller skips it and counts it). Its size
+    is read from the header first, so a decompression bomb is never decoded."""
+    try:
+        data = read_regular_file(path)
+        bounded_size(data)
+        image = decode_image(data)
+    except (OSError, ImageSizeError, cv2.error) as exc:
+        return f"{path}: {exc}"
+    return image if image is not None else f"{path}: not an image OpenCV can decode"
+
+
 class ImageListReader(Reader):
     replay = True
 
@@ -94,35 +119,32 @@ class ImageListReader(Reader):
         if not paths:
             raise SourceError(f"{name}: no images")
         self.name, self.paths, self.loop = name, paths, loop
-        self.frames: list[np.ndarray | None] | None = None
+        self.frames: list[np.ndarray | str] | None = None
         if preload:
-            self.frames = [self._load(p) for p in paths]
+            self.frames = [load_image_file(p) for p in paths]
         self.index = 0
         self.bad = 0
+        self.good_in_pass = 0
         self.origin: str | None = None
-
-    @staticmethod
-    def _load(path: Path) -> np.ndarray | None:
-        try:
-            return decode_image(path.read_bytes())
-        except OSError:
-            return None
 
     def read(self) -> np.ndarray | None:
         while True:
             if self.index >= len(self.paths):
                 if not self.loop:
                     return None
-                self.index = 0
+                if not self.good_in_pass:  # looping over nothing readable would spin
+                    raise SourceError(f"{self.name}: none of its {len(self.paths)} images reads")
+                self.index, self.good_in_pass = 0, 0
             i = self.index
             self.index += 1
-            image = self.frames[i] if self.frames is not None else self._load(self.paths[i])
-            if image is None:
+            loaded = self.frames[i] if self.frames is not None else load_image_file(self.paths[i])
+            if isinstance(loaded, str):
                 self.bad += 1
-                log.warning("%s: %s is not a readable image; skipped", self.name, self.paths[i])
+                log.warning("%s: %s; skipped", self.name, loaded)
                 continue
+            self.good_in_pass += 1
             self.origin = str(self.paths[i])
-            return image
+            return loaded
 
 
 class CaptureReader(Reader):

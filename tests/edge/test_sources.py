@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from lineqc.edge.config import CameraConfig
 from lineqc.edge.sources import Capture, EndOfStream, Reader, SourceError, open_reader
+from tests.bombs import bomb_jpeg
 
 
 def _frames(folder: Path, n: int) -> Path:
@@ -178,3 +180,45 @@ def test_missing_camera_and_bad_uris() -> None:
     with pytest.raises(SourceError, match="no such camera"):
         unchecked = {"source": "/nonexistent/folder"}
         open_reader(CameraConfig.model_validate(unchecked, context={"check_files": False}))
+
+
+@pytest.mark.parametrize("bad", ["empty", "fifo", "bomb", "undecodable"])
+def test_a_bad_file_in_a_replay_is_skipped_and_counted(tmp_path: Path, bad: str) -> None:
+    """A zero-byte file, a FIFO (a read would block forever), a decompression bomb (30000 x
+    30000 pixels declared in 335 bytes) and bytes OpenCV cannot decode: each is one bad
+    frame; the replay neither reopens from its first image, nor hangs, nor decodes the bomb."""
+    folder = _frames(tmp_path / "f", 4)
+    path = folder / "001-bad.jpg"
+    if bad == "empty":
+        path.write_bytes(b"")
+    elif bad == "fifo":
+        os.mkfifo(path)
+    elif bad == "bomb":
+        path.write_bytes(bomb_jpeg())
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    events: list[tuple[str, str]] = []
+    cap = Capture(CameraConfig(source=str(folder)), on_event=lambda s, d: events.append((s, d)))
+    cap.start()
+    try:
+        frames = _drain(cap)
+    finally:
+        cap.stop()
+    assert [int(f.image[0, 0]) for f in frames] == [0, 1, 2, 3]
+    assert (cap.bad_frames, cap.reopens) == (1, 0)
+    assert not [d for s, d in events if s == "error"]
+
+
+def test_a_looping_replay_of_unreadable_files_backs_off_instead_of_spinning(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    events: list[tuple[str, str]] = []
+    cfg = CameraConfig(source=str(folder), loop=True, reopen_min_s=0.05, reopen_max_s=0.1)
+    cap = Capture(cfg, on_event=lambda s, d: events.append((s, d)))
+    cap.start()
+    time.sleep(0.5)
+    cap.stop()
+    assert any("none of its 1 images reads" in d for s, d in events if s == "error")
