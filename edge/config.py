@@ -27,9 +27,11 @@ from pydantic import model_validator as _model_validator
 
 from lineqc.errors import LineqcError
 
+from .wire import ID_PATTERN
+
 CONFIG_VERSION = 1
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "firmware_config" / "device.schema.json"
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe inside an MQTT topic level and a file name
+_ID = rf"^{ID_PATTERN}$"  # safe inside an MQTT topic level and a file name
 
 
 class ConfigError(LineqcError):

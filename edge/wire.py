@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -19,6 +20,11 @@ from lineqc.versioned import parse_versioned
 
 WIRE_VERSION = 1
 KINDS = ("result", "sample", "status", "telemetry", "cmd", "cmd/reply")
+# Site, line, device and camera ids (the device config's): one MQTT topic level each, safe in
+# a file name. A frame id is "<device>-<camera>-<run: hex>-<seq: digits>".
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_ID_RE = re.compile(ID_PATTERN)
+_FRAME_TAIL_RE = re.compile(r"[0-9a-f]{1,16}-[0-9]{1,20}")
 
 
 class WireError(LineqcError):
@@ -30,6 +36,29 @@ def topic(root: str, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown topic kind {kind!r}")
     return f"{root}/{kind}"
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` is a valid site, line, device or camera id."""
+    return _ID_RE.fullmatch(value) is not None
+
+
+def is_frame_id(frame_id: str, device: str, camera: str) -> bool:
+    """Whether ``frame_id`` is the frame id the device ``device`` makes for ``camera``."""
+    prefix = f"{device}-{camera}-"
+    tail = frame_id[len(prefix) :]
+    return frame_id.startswith(prefix) and _FRAME_TAIL_RE.fullmatch(tail) is not None
+
+
+def topic_ids(name: str, kind: str) -> tuple[str, str, str] | None:
+    """(site, line, device) of a topic ``<prefix>/<site>/<line>/<device>/<kind>``; None
+    when ``name`` is not such a topic."""
+    suffix = f"/{kind}"
+    levels = name.removesuffix(suffix).split("/")
+    if not name.endswith(suffix) or len(levels) < 4:  # a prefix, then the three ids
+        return None
+    site, line, device = levels[-3:]
+    return (site, line, device) if all(map(is_id, (site, line, device))) else None
 
 
 def dumps(doc: dict[str, Any]) -> bytes:

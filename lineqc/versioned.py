@@ -22,9 +22,12 @@ def parse_versioned(
         doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{what}: not JSON ({exc})") from None
+    except RecursionError:  # nesting deeper than the parser's stack: hostile or broken
+        raise error(f"{what}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise error(f"{what}: not a JSON object")
-    if doc.get(key) != version:
+    # An integer, not merely equal: true == 1 and 1.0 == 1 in Python, and neither is a version.
+    if type(doc.get(key)) is not int or doc[key] != version:
         raise error(
             f"{what}: {label or key} {doc.get(key)!r} is not supported "
             f"(this lineqc reads {version})"

@@ -65,10 +65,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError
 
 from lineqc.edge.defect_map import decode_png
-from lineqc.edge.wire import DefectMapImage, Sample, SampleImage, WireError, parse_message
+from lineqc.edge.imagesize import ImageSizeError, bounded_size
+from lineqc.edge.wire import (
+    DefectMapImage,
+    Sample,
+    SampleImage,
+    WireError,
+    is_frame_id,
+    is_id,
+    parse_message,
+    topic_ids,
+)
 from lineqc.errors import LineqcError
 
-from .store import Frame, Store
+from .store import Frame, Outcome, Store
 
 log = logging.getLogger("lineqc.review.collector")
 
@@ -82,6 +92,8 @@ INT_MAX = 2**63 - 1  # seq is a BIGINT; image sizes fit in the same check
 FIELD_COLUMN = {"label": "predicted"}  # wire field -> frames column, where the names differ
 MAP_MAX_SIDE = 1024  # a defect map's largest side, as the wire model bounds it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TS_MIN = 946_684_800.0  # 2000-01-01: a capture time before it is a device clock never set
+TS_AHEAD_S = 86_400.0  # a capture time more than a day ahead of ours is a wrong clock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,15 +137,19 @@ _LENGTHS = {
 }
 
 
-def decode_sample(payload: bytes) -> tuple[Sample, str | None]:
-    """A wire ``sample`` that the store can take whole, and why its defect map was dropped
-    (None: it had a valid one, or none); WireError naming what is wrong with the sample.
+def decode_sample(payload: bytes, now: float | None = None) -> tuple[Sample, str | None]:
+    """A wire ``sample`` that the store can take whole and every page can show, and why its
+    defect map was dropped (None: it had a valid one, or none); WireError naming what is
+    wrong with the sample.
 
-    Beyond the wire model: the image must be strict base64 of a JPEG that decodes to the
-    stated size, and every value must fit its column on any database (PostgreSQL refuses
-    what SQLite would take: long strings, NUL characters, NaN in JSON, 64-bit integers).
-    A message the database refuses would otherwise come back from the broker forever.
-    A malformed defect map costs only the map: the frame is worth reviewing without it.
+    Beyond the wire model: ids as WIRE.md documents them, a capture time in a sane range
+    (``now``: the time to judge it by), probabilities that fit the classes, an image that is
+    strict base64 of a JPEG of the stated size (read from its header before it is decoded),
+    and values every database accepts (PostgreSQL refuses what SQLite would take: long
+    strings, NUL characters, NaN in JSON, 64-bit integers). A message the database refuses
+    would otherwise come back from the broker forever, and one a page cannot show would
+    break that page for every inspector. A malformed defect map costs only the map: the
+    frame is worth reviewing without it.
     """
     msg, map_problem = _parse_sample(payload)
     for name, value in msg.model_dump(exclude={"image", "defect_map"}).items():
@@ -145,6 +161,9 @@ def decode_sample(payload: bytes) -> tuple[Sample, str | None]:
         _check_text("classes", cls, None)
     if not all(math.isfinite(x) for x in (msg.ts, msg.confidence, *msg.probabilities)):
         raise WireError("ts, confidence, probabilities: not finite numbers")
+    _check_ids(msg)
+    _check_time(msg.ts, time.time() if now is None else now)
+    _check_model_view(msg)
     if msg.image is not None:
         _check_jpeg(msg.image)
     if msg.defect_map is not None:
@@ -153,6 +172,35 @@ def decode_sample(payload: bytes) -> tuple[Sample, str | None]:
         except WireError as exc:
             msg, map_problem = msg.model_copy(update={"defect_map": None}), str(exc)
     return msg, map_problem
+
+
+def _check_ids(msg: Sample) -> None:
+    for name in ("site", "line", "device", "camera"):
+        if not is_id(getattr(msg, name)):
+            raise WireError(f"{name}: {getattr(msg, name)[:100]!r} is not an id (see WIRE.md)")
+    if not is_frame_id(msg.frame_id, msg.device, msg.camera):
+        raise WireError(
+            f"frame_id: {msg.frame_id[:100]!r} is not {msg.device}-{msg.camera}-<run>-<seq>"
+        )
+
+
+def _check_time(ts: float, now: float) -> None:
+    if not TS_MIN <= ts <= now + TS_AHEAD_S:
+        raise WireError(
+            f"ts: {ts!r} is not a capture time (before 2000, or over a day ahead of ours)"
+        )
+
+
+def _check_model_view(msg: Sample) -> None:
+    """Classes, probabilities, label and confidence the frame page can show as they are."""
+    if not msg.classes or len(set(msg.classes)) != len(msg.classes):
+        raise WireError("classes: empty or repeated")
+    if len(msg.probabilities) != len(msg.classes):
+        raise WireError(f"probabilities: {len(msg.probabilities)} for {len(msg.classes)} classes")
+    if not all(0.0 <= p <= 1.0 for p in (msg.confidence, *msg.probabilities)):
+        raise WireError("confidence, probabilities: outside 0..1")
+    if msg.label not in msg.classes:
+        raise WireError(f"label: {msg.label[:100]!r} is not one of the classes")
 
 
 def _parse_sample(payload: bytes) -> tuple[Sample, str | None]:
@@ -173,7 +221,7 @@ def _parse_sample(payload: bytes) -> tuple[Sample, str | None]:
 def _without_defect_map(payload: bytes) -> str | None:
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     if not isinstance(doc, dict) or doc.get("defect_map") is None:
         return None
@@ -199,17 +247,21 @@ def _check_jpeg(image: SampleImage) -> None:
         data = base64.b64decode(image.data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise WireError(f"image.data: not base64 ({exc})") from None
-    frame = None
-    if data[:3] == b"\xff\xd8\xff":  # cv2 also decodes PNG, BMP...: insist on a JPEG
-        with contextlib.suppress(cv2.error):
-            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if frame is None:
+    if data[:3] != b"\xff\xd8\xff":  # cv2 also decodes PNG, BMP...: insist on a JPEG
         raise WireError(f"image.data: {len(data)} bytes that are not a readable JPEG")
-    height, width = frame.shape[:2]
+    try:  # from the header: a decompression bomb is refused before it is decoded
+        width, height = bounded_size(data)
+    except ImageSizeError as exc:
+        raise WireError(f"image.data: {exc}") from None
     if (width, height) != (image.width, image.height):
         raise WireError(
             f"image: the JPEG is {width}x{height}, the message says {image.width}x{image.height}"
         )
+    frame = None
+    with contextlib.suppress(cv2.error):
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if frame is None or frame.shape[:2] != (height, width):
+        raise WireError(f"image.data: {len(data)} bytes that are not a readable JPEG")
 
 
 def _check_defect_map(defect_map: DefectMapImage) -> None:
@@ -256,14 +308,32 @@ class Counts:
     rejected: int = 0
     store_errors: int = 0
     maps_dropped: int = 0  # frames stored without their malformed defect map
+    conflicts: int = 0  # a stored frame id again, with other content: the first one kept
 
     def line(self) -> str:
         line = (
             f"stored {self.stored}, duplicates {self.duplicates}, rejected {self.rejected}, "
             f"store errors {self.store_errors}"
         )
-        # Only when it happened: the line stays as scripts know it for maps-less fleets.
-        return line + (f", defect maps dropped {self.maps_dropped}" if self.maps_dropped else "")
+        # Only when they happened: the line stays as scripts know it otherwise.
+        if self.maps_dropped:
+            line += f", defect maps dropped {self.maps_dropped}"
+        return line + (f", conflicts {self.conflicts}" if self.conflicts else "")
+
+
+def identity_problem(topic: str, sample: Sample) -> str | None:
+    """Why the sample may not come from the device its topic names (None: it may).
+
+    The topic is what the broker's ACL (and a TLS identity) binds to a device; the ids in the
+    payload are only what the sender wrote. A sample claiming another device's site, line or
+    id would otherwise be stored under that device's frame ids."""
+    ids = topic_ids(topic, "sample")
+    if ids is None:
+        return f"topic {topic[:300]!r} is not <prefix>/<site>/<line>/<device>/sample"
+    claimed = (sample.site, sample.line, sample.device)
+    if claimed != ids:
+        return f"identity mismatch: the message says {'/'.join(claimed)}, its topic {'/'.join(ids)}"
+    return None
 
 
 class Collector:
@@ -374,17 +444,27 @@ class Collector:
         """Store or reject one message; raises only when the store fails."""
         try:
             sample, map_problem = decode_sample(payload)
-        except WireError as exc:
-            self._reject(topic, payload, str(exc))
+        except Exception as exc:  # whatever a payload makes the parser raise is its own fault
+            reason = str(exc) if isinstance(exc, WireError) else f"unparseable: {exc!r}"
+            self._reject(topic, payload, reason)
+            return
+        problem = identity_problem(topic, sample)
+        if problem is not None:
+            self._reject(topic, payload, problem)
             return
         try:
-            stored = self.store.add_sample(sample)
+            outcome = self.store.add_sample(sample)
         except DataError as exc:  # a value this database refuses; it would never go in
             self._reject(topic, payload, f"the database refused it: {exc.orig}")
             return
-        if not stored:
+        if outcome is Outcome.DUPLICATE:
             self.counts.duplicates += 1
-            return
+        elif outcome is Outcome.CONFLICT:
+            self._conflict(topic, payload, sample)
+        else:
+            self._stored(topic, sample, map_problem)
+
+    def _stored(self, topic: str, sample: Sample, map_problem: str | None) -> None:
         self.counts.stored += 1
         if map_problem is not None:  # counted once, with the frame it came with
             self.counts.maps_dropped += 1
@@ -394,6 +474,13 @@ class Collector:
                 topic,
                 map_problem,
             )
+
+    def _conflict(self, topic: str, payload: bytes, sample: Sample) -> None:
+        """A frame id stored before, with other content: never silently dropped."""
+        reason = f"frame {sample.frame_id}: already stored with other content (the first kept)"
+        self.store.add_reject(topic, reason, len(payload))
+        self.counts.conflicts += 1
+        log.warning("conflicting duplicate on %s: %s", topic, reason)
 
     def _reject(self, topic: str, payload: bytes, reason: str) -> None:
         # The reason may quote the payload: make it text every database takes.

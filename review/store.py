@@ -16,6 +16,7 @@ messages the collector counted, without the payload) and ``settings``.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import time
 from collections.abc import Iterator
@@ -54,6 +55,17 @@ POLICY_VERSION = "review-v1"  # the labelling rules inspectors follow (into the 
 
 class StoreError(LineqcError):
     """A review database or image store that cannot be used; the message says why."""
+
+
+class Outcome(enum.Enum):
+    """What ``Store.add_sample`` did with a sample (true only when it stored it)."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # the frame id is stored with the same content (redelivery)
+    CONFLICT = "conflict"  # the frame id is stored with other content: the first is kept
+
+    def __bool__(self) -> bool:
+        return self is Outcome.STORED
 
 
 class Base(DeclarativeBase):
@@ -281,36 +293,22 @@ class Store:
 
     # ---- frames -------------------------------------------------------------------------
 
-    def add_sample(self, sample: Sample, received_at: float | None = None) -> bool:
-        """Store one wire-format sample; False when its frame_id is already stored."""
+    def add_sample(self, sample: Sample, received_at: float | None = None) -> Outcome:
+        """Store one wire-format sample, once per frame id: a frame id already stored is a
+        duplicate when its content is the same, a conflict when not (the first is kept)."""
+        jpeg = sample.image.jpeg_bytes() if sample.image else None
+        values = _frame_values(sample, hashlib.sha256(jpeg).hexdigest() if jpeg else None)
         with self.session() as s:
-            if s.scalar(select(Frame.id).where(Frame.frame_id == sample.frame_id)) is not None:
-                return False
+            outcome = _existing_outcome(s, values)
+            if outcome is not None:
+                return outcome
             share = float(get_setting(s, "double_review_share"))
-        digest = self.put_image(sample.image.jpeg_bytes()) if sample.image else None
-        if digest is not None and sample.defect_map is not None:  # no image: nothing to overlay
-            self.put_defect_map(digest, sample.defect_map.png_bytes())
+        if jpeg is not None:
+            self.put_image(jpeg)
+            if sample.defect_map is not None:  # no image: nothing to overlay
+                self.put_defect_map(values["image_sha256"], sample.defect_map.png_bytes())
         frame = Frame(
-            frame_id=sample.frame_id,
-            why=sample.why,
-            device=sample.device,
-            site=sample.site,
-            line=sample.line,
-            camera=sample.camera,
-            seq=sample.seq,
-            ts=sample.ts,
-            model_version=sample.model_version,
-            classes=list(sample.classes),
-            probabilities=list(sample.probabilities),
-            verdict=sample.verdict,
-            predicted=sample.label,
-            confidence=sample.confidence,
-            reason=sample.reason,
-            image_sha256=digest,
-            image_width=sample.image.width if sample.image else None,
-            image_height=sample.image.height if sample.image else None,
-            image_scale=sample.image.scale if sample.image else None,
-            image_error=sample.image_error,
+            **values,
             received_at=time.time() if received_at is None else received_at,
             required_reviews=2 if in_share(sample.frame_id, share) else 1,
         )
@@ -318,12 +316,50 @@ class Store:
             with self.session() as s:
                 s.add(frame)
         except IntegrityError:  # another collector stored it between our check and insert
-            return False
-        return True
+            with self.session() as s:
+                return _existing_outcome(s, values) or Outcome.DUPLICATE
+        return Outcome.STORED
 
     def add_reject(self, topic: str, reason: str, size: int) -> None:
         with self.session() as s:
             s.add(Reject(topic=topic[:300], reason=reason, size=size, received_at=time.time()))
+
+
+def _frame_values(sample: Sample, image_sha256: str | None) -> dict[str, Any]:
+    """The frames columns a sample sets: its content, compared to tell a redelivery from
+    another frame under the same id."""
+    image = sample.image
+    return {
+        "frame_id": sample.frame_id,
+        "why": sample.why,
+        "device": sample.device,
+        "site": sample.site,
+        "line": sample.line,
+        "camera": sample.camera,
+        "seq": sample.seq,
+        "ts": sample.ts,
+        "model_version": sample.model_version,
+        "classes": list(sample.classes),
+        "probabilities": list(sample.probabilities),
+        "verdict": sample.verdict,
+        "predicted": sample.label,
+        "confidence": sample.confidence,
+        "reason": sample.reason,
+        "image_sha256": image_sha256,
+        "image_width": image.width if image else None,
+        "image_height": image.height if image else None,
+        "image_scale": image.scale if image else None,
+        "image_error": sample.image_error,
+    }
+
+
+def _existing_outcome(s: Session, values: dict[str, Any]) -> Outcome | None:
+    """DUPLICATE or CONFLICT when the frame id is stored already; None when it is not."""
+    row = s.scalar(select(Frame).where(Frame.frame_id == values["frame_id"]))
+    if row is None:
+        return None
+    same = all(getattr(row, key) == value for key, value in values.items())
+    return Outcome.DUPLICATE if same else Outcome.CONFLICT
 
 
 def in_share(key: str, share: float) -> bool:

@@ -32,6 +32,7 @@ from lineqc.edge.wire import Sample, defect_map_part, dumps, image_part, result_
 from lineqc.errors import LineqcError
 from lineqc.review.collector import BrokerUrl, parse_broker_url
 from lineqc.review.store import Frame, Reject, Store, normalize_url
+from tests.bombs import BOMB_SIDE, bomb_jpeg
 
 TOPIC = "lineqc/v1/site1/line1/dev1/sample"
 
@@ -52,11 +53,11 @@ def frame_ids(n: int) -> list[str]:
     return sorted(frame_id(i) for i in range(n))
 
 
-def publish(port: int, payloads: list[bytes], **options: Any) -> None:
-    """Publish at QoS 1; returns once the broker acknowledged every message.
+def publish(port: int, payloads: list[bytes], topic: str = TOPIC, **options: Any) -> None:
+    """Publish at QoS 1 on ``topic``; returns once the broker acknowledged every message.
 
     ``options``: paho's ``auth`` or ``tls``."""
-    msgs = [{"topic": TOPIC, "payload": p, "qos": 1} for p in payloads]
+    msgs = [{"topic": topic, "payload": p, "qos": 1} for p in payloads]
     mqtt_publish.multiple(msgs, hostname="127.0.0.1", port=port, protocol=mqtt.MQTTv5, **options)
 
 
@@ -239,6 +240,115 @@ def test_malformed_messages_are_logged_counted_and_never_stored(
     logged = [line for line in run.log.splitlines() if f"rejected a message on {TOPIC}" in line]
     assert len(logged) == len(bad)
     assert all(why in line for line, why in zip(logged, bad, strict=True))
+
+
+def reject_reasons(db: str) -> list[str]:
+    return [r for (r,) in query(db, select(Reject.reason).order_by(Reject.id))]
+
+
+def test_values_a_page_cannot_show_are_rejected(
+    broker, collector, sample_doc, db_url: str, tmp_path: Path
+) -> None:
+    """Absurd capture times, ids off the documented pattern, a version that is not the
+    integer 1, values that do not fit the classes and a decompression bomb (30000 x 30000
+    pixels declared in a few hundred bytes): each a counted reject, nothing stored."""
+    run = collector(broker.port, db_url)
+
+    def variant(**fields: Any) -> bytes:
+        return dumps({**sample_doc(1), **fields})
+
+    bomb = base64.b64encode(bomb_jpeg()).decode()
+    bad = {
+        "ts: 1e+18 is not a capture time": variant(ts=1e18),
+        "ts: -1e+18 is not a capture time": variant(ts=-1e18),
+        "ts: 0.0 is not a capture time": variant(ts=0.0),
+        "ts: 253402300800.0 is not a capture time": variant(ts=253402300800.0),  # year 10000
+        "ts: 4102444800.0 is not a capture time": variant(ts=4102444800.0),  # 2100
+        "site: '../x' is not an id": variant(site="../x"),
+        "camera: 'cam 0' is not an id": variant(camera="cam 0"),
+        "frame_id: 'dev1-cam0-x' is not dev1-cam0-<run>-<seq>": variant(frame_id="dev1-cam0-x"),
+        "wire version True is not supported": variant(v=True),
+        "wire version 1.0 is not supported": json.dumps({**sample_doc(1), "v": 1.0}).encode(),
+        "probabilities: 2 for 3 classes": variant(probabilities=[0.5, 0.5]),
+        "confidence, probabilities: outside 0..1": variant(probabilities=[1.5, 0.3, 0.2]),
+        "classes: empty or repeated": variant(classes=["ok", "ok", "dent"]),
+        "label: 'crack' is not one of the classes": variant(label="crack"),
+        "over the limit of 40000000 pixels (refused before decoding)": variant(
+            image={**sample_doc(1)["image"], "data": bomb, "width": BOMB_SIDE, "height": BOMB_SIDE}
+        ),
+    }
+    good = sample_doc(2)
+    publish(broker.port, [*bad.values(), dumps(good)])
+    assert wait_until(lambda: count(db_url) == 1)  # sent last
+    assert run.stop() == f"stored 1, duplicates 0, rejected {len(bad)}, store errors 0"
+    assert [r.frame_id for r in rows(db_url)] == [good["frame_id"]]
+    for reason, why in zip(reject_reasons(db_url), bad, strict=True):
+        assert why in reason, (why, reason)
+    assert len(list((tmp_path / "images").rglob("*.jpg"))) == 1
+
+
+def test_a_poison_message_is_a_counted_reject_and_the_stream_goes_on(
+    broker, collector, sample_doc, sqlite_db: str
+) -> None:
+    """Deeply nested JSON (the parser runs out of stack) is rejected and acknowledged like
+    any malformed message: no reconnect loop, the frames after it are stored."""
+    run = collector(broker.port, sqlite_db)
+    poison = [b"[" * 100_000, b'{"v": 1, "type": "sample", "x": ' + b"[" * 100_000 + b"]}"]
+    publish(broker.port, [*poison, dumps(sample_doc(1)), dumps(sample_doc(2))])
+    assert wait_until(lambda: count(sqlite_db) == 2)
+    assert run.stop() == "stored 2, duplicates 0, rejected 2, store errors 0"
+    assert all("nested too deeply" in r for r in reject_reasons(sqlite_db))
+    assert "review store failed" not in run.log
+
+
+def test_identity_is_bound_to_the_topic(
+    broker, collector, sample_doc, db_url: str, tmp_path: Path
+) -> None:
+    """A client publishing on another device's topic, or pre-publishing another device's
+    frame ids on its own, is refused (counted, acknowledged): the genuine samples are then
+    stored, not dropped as duplicates, with their own images."""
+    run = collector(broker.port, db_url, "--topic", "lineqc/#")  # every topic reaches it
+    genuine = [sample_doc(i) for i in range(3)]
+    forged = [
+        {**d, "image": image_part(jpeg(100 + i), 32, 24, 90, 1.0)} for i, d in enumerate(genuine)
+    ]
+    attacker = "lineqc/v1/site1/line1/dev2/sample"  # the attacker's own device topic
+    publish(broker.port, [dumps(d) for d in forged], topic=attacker)
+    elsewhere = {**sample_doc(9), "site": "site2"}  # the victim's ids on a site it is not on
+    publish(broker.port, [dumps(elsewhere)])
+    publish(broker.port, [dumps(sample_doc(8))], topic="lineqc/v1/x/sample")
+    publish(broker.port, [dumps(d) for d in genuine])
+    assert wait_until(lambda: count(db_url) == 3)
+    assert run.stop() == "stored 3, duplicates 0, rejected 5, store errors 0"
+    reasons = reject_reasons(db_url)
+    assert (
+        reasons[:3]
+        == ["identity mismatch: the message says site1/line1/dev1, its topic site1/line1/dev2"] * 3
+    )
+    assert "the message says site2/line1/dev1, its topic site1/line1/dev1" in reasons[3]
+    assert "is not <prefix>/<site>/<line>/<device>/sample" in reasons[4]
+    with closing(Store(db_url, tmp_path / "images")) as store:
+        for row, doc in zip(rows(db_url), genuine, strict=True):
+            data = store.image_path(row.image_sha256).read_bytes()
+            assert data == base64.b64decode(doc["image"]["data"])
+
+
+def test_a_duplicate_frame_id_with_other_content_is_counted_and_logged(
+    broker, collector, sample_doc, sqlite_db: str, tmp_path: Path
+) -> None:
+    run = collector(broker.port, sqlite_db)
+    first = sample_doc(1)
+    other = {**first, "image": image_part(jpeg(77), 32, 24, 90, 1.0)}
+    publish(broker.port, [dumps(first), dumps(first), dumps(other), dumps(sample_doc(2))])
+    assert wait_until(lambda: count(sqlite_db) == 2)
+    assert run.stop() == "stored 2, duplicates 1, rejected 0, store errors 0, conflicts 1"
+    (stored,) = [r for r in rows(sqlite_db) if r.frame_id == first["frame_id"]]
+    with closing(Store(sqlite_db, tmp_path / "images")) as store:
+        data = store.image_path(stored.image_sha256).read_bytes()
+    assert data == base64.b64decode(first["image"]["data"])  # the first one is kept
+    (reason,) = reject_reasons(sqlite_db)
+    assert f"frame {first['frame_id']}: already stored with other content" in reason
+    assert f"conflicting duplicate on {TOPIC}" in run.log
 
 
 def grey_png(cells: np.ndarray) -> bytes:

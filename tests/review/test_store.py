@@ -11,7 +11,15 @@ import pytest
 from sqlalchemy import func, select
 
 from lineqc.edge.wire import Sample
-from lineqc.review.store import Frame, Reject, Store, StoreError, in_share, set_setting
+from lineqc.review.store import (
+    Frame,
+    Outcome,
+    Reject,
+    Store,
+    StoreError,
+    in_share,
+    set_setting,
+)
 from tests.review.kit import defect_map
 
 MakeSample = Callable[..., Sample]  # the make_sample fixture (tests/review/conftest.py)
@@ -27,10 +35,15 @@ def image_files(store: Store) -> list[Path]:
 
 
 def test_add_sample_is_idempotent_by_frame_id(store: Store, make_sample: MakeSample) -> None:
-    assert store.add_sample(make_sample("dev1-cam0-1-1")) is True
-    # at-least-once delivery: the same frame again, even with other values, is not stored
-    assert store.add_sample(make_sample("dev1-cam0-1-1")) is False
-    assert store.add_sample(make_sample("dev1-cam0-1-1", probabilities=[0.1, 0.1, 0.8])) is False
+    assert store.add_sample(make_sample("dev1-cam0-1-1")) is Outcome.STORED
+    # at-least-once delivery: the same frame again is a duplicate; with other values it is
+    # a conflict (said so, never silently dropped); either way the first one is kept
+    assert store.add_sample(make_sample("dev1-cam0-1-1")) is Outcome.DUPLICATE
+    other = make_sample("dev1-cam0-1-1", probabilities=[0.1, 0.1, 0.8])
+    assert store.add_sample(other) is Outcome.CONFLICT
+    other_image = make_sample("dev1-cam0-1-1", jpeg=make_sample("dev1-cam0-1-2").image.jpeg_bytes())
+    assert store.add_sample(other_image) is Outcome.CONFLICT
+    assert not store.add_sample(other)  # only a stored frame is true
     rows = frames(store)
     assert len(rows) == 1 and rows[0].confidence == 0.5
     assert (rows[0].device, rows[0].predicted, rows[0].reason) == ("dev1", "ok", "ambiguous")
