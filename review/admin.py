@@ -28,6 +28,7 @@ from .store import (
     Adjudication,
     Frame,
     Reject,
+    get_frame,
     get_setting,
     set_setting,
 )
@@ -140,7 +141,7 @@ def adjudicate_page(request: Request, user: Admin) -> Response:
 def adjudicate_frame(request: Request, frame_pk: int, user: Admin) -> Response:
     """One disputed frame with the frame page's viewer, guide and keys (classes only)."""
     with store_of(request).session() as s:
-        frame = s.get(Frame, frame_pk)
+        frame = get_frame(s, frame_pk)
         if frame is None or frame.is_gold:
             raise HTTPException(404, f"no frame {frame_pk} to adjudicate")
         frames, states = _disputed(s)
@@ -165,7 +166,7 @@ def adjudicate(
     label: Annotated[str, Form()] = "",
 ) -> Response:
     with store_of(request).session() as s:
-        frame = s.get(Frame, frame_pk, with_for_update=True)
+        frame = get_frame(s, frame_pk, lock=True)
         if frame is None or frame.is_gold:
             raise HTTPException(404, f"no frame {frame_pk} to adjudicate")
         if label not in frame.classes:

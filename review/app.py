@@ -49,7 +49,7 @@ from .queue import (
     parse_page,
     record_answer,
 )
-from .store import SKIP, UNSURE, Adjudication, Frame, Store, User
+from .store import SKIP, UNSURE, Adjudication, Frame, Store, User, get_frame
 from .web import (
     HERE,
     LOGIN_CSRF_COOKIE,
@@ -265,7 +265,7 @@ def _add_inspection(app: FastAPI) -> None:
     def frame_page(request: Request, frame_pk: int, user: Inspector) -> Response:
         filters = Filters.parse(request.query_params)
         with store_of(request).session() as s:
-            frame = s.get(Frame, frame_pk)
+            frame = get_frame(s, frame_pk)
             if frame is None:
                 raise HTTPException(404, f"no frame {frame_pk}")
             waiting = build_queue(s, user.user_id, filters).waiting

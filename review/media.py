@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from lineqc.edge.defect_map import decode_png
+from lineqc.edge.imagesize import MAX_PIXELS, ImageSizeError, bounded_size
 
 from .guide import Guide
 from .store import Store, StoreError
@@ -28,6 +29,7 @@ OVERLAY_BGR = (40, 40, 255)  # red
 # Alpha = probability x this: a sure cell tints the frame strongly yet leaves the defect
 # under it visible (the inspector judges the defect, not the tint).
 OVERLAY_MAX_ALPHA = 0.5
+MAP_MAX_PIXELS = 1024 * 1024  # a defect map's bound (WIRE.md: at most 1024 a side)
 
 
 def overlay_png(cells: np.ndarray) -> bytes:
@@ -55,6 +57,17 @@ def stored_file(store: Store, path_of: Callable[[str], Path], sha256: str) -> Pa
     return real
 
 
+def bounded_file(real: Path, max_pixels: int) -> Path:
+    """``real`` if its header declares at most ``max_pixels``; else 404: a browser (or the
+    overlay's decoder) would expand a decompression bomb stored before the collector
+    checked image headers."""
+    try:
+        bounded_size(real, max_pixels)
+    except ImageSizeError as exc:
+        raise HTTPException(404, f"image refused: {exc}") from None
+    return real
+
+
 def has_defect_map(store: Store, image_sha256: str | None) -> bool:
     return image_sha256 is not None and store.defect_map_path(image_sha256).is_file()
 
@@ -62,7 +75,7 @@ def has_defect_map(store: Store, image_sha256: str | None) -> bool:
 @router.get("/image/{sha256}")
 def image(request: Request, sha256: str, user: Inspector) -> Response:
     store = store_of(request)
-    real = stored_file(store, store.image_path, sha256)
+    real = bounded_file(stored_file(store, store.image_path, sha256), MAX_PIXELS)
     return FileResponse(real, media_type="image/jpeg", headers=CACHE)
 
 
@@ -70,7 +83,7 @@ def image(request: Request, sha256: str, user: Inspector) -> Response:
 def defect_map(request: Request, sha256: str, user: Inspector) -> Response:
     """The defect map of the frame image ``sha256``, as a red overlay; 404 without one."""
     store = store_of(request)
-    real = stored_file(store, store.defect_map_path, sha256)
+    real = bounded_file(stored_file(store, store.defect_map_path, sha256), MAP_MAX_PIXELS)
     try:
         cells = decode_png(real.read_bytes())
     except ValueError:  # the collector checked it; a file damaged since is treated as gone

@@ -42,6 +42,7 @@ from .store import (
     ReviewHistory,
     Store,
     User,
+    get_frame,
     get_setting,
     in_share,
 )
@@ -58,9 +59,20 @@ class QueueError(LineqcError):
         self.status = status
 
 
-def capture_date(ts: float) -> date:
-    """The capture day in the server's time zone (the plant's), as the filters read it."""
-    return datetime.fromtimestamp(ts).date()
+def local_time(ts: float) -> datetime | None:
+    """A Unix time in the server's zone (the plant's); None for one no calendar holds (a
+    device's broken clock stored before the collector checked capture times)."""
+    try:
+        return datetime.fromtimestamp(ts).astimezone()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def capture_date(ts: float) -> date | None:
+    """The capture day in the server's time zone (the plant's), as the filters read it;
+    None for a time no calendar holds."""
+    at = local_time(ts)
+    return None if at is None else at.date()
 
 
 @dataclass(frozen=True)
@@ -112,7 +124,11 @@ class Filters:
             return False
         if self.predicted is not None and frame.predicted != self.predicted:
             return False
+        if self.date_from is None and self.date_to is None:
+            return True
         day = capture_date(frame.ts)
+        if day is None:  # no date: outside every date range
+            return False
         if self.date_from is not None and day < self.date_from:
             return False
         return self.date_to is None or day <= self.date_to
@@ -276,7 +292,7 @@ def record_answer(
     now = time.time()
     with store.session() as s:
         # Locks the frame row (PostgreSQL) so two inspectors cannot both take its last slot.
-        frame = s.get(Frame, frame_pk, with_for_update=True)
+        frame = get_frame(s, frame_pk, lock=True)
         if frame is None:
             raise QueueError(f"no frame {frame_pk}", 404)
         if label not in frame.classes and label not in (UNSURE, SKIP):

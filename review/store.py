@@ -362,6 +362,17 @@ def _existing_outcome(s: Session, values: dict[str, Any]) -> Outcome | None:
     return Outcome.DUPLICATE if same else Outcome.CONFLICT
 
 
+MAX_PK = 2**31 - 1  # frames.id is an INTEGER: 32 bits on PostgreSQL
+
+
+def get_frame(s: Session, pk: int, lock: bool = False) -> Frame | None:
+    """The frame with primary key ``pk`` (``lock``: for update), None for any other number,
+    one past the column's range included (the database would refuse it: a 500, not a 404)."""
+    if not 1 <= pk <= MAX_PK:
+        return None
+    return s.get(Frame, pk, with_for_update=lock)
+
+
 def in_share(key: str, share: float) -> bool:
     """A stable choice of ``share`` of all keys (the same on every collector and restart)."""
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")

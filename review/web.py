@@ -6,7 +6,6 @@ a query. Every POST checks the session's CSRF token (``form_user``), in constant
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -16,6 +15,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from .auth import SignedIn, same_token, session_user
+from .queue import local_time
 from .store import Store
 
 SESSION_COOKIE = "lineqc_session"
@@ -31,12 +31,14 @@ _ENV = jinja2.Environment(
 
 def when(ts: float) -> str:
     """A Unix time as the plant reads it: the server's local time, with its zone."""
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    at = local_time(ts)
+    return f"{ts!r} (not a valid time)" if at is None else at.strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def clock(ts: float) -> str:
     """The time of day of a Unix time, for times within the hour (an answer's window)."""
-    return datetime.fromtimestamp(ts).astimezone().strftime("%H:%M:%S")
+    at = local_time(ts)
+    return f"{ts!r} (not a valid time)" if at is None else at.strftime("%H:%M:%S")
 
 
 def with_query(path: str, params: dict[str, str]) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sklearn.metrics import cohen_kappa_score
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from lineqc.edge.defect_map import decode_png
 from lineqc.edge.defect_map import png as png_bytes
@@ -45,6 +45,7 @@ from lineqc.review.store import (
     set_setting,
 )
 from lineqc.review.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from tests.bombs import bomb_jpeg, bomb_png
 from tests.review.kit import defect_map
 
 PASSWORD = "long enough password"
@@ -418,6 +419,67 @@ def test_defect_map_is_served_as_an_overlay_of_its_size(sqlite_site: Site, tmp_p
     for path in ["/defect-map/../../secret.png", f"/defect-map/../{sha[:2]}/{sha}.defect.png"]:
         assert raw_get(sqlite_site.app, path, cookie) == 404, path
     assert TestClient(sqlite_site.app).get(f"/defect-map/{sha}").status_code == 401
+
+
+def test_a_stored_decompression_bomb_is_never_served(sqlite_site: Site) -> None:
+    """An image (or defect map) whose header declares 30000 x 30000 pixels, stored before the
+    collector read headers: refused from its header, so no browser ever expands it."""
+    pk = sqlite_site.add("dev1-cam0-1-1")
+    store = sqlite_site.store
+    with store.session() as s:
+        sha = s.get(Frame, pk).image_sha256
+    assert sha is not None
+    store.image_path(sha).write_bytes(bomb_jpeg())
+    ann = sqlite_site.login("ann")
+    response = ann.get(f"/image/{sha}")
+    assert response.status_code == 404 and "refused before decoding" in response.text
+    store.defect_map_path(sha).write_bytes(bomb_png())
+    response = ann.get(f"/defect-map/{sha}")
+    assert response.status_code == 404 and "refused before decoding" in response.text
+
+
+BEYOND = ["2147483648", "9223372036854775808", "18446744073709551616", "9" * 40]
+
+
+def test_a_frame_number_beyond_the_column_is_a_404(site: Site) -> None:
+    site.add("dev1-cam0-1-1")
+    ann = site.login("ann", admin=True)
+    for number in BEYOND:
+        for response in (
+            ann.get(f"/frame/{number}"),
+            ann.get(f"/adjudicate/{number}"),
+            ann.label(int(number), "ok"),
+            ann.post(f"/adjudicate/{number}", label="ok"),
+        ):
+            assert response.status_code == 404, (number, response.status_code, response.text)
+
+
+@pytest.mark.parametrize("ts", [1e18, -1e18, 1e300, 253402300800.0, -62135596801.0])
+def test_a_stored_absurd_value_never_breaks_a_page(site: Site, ts: float) -> None:
+    """Values the collector refuses now, stored by an older one: every page still answers."""
+    pk = site.add("dev1-cam0-1-1")
+    disputed = site.add("dev1-cam0-1-2")
+    bob, carol = site.user("bob"), site.user("carol")
+    with site.store.session() as s:
+        s.execute(
+            update(Frame).values(
+                ts=ts, classes=[], probabilities=[0.2, 0.9, 5.0], confidence=7.0,
+                predicted="<b>x</b>", image_width=-3, required_reviews=2,
+            )
+        )  # fmt: skip
+        s.add_all([
+            Review(frame_pk=disputed, user_id=bob, label="ok", created_at=ts),
+            Review(frame_pk=disputed, user_id=carol, label="dent", created_at=1e18),
+        ])  # fmt: skip
+    ann = site.login("ann", admin=True)
+    for url in [
+        "/queue", "/queue?date_from=2020-01-01&date_to=2030-01-01", f"/frame/{pk}",
+        f"/frame/{disputed}", "/adjudicate", f"/adjudicate/{disputed}", "/admin", "/next",
+    ]:  # fmt: skip
+        response = ann.get(url)
+        assert response.status_code in (200, 303), (url, response.status_code)
+    assert "(not a valid time)" in ann.get(f"/frame/{pk}").text
+    assert waiting_in(ann.get("/queue?date_from=2020-01-01").text) == 0  # no date, no match
 
 
 def test_security_headers_and_escaping(sqlite_site: Site) -> None:
