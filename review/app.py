@@ -9,9 +9,13 @@ examples in ``media.py``; the class guide in ``guide.py``; shared page plumbing 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
+import math
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineqc.errors import LineqcError
 
-from . import admin, media
+from . import admin, logs, media
 from .auth import (
     SESSION_TTL_S,
     authenticate,
@@ -50,6 +54,7 @@ from .queue import (
     record_answer,
 )
 from .store import SKIP, UNSURE, Adjudication, Frame, Store, User, get_frame
+from .throttle import SignInThrottle
 from .web import (
     HERE,
     LOGIN_CSRF_COOKIE,
@@ -65,6 +70,7 @@ from .web import (
     with_query,
 )
 
+log = logging.getLogger("lineqc.review.app")
 KEY_UNSURE = "u"
 KEY_SKIP = "s"
 
@@ -75,15 +81,24 @@ def create_app(
     *,
     guide: Guide | None = None,
     change_window_s: float = CHANGE_WINDOW_S,
+    throttle: SignInThrottle | None = None,
+    trusted_proxies: Sequence[str] = (),
 ) -> FastAPI:
     """The app on ``store``; ``guide``: the class guide (default: built-in descriptions and
-    examples from the store); ``change_window_s``: how long an answer may be changed."""
+    examples from the store); ``change_window_s``: how long an answer may be changed;
+    ``throttle``: failed sign-ins (default: the standard limits); ``trusted_proxies``: the
+    addresses (or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed."""
     app = FastAPI(title="lineqc review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.guide = guide if guide is not None else Guide()
     app.state.change_window_s = change_window_s
+    app.state.throttle = throttle if throttle is not None else SignInThrottle()
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(SecurityHeaders)  # outermost: on every response, errors included
+    app.add_middleware(SecurityHeaders)  # on every response, errors included
+    if trusted_proxies:  # outermost: the client and scheme every other layer sees
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_error_pages(app)
     _add_sign_in(app)
@@ -130,6 +145,8 @@ def _add_error_pages(app: FastAPI) -> None:
 
 
 def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    # The scheme the browser used: behind a TLS proxy listed with --trusted-proxy, its
+    # X-Forwarded-Proto (the proxy middleware rewrote the scope); from anyone else, ours.
     response.set_cookie(
         name,
         value,
@@ -149,6 +166,14 @@ def _login_page(request: Request, next_path: str, error: str | None, status: int
     return response
 
 
+def _throttled(request: Request, next_path: str, wait: float) -> Response:
+    seconds = math.ceil(wait)
+    message = f"too many failed sign-ins: try again in {seconds} s"
+    response = _login_page(request, next_path, message, 429)
+    response.headers["retry-after"] = str(seconds)
+    return response
+
+
 def _add_sign_in(app: FastAPI) -> None:
     @app.get("/login")
     def login_form(request: Request, next: str = "/queue") -> Response:
@@ -164,20 +189,29 @@ def _add_sign_in(app: FastAPI) -> None:
     ) -> Response:
         if not same_token(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf):
             raise HTTPException(403, "missing or wrong CSRF token: reload the sign-in page")
+        throttle: SignInThrottle = request.app.state.throttle
+        address = request.client.host if request.client else "unknown"
+        wait = throttle.retry_after(name, address)
+        if wait > 0:  # before the (deliberately costly) password hash
+            log.warning("sign-in as %r from %s throttled (%.0f s)", name[:100], address, wait)
+            return _throttled(request, safe_next(next), wait)
         user_id = authenticate(store_of(request), name, password)
         if user_id is None:
+            throttle.failed(name, address)
+            log.warning("failed sign-in as %r from %s", name[:100], address)
             return _login_page(request, safe_next(next), "wrong name or password", 401)
+        throttle.succeeded(name)
         response = RedirectResponse(safe_next(next), 303)
         token = start_session(store_of(request), user_id)
         _set_cookie(request, response, SESSION_COOKIE, token, int(SESSION_TTL_S))
-        response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+        _set_cookie(request, response, LOGIN_CSRF_COOKIE, "", 0)  # deleted
         return response
 
     @app.post("/logout")
     def logout(request: Request, user: Poster) -> Response:
         end_session(store_of(request), request.cookies.get(SESSION_COOKIE, ""))
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        _set_cookie(request, response, SESSION_COOKIE, "", 0)  # deleted
         return response
 
 
@@ -312,6 +346,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _trusted_proxy(value: str) -> str:
+    """An address or network (CIDR) for --trusted-proxy; LineqcError naming a bad one."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise LineqcError(
+            f"--trusted-proxy {value!r}: not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
+        ) from None
+
+
 def serve(args: argparse.Namespace) -> int:
     """``lineqc review serve``: the app on ``--host``/``--port`` until interrupted."""
     import uvicorn
@@ -322,6 +366,8 @@ def serve(args: argparse.Namespace) -> int:
     window = float(args.change_window)
     if not window >= 0:  # NaN too
         raise LineqcError(f"--change-window {window:g}: must be 0 (no changes) or more seconds")
+    proxies = [_trusted_proxy(value) for value in args.trusted_proxy]
+    logs.configure()  # failed and throttled sign-ins are logged
     store = Store(args.db, args.images)
     with store.session() as s:
         users = s.scalar(select(func.count(User.id))) or 0
@@ -336,10 +382,10 @@ def serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     config = uvicorn.Config(
-        create_app(store, guide=guide, change_window_s=window),
+        create_app(store, guide=guide, change_window_s=window, trusted_proxies=proxies),
         log_level="warning",
         access_log=False,
-        proxy_headers=False,
+        proxy_headers=False,  # only create_app's, only from --trusted-proxy addresses
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])

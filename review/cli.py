@@ -52,6 +52,15 @@ def _guide_args(p: argparse.ArgumentParser) -> None:
         help="seconds an inspector may change an answer after giving it; 0: never "
         f"(default: {CHANGE_WINDOW_S:g})",
     )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="a reverse proxy's address or network (repeatable): only requests from these "
+        "have their X-Forwarded-For (client address: sign-in throttling, logs) and "
+        "X-Forwarded-Proto (https: the Secure cookie flag) believed",
+    )
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -45,7 +45,6 @@ import re
 import signal
 import ssl
 import struct
-import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -78,6 +77,7 @@ from lineqc.edge.wire import (
 )
 from lineqc.errors import LineqcError
 
+from . import logs
 from .store import Frame, Outcome, Store
 
 log = logging.getLogger("lineqc.review.collector")
@@ -621,12 +621,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run_collector(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    logs.configure()
     broker = parse_broker_url(args.broker)
     if args.tls_ca is not None and not broker.tls:  # a CA file means TLS (--tls-ca's help)
         broker = BrokerUrl(broker.host, broker.port, True)

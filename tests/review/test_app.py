@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -44,9 +45,10 @@ from lineqc.review.store import (
     get_setting,
     set_setting,
 )
+from lineqc.review.throttle import Limits, SignInThrottle
 from lineqc.review.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from tests.bombs import bomb_jpeg, bomb_png
-from tests.review.kit import defect_map
+from tests.review.kit import defect_map, review_serve
 
 PASSWORD = "long enough password"
 CLASSES = ["ok", "scratch", "dent"]
@@ -199,6 +201,95 @@ def test_wrong_password_or_unknown_user_is_refused(site: Site) -> None:
         assert SESSION_COOKIE not in client.cookies
     with site.store.session() as s:
         assert s.scalar(select(func.count()).select_from(WebSession)) == 0
+
+
+def sign_in_attempt(
+    app: Any, name: str, password: str, client: str = "10.0.0.1", **headers: str
+) -> Any:
+    """One sign-in from ``client`` (an address), through the form and its CSRF cookie."""
+    browser = TestClient(app, headers={"accept": "text/html", **headers}, client=(client, 1000))
+    page = browser.get("/login")
+    token = csrf_in(page.text)
+    return browser.post(
+        "/login",
+        data={"name": name, "password": password, "csrf": token},
+        headers={"cookie": f"{LOGIN_CSRF_COOKIE}={token}"},  # even where it came as Secure
+        follow_redirects=False,
+    )
+
+
+def test_failed_sign_ins_are_throttled_per_account_and_per_address(
+    sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    throttle = SignInThrottle(
+        account=Limits(free_failures=3, base_delay_s=60),
+        address=Limits(free_failures=6, base_delay_s=60),
+        clock=lambda: now[0],
+    )
+    app = create_app(sqlite_store, throttle=throttle)
+    for name in ("ann", "bob"):
+        add_user(sqlite_store, name, PASSWORD)
+    caplog.set_level("WARNING", "lineqc.review.app")
+    for _ in range(3):
+        assert sign_in_attempt(app, "ann", "wrong password!").status_code == 401
+    locked = sign_in_attempt(app, "ann", PASSWORD)  # even the right password waits now
+    assert locked.status_code == 429 and locked.headers["retry-after"] == "60"
+    assert "too many failed sign-ins: try again in 60 s" in locked.text
+    assert sign_in_attempt(app, "ANN", PASSWORD, client="10.0.0.2").status_code == 429
+    assert sign_in_attempt(app, "bob", PASSWORD).status_code == 303  # the address is not locked
+    now[0] += 61
+    assert sign_in_attempt(app, "ann", "wrong password!").status_code == 401  # one more try
+    assert sign_in_attempt(app, "ann", PASSWORD).status_code == 429  # then twice as long
+    assert sign_in_attempt(app, "ann", PASSWORD).headers["retry-after"] == "120"
+    now[0] += 121
+    assert sign_in_attempt(app, "ann", PASSWORD).status_code == 303  # a success clears it
+    assert sign_in_attempt(app, "ann", "wrong password!").status_code == 401
+    assert sign_in_attempt(app, "ann", PASSWORD).status_code == 303
+    # One address spraying names is slowed down too, whichever name it tries next.
+    for i in range(6):
+        assert sign_in_attempt(app, f"guess{i}", PASSWORD, client="10.0.0.9").status_code == 401
+    assert sign_in_attempt(app, "bob", PASSWORD, client="10.0.0.9").status_code == 429
+    logged = caplog.text
+    assert "failed sign-in as 'ann' from 10.0.0.1" in logged
+    assert "sign-in as 'ann' from 10.0.0.1 throttled (60 s)" in logged
+    assert "sign-in as 'bob' from 10.0.0.9 throttled" in logged
+
+
+def test_forwarded_headers_count_only_from_a_trusted_proxy(
+    sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Behind a TLS proxy the cookies get the Secure flag and the client its own address,
+    but only from --trusted-proxy addresses: anyone else's X-Forwarded-* are ignored."""
+    add_user(sqlite_store, "ann", PASSWORD)
+    caplog.set_level("WARNING", "lineqc.review.app")
+    forwarded = {"x-forwarded-proto": "https", "x-forwarded-for": "192.0.2.7"}
+    behind = create_app(sqlite_store, trusted_proxies=["10.0.0.1", "10.1.0.0/16"])
+    for proxy in ("10.0.0.1", "10.1.2.3"):
+        response = sign_in_attempt(behind, "ann", PASSWORD, client=proxy, **forwarded)
+        assert response.status_code == 303
+        assert all("; secure" in c.lower() for c in response.headers.get_list("set-cookie"))
+        sign_in_attempt(behind, "ann", "wrong password!", client=proxy, **forwarded)
+        assert "failed sign-in as 'ann' from 192.0.2.7" in caplog.text
+        caplog.clear()
+    for app, client in [(behind, "10.0.0.66"), (create_app(sqlite_store), "10.0.0.1")]:
+        response = sign_in_attempt(app, "ann", PASSWORD, client=client, **forwarded)
+        assert response.status_code == 303
+        assert not any("secure" in c.lower() for c in response.headers.get_list("set-cookie"))
+        sign_in_attempt(app, "ann", "wrong password!", client=client, **forwarded)
+        assert f"failed sign-in as 'ann' from {client}" in caplog.text
+        caplog.clear()
+
+
+def test_serve_takes_trusted_proxies(lineqc, tmp_path: Path) -> None:
+    db = ["--db", str(tmp_path / "review.db")]
+    headers = {"x-forwarded-proto": "https"}
+    for extra, secure in [(["--trusted-proxy", "127.0.0.1"], True), ([], False)]:
+        with review_serve([*db, *extra], tmp_path / f"serve{len(extra)}.log") as url:
+            cookie = httpx.get(f"{url}login", headers=headers).headers["set-cookie"]
+        assert ("; secure" in cookie.lower()) is secure, cookie
+    proc = lineqc("review", "serve", *db, "--trusted-proxy", "proxy.plant", check=False)
+    assert proc.returncode == 2 and "--trusted-proxy 'proxy.plant': not an IP" in proc.stderr
 
 
 def test_sign_in_never_redirects_to_another_site(site: Site) -> None:
