@@ -165,7 +165,7 @@ def adjudicate(
     user: AdminPoster,
     label: Annotated[str, Form()] = "",
 ) -> Response:
-    with store_of(request).session() as s:
+    with store_of(request).write_session() as s:
         frame = get_frame(s, frame_pk, lock=True)
         if frame is None or frame.is_gold:
             raise HTTPException(404, f"no frame {frame_pk} to adjudicate")

@@ -100,6 +100,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(func=_collect)
 
+    p = sub.add_parser(
+        "migrate",
+        help="bring the review database's schema to this lineqc's newest revision (every "
+        "command does it when it opens the database; this one says where it stands)",
+    )
+    _db_args(p)
+    p.set_defaults(func=_migrate)
+
     p = sub.add_parser("add-user", help="create an inspector account (or reset its password)")
     _db_args(p)
     p.add_argument("name")
@@ -147,6 +155,24 @@ def _collect(args: argparse.Namespace) -> int:
     from .collector import run_collector
 
     return run_collector(args)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from .store import connect, normalize_url, upgrade_schema
+
+    engine = connect(args.db)
+    try:
+        before, now = upgrade_schema(engine)
+    finally:
+        engine.dispose()
+    where = make_url(normalize_url(args.db))  # str() hides a password
+    if before == now:
+        print(f"review database {where}: at revision {now}, the newest")
+    else:
+        print(f"review database {where}: upgraded from {before or 'no revision'} to {now}")
+    return 0
 
 
 def _add_user(args: argparse.Namespace) -> int:

@@ -290,8 +290,7 @@ def record_answer(
     """Store ``user_id``'s answer (a class, UNSURE or SKIP) for a frame that waits for it,
     or change their answer within ``change_window_s`` (to a class or UNSURE)."""
     now = time.time()
-    with store.session() as s:
-        # Locks the frame row (PostgreSQL) so two inspectors cannot both take its last slot.
+    with store.write_session() as s:  # two inspectors cannot both take the last slot
         frame = get_frame(s, frame_pk, lock=True)
         if frame is None:
             raise QueueError(f"no frame {frame_pk}", 404)

@@ -139,8 +139,7 @@ class Review(Base):
 class ReviewHistory(Base):
     """An answer its inspector replaced: a skip answered later, or an answer changed within
     the change window. ``reviews`` holds each inspector's current answer (the one that
-    counts); this table keeps every earlier one, so nothing is overwritten silently. A new
-    table, not a column: ``create_all`` adds it to an existing database."""
+    counts); this table keeps every earlier one, so nothing is overwritten silently."""
 
     __tablename__ = "review_history"
 
@@ -209,8 +208,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.close()
 
 
-def open_engine(db: str) -> Engine:
-    """Connect to the review database and create its tables if they are missing."""
+def connect(db: str) -> Engine:
+    """An engine on the review database, as it is (``open_engine`` also migrates it)."""
     url = normalize_url(db)
     if url.startswith("sqlite"):
         path = make_url(url).database
@@ -218,16 +217,34 @@ def open_engine(db: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        try:
-            engine = create_engine(url, pool_pre_ping=True)
-        except (ArgumentError, ImportError) as exc:  # unknown dialect, driver not installed
-            raise StoreError(f"--db {make_url(url)!r}: {exc}") from None
+        return engine
     try:
-        Base.metadata.create_all(engine)
-    except Exception as exc:  # the driver's error names host, file or permission
-        raise StoreError(f"review database {make_url(url)!r}: {exc}") from None
+        return create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:  # unknown dialect, driver not installed
+        raise StoreError(f"--db {make_url(url)!r}: {exc}") from None
+
+
+def open_engine(db: str) -> Engine:
+    """Connect to the review database and bring its schema to the newest revision."""
+    engine = connect(db)
+    upgrade_schema(engine)
     return engine
+
+
+def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
+    """Migrate the database to the newest revision (``migrate.py``); (revision before,
+    revision now). StoreError for a database this lineqc cannot use."""
+    from . import migrate  # Alembic: imported only where a database is opened
+
+    try:
+        return migrate.upgrade(engine)
+    except migrate.UnknownRevision as exc:
+        raise StoreError(
+            f"review database {engine.url!r}: its schema is at revision {exc}, which this "
+            f"lineqc does not know (a newer lineqc made it; this one reaches {migrate.head()})"
+        ) from None
+    except Exception as exc:  # the driver's error names host, file or permission
+        raise StoreError(f"review database {engine.url!r}: {exc}") from None
 
 
 def default_images_dir(db: str) -> Path:
@@ -253,6 +270,18 @@ class Store:
     def session(self) -> Iterator[Session]:
         """A unit of work: committed on success, rolled back on any error."""
         with self.sessions.begin() as s:
+            yield s
+
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A unit of work that reads and then writes on what it read (the last review slot
+        of a frame): the frame rows it locks are its own until it commits. PostgreSQL locks
+        them with ``get_frame(..., lock=True)``; SQLite ignores that, and pysqlite would start
+        the transaction only at the first write, after the reads, so two inspectors could
+        both see the slot free: here the write lock is taken first (``BEGIN IMMEDIATE``)."""
+        with self.sessions.begin() as s:
+            if self.engine.dialect.name == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield s
 
     def close(self) -> None:
