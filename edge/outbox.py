@@ -8,10 +8,17 @@ duplicates are possible (at-least-once).
 The queue is bounded by the bytes of its payloads. At the bound the oldest messages of the
 lowest priority go first (per-frame results before review samples), every drop is counted
 (and the counts survive restarts), and ``at_bound`` tells status and telemetry to say so.
+
+A full disk is the same bound, reached early: a batch the disk refuses is dropped and
+counted as such (the counts are saved with the next commit the disk takes), ``at_bound``
+says so, and the device keeps inspecting. Nothing else can be written meanwhile (SQLite's
+journal needs room even to delete), so deliveries are deleted once the disk has room again
+and sent again until then (at-least-once).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -19,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("lineqc.edge.outbox")
 PRIORITY_RESULT = 0
 PRIORITY_SAMPLE = 10
 _SCHEMA = """
@@ -36,6 +44,7 @@ CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority DESC, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 BOUND_MEMORY_S = 60.0  # at_bound stays true this long after the last drop
+SQLITE_FULL, SQLITE_IOERR = 13, 10  # primary result codes: the disk refused a write
 
 
 @dataclass(frozen=True)
@@ -74,51 +83,87 @@ class Outbox:
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
         self.depth, self.bytes = (int(v) for v in row.fetchone())
         self._last_drop = 0.0
+        self._unsaved_drops: dict[str, int] = {}  # counted while the disk refused to save them
 
     # ---- writing ---------------------------------------------------------------------------
 
     def add_many(self, messages: Iterable[OutMessage]) -> list[int]:
         """Commit messages (one transaction, durable on return); their row ids, in order.
 
-        A message dropped at the bound (a result that cannot displace anything) gets id -1.
+        A message dropped at the bound (a result that cannot displace anything), or in a batch
+        the full disk refused, gets id -1; both are counted as dropped.
         """
-        ids: list[int] = []
-        drops: dict[str, int] = {}
-        now = time.time()
+        batch = list(messages)
         with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
-                for msg in messages:
-                    size = len(msg.payload)
-                    if self.bytes + size > self.max_bytes and not self._evict(
-                        cur, self.bytes + size - self.max_bytes, msg.priority, drops
-                    ):
-                        drops[msg.kind] = drops.get(msg.kind, 0) + 1
-                        ids.append(-1)
-                        continue
-                    cur.execute(
-                        "INSERT INTO outbox (priority, kind, key, topic, payload, qos, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (msg.priority, msg.kind, msg.key, msg.topic, msg.payload, msg.qos, now),
-                    )
-                    ids.append(int(cur.lastrowid or 0))
-                    self.depth += 1
-                    self.bytes += size
-                for kind, n in drops.items():
-                    cur.execute(
-                        "INSERT INTO counters (name, value) VALUES (?, ?) "
-                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                        (f"dropped_{kind}", n),
-                    )
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                self._recount()
-                raise
+                ids, drops = self._insert(batch)
+            except sqlite3.DatabaseError as exc:
+                self._rollback()
+                if not _disk_refused(exc):
+                    raise
+                ids, drops = self._disk_full(batch, exc)
         if drops:
             self._last_drop = time.monotonic()
         return ids
+
+    def _insert(self, batch: list[OutMessage]) -> tuple[list[int], dict[str, int]]:
+        ids: list[int] = []
+        drops: dict[str, int] = {}
+        now = time.time()
+        bound = self.max_bytes
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        for msg in batch:
+            size = len(msg.payload)
+            if self.bytes + size > bound and not self._evict(
+                cur, self.bytes + size - bound, msg.priority, drops
+            ):
+                drops[msg.kind] = drops.get(msg.kind, 0) + 1
+                ids.append(-1)
+                continue
+            cur.execute(
+                "INSERT INTO outbox (priority, kind, key, topic, payload, qos, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (msg.priority, msg.kind, msg.key, msg.topic, msg.payload, msg.qos, now),
+            )
+            ids.append(int(cur.lastrowid or 0))
+            self.depth += 1
+            self.bytes += size
+        unsaved = self._unsaved_drops
+        for kind in set(drops) | set(unsaved):
+            cur.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (f"dropped_{kind}", drops.get(kind, 0) + unsaved.get(kind, 0)),
+            )
+        cur.execute("COMMIT")
+        self._unsaved_drops = {}
+        return ids, drops
+
+    def _disk_full(
+        self, batch: list[OutMessage], exc: sqlite3.DatabaseError
+    ) -> tuple[list[int], dict[str, int]]:
+        """The disk refused the batch: drop it, counted (logged once per full spell)."""
+        drops: dict[str, int] = {}
+        for msg in batch:
+            drops[msg.kind] = drops.get(msg.kind, 0) + 1
+        if not self._unsaved_drops:
+            log.error(
+                "outbox %s: the disk refused a commit (%s): messages are dropped and counted "
+                "until it has room again",
+                self.path,
+                exc,
+            )
+        for kind, n in drops.items():
+            self._unsaved_drops[kind] = self._unsaved_drops.get(kind, 0) + n
+        return [-1] * len(batch), drops
+
+    def _rollback(self) -> None:
+        """Roll back whatever the failed transaction left (SQLite may have rolled it back
+        already: a full disk does), and count again what is really stored."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._recount()
 
     def _evict(self, cur: sqlite3.Cursor, need: int, priority: int, drops: dict[str, int]) -> bool:
         """Delete the oldest rows of priority <= ``priority`` (lowest first) to free ``need``."""
@@ -164,8 +209,7 @@ class Outbox:
                         self.bytes -= int(got[0])
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
-                self._recount()
+                self._rollback()
                 raise
         return removed
 
@@ -194,7 +238,10 @@ class Outbox:
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            return {k: int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+            saved = {k: int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+            for kind, n in self._unsaved_drops.items():
+                saved[f"dropped_{kind}"] = saved.get(f"dropped_{kind}", 0) + n
+            return saved
 
     @property
     def at_bound(self) -> bool:
@@ -213,3 +260,11 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _disk_refused(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite failed because the disk refused a write (full, or an I/O error)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # Python 3.10: only the message tells
+        return "disk is full" in str(exc) or "disk I/O error" in str(exc)
+    return code & 0xFF in (SQLITE_FULL, SQLITE_IOERR)

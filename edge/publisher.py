@@ -1,7 +1,9 @@
 """MQTT publishing (paho-mqtt 2.x, MQTT 5 or 3.1.1) fed from the durable outbox.
 
 The inference thread hands messages to ``submit`` (a bounded in-memory hand-off that never
-blocks). One worker thread commits them to the outbox (one transaction per batch), publishes
+blocks). One worker thread commits them to the outbox (one transaction per batch; a message
+leaves the hand-off only once committed, so a stop while samples are being encoded loses
+none: ``stop`` commits what is left), publishes
 committed rows at QoS 1 while connected (review samples first, at most ``max_inflight`` at a
 time) and deletes a row when its PUBACK arrives (``on_publish``). paho reconnects with
 backoff; rows whose publish was cut by a disconnect are published again (duplicates only).
@@ -41,6 +43,8 @@ log = logging.getLogger("lineqc.edge.publisher")
 PACKET_OVERHEAD = 512  # fixed header, topic, properties: kept free below the packet limit
 HANDOFF_LIMIT = 4096  # messages waiting for the worker before new ones are counted as dropped
 RESEND_AFTER_S = 60.0  # an unacknowledged publish is sent again after this long
+COMMIT_BATCH = 512  # messages per outbox transaction
+COMMIT_AFTER_S = 0.25  # encoding samples: commit what is encoded at least this often
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason (MQTT 5), paho's reading of 3.1.1 return code 1
 
 
@@ -84,6 +88,7 @@ class Publisher:
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
+        self._committing = threading.Lock()  # the worker's and stop's commits, one at a time
         self.client = self._make_client()
 
     # ---- paho --------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ class Publisher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._commit_handoff()  # anything the worker did not get to
+        self._drain_handoff()  # anything the worker did not get to
         clean = self.outbox.depth == 0
         if self.connected and self.status_fn is not None:
             doc = self.status_fn()
@@ -264,22 +269,46 @@ class Publisher:
                 self._idle.set()
 
     def _commit_handoff(self) -> None:
-        batch: list[OutMessage] = []
-        while self._handoff and len(batch) < 512:
-            kind, key, item = self._handoff.popleft()
-            if isinstance(item, PendingSample):
-                payload, note = encode_sample(item.doc, item.frame, item.quality, self.max_payload)
-                if note:
-                    self.counters[note] += 1
-            else:
-                payload = item
-            batch.append(OutMessage(kind, topic(self.root, kind), payload, key))
-        if batch:
+        """Commit the oldest handed-over messages, then take them off the hand-off: a
+        message is always in one of the two (encoding samples takes time; a stop may come)."""
+        with self._committing:
+            batch: list[OutMessage] = []
+            deadline = time.monotonic() + COMMIT_AFTER_S
+            while len(batch) < min(len(self._handoff), COMMIT_BATCH):
+                kind, key, item = self._handoff[len(batch)]  # only this thread pops
+                batch.append(OutMessage(kind, topic(self.root, kind), self._payload(item), key))
+                if time.monotonic() > deadline:
+                    break
+            if not batch:
+                return
             for row_id in self.outbox.add_many(batch):
                 if row_id < 0:
                     self.counters["outbox_refused"] += 1
-            if self._handoff:
-                self._wake.set()
+            for _ in batch:
+                self._handoff.popleft()
+        if self._handoff:
+            self._wake.set()
+
+    def _payload(self, item: bytes | PendingSample) -> bytes:
+        if not isinstance(item, PendingSample):
+            return item
+        payload, note = encode_sample(item.doc, item.frame, item.quality, self.max_payload)
+        if note:
+            self.counters[note] += 1
+        return payload
+
+    def _drain_handoff(self) -> None:
+        """Commit everything still handed over (at stop); what cannot be is counted."""
+        while self._handoff:
+            try:
+                self._commit_handoff()
+            except Exception as exc:
+                for kind, _, _ in self._handoff:
+                    self.counters[f"handoff_dropped_{kind}"] += 1
+                log.error(
+                    "outbox: %d message(s) not committed at stop: %s", len(self._handoff), exc
+                )
+                self._handoff.clear()
 
     def _handle_acks(self) -> None:
         done: list[int] = []

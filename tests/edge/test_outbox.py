@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from lineqc.edge.outbox import Outbox, OutMessage
 
@@ -51,3 +55,57 @@ def test_a_message_larger_than_the_bound_is_refused(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite", 64 * 1024)
     assert box.add_many([_msg("sample", "huge", 100_000)]) == [-1]
     assert box.counters() == {"dropped_sample": 1} and box.depth == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB filesystem (tmpfs), full after a few dozen samples."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of ``folder`` with a ballast file, to its last byte."""
+    ballast = folder / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                continue
+    return ballast
+
+
+def test_a_full_disk_is_the_bound_counted_and_inspection_goes_on(tiny_disk: Path) -> None:
+    """The disk fills (another program's files) long before the configured bound: each
+    batch it refuses is dropped and counted (never an exception: the failed commit's
+    rollback must not raise), depth and bytes stay what is committed, at_bound says so;
+    once the disk has room again, messages are taken and the counts saved."""
+    box = Outbox(tiny_disk / "o.sqlite", 64 * 1024 * 1024)
+    kept = box.add_many([_msg("sample", f"s{i}", 4000) for i in range(5)])
+    ballast = fill(tiny_disk)
+    refused = [box.add_many([_msg("sample", f"t{i}", 4000), _msg("result", f"r{i}", 400)])
+               for i in range(5)]  # fmt: skip
+    assert refused == [[-1, -1]] * 5
+    assert box.counters() == {"dropped_sample": 5, "dropped_result": 5} and box.at_bound
+    assert (box.depth, box.bytes) == (5, 20_000)
+    assert [r.id for r in box.pending(100)] == kept
+    ballast.unlink()  # room again
+    assert box.add_many([_msg("sample", "after", 4000)])[0] > 0
+    assert box.delete(kept) == 5 and (box.depth, box.bytes) == (1, 4000)
+    box.close()
+    again = Outbox(tiny_disk / "o.sqlite", 64 * 1024 * 1024)
+    assert again.counters() == {"dropped_sample": 5, "dropped_result": 5}  # saved
+    assert again.keys() == ["after"]
