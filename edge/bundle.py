@@ -26,6 +26,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,7 @@ from .preprocess import PreprocessSpec
 from .signing import load_public_key, sign, verify
 
 SCHEMA_VERSION = 1
+MAX_EXPANSION = 16  # a compressed bundle tar unpacks to at most this times its size
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 REQUIRED = (
@@ -273,9 +275,13 @@ def _unpack_checked(tar: tarfile.TarFile, tar_path: Path, dest: Path) -> None:
     """Every member is checked before anything is written."""
     members = tar.getmembers()
     for m in members:
-        if not (m.isfile() or m.isdir()):
-            raise BundleError(f"{tar_path}: member {m.name!r} is not a plain file or folder")
+        if not (m.isfile() or m.isdir()) or m.issparse():
+            raise BundleError(
+                f"{tar_path}: member {m.name!r} is not a plain file or folder"
+                + (f" (a sparse file of {m.size} bytes)" if m.issparse() else "")
+            )
         _inside(dest, m.name)
+    _check_unpacked_size(tar_path, members, dest)
     dest.mkdir(parents=True, exist_ok=True)
     for m in members:
         target = _inside(dest, m.name)
@@ -287,6 +293,29 @@ def _unpack_checked(tar: tarfile.TarFile, tar_path: Path, dest: Path) -> None:
         assert src is not None  # a regular file always has content
         with src, open(target, "wb") as out:
             shutil.copyfileobj(src, out)
+
+
+def _check_unpacked_size(tar_path: Path, members: list[tarfile.TarInfo], dest: Path) -> None:
+    """Refuse a tar whose members declare more bytes than it can hold: a plain tar holds
+    its members' bytes, a compressed one at most MAX_EXPANSION times its size (model weights
+    barely compress; zeros do, by a thousand), and never more than the disk has free."""
+    total = sum(m.size for m in members if m.isfile())
+    size = tar_path.stat().st_size
+    limit = size if size and _is_plain_tar(tar_path) else size * MAX_EXPANSION
+    folder = next(p for p in (dest, *dest.parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if total > min(limit, free):
+        largest = max((m for m in members if m.isfile()), key=lambda m: m.size)
+        raise BundleError(
+            f"{tar_path}: expands to {total} bytes ({largest.name!r}: {largest.size}), more "
+            f"than a {size}-byte bundle tar holds or {folder} has free ({free}): refused "
+            "before unpacking"
+        )
+
+
+def _is_plain_tar(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(262)[257:262] == b"ustar"
 
 
 # ---- loading -----------------------------------------------------------------------------
@@ -379,8 +408,9 @@ def load_bundle(
 ) -> Bundle:
     """Verify a bundle folder or tar and return it; raises BundleError on any refusal.
 
-    A tar is unpacked into ``unpack_dir`` (a new temporary folder by default) and checked
-    there. ``installed_version``: the version the device runs now; an older bundle is refused
+    A tar is unpacked into ``unpack_dir`` (by default a new temporary folder, removed once
+    the returned bundle is no longer referenced, or at exit) and checked there.
+    ``installed_version``: the version the device runs now; an older bundle is refused
     unless ``force``.
     """
     path = Path(path)
@@ -388,12 +418,14 @@ def load_bundle(
     if path.is_file():
         dest = unpack_dir or Path(tempfile.mkdtemp(prefix="lineqc-bundle-"))
         try:
-            root = unpack_tar(path, dest)
-            return _load_folder(root, key, installed_version, force)
+            bundle = _load_folder(unpack_tar(path, dest), key, installed_version, force)
         except BaseException:
             if unpack_dir is None:
                 shutil.rmtree(dest, ignore_errors=True)
             raise
+        if unpack_dir is None:  # ours: removed with the bundle, or when the process exits
+            weakref.finalize(bundle, shutil.rmtree, dest, True)
+        return bundle
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle folder or tar")
     return _load_folder(path, key, installed_version, force)
