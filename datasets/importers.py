@@ -62,6 +62,7 @@ def imagefolder(
                     group=pattern_part(pattern, key) if pattern else None,
                     label_source="importer:imagefolder",
                     license=license,
+                    root=src,
                 )
             )
     return out
@@ -95,6 +96,7 @@ def magnetic_tile(src: Path, *, source: str = "magnetic-tile") -> list[Candidate
                     license=MAGNETIC_TILE_LICENSE,
                     mask_file=mask if mask.exists() else None,
                     extra={"frame_number": int(match["num"])} if match else {},
+                    root=src,
                 )
             )
     numbered = [c for c in out if "frame_number" in c.extra]

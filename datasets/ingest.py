@@ -10,8 +10,10 @@ dataset as it was.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,10 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cv2
 from tqdm import tqdm
 
 from . import manifest as mf
 from .duplicates import duplicate_groups, phash
+from .manifest import DatasetError
 from .storage import decode, image_relpath, mask_relpath
 from .validate import Limits, Rejected, inspect_image
 
@@ -46,17 +50,26 @@ class Candidate:
     mask_file: Path | None = None
     mask_data: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # the source folder its files must lie in (links are followed)
 
     def read(self) -> bytes:
         if self.data is not None:
             return self.data
         assert self.file is not None, "a Candidate needs file or data"
-        return self.file.read_bytes()
+        return self._within_root(self.file).read_bytes()
 
     def read_mask(self) -> bytes | None:
         if self.mask_data is not None:
             return self.mask_data
-        return self.mask_file.read_bytes() if self.mask_file is not None else None
+        return self._within_root(self.mask_file).read_bytes() if self.mask_file else None
+
+    def _within_root(self, path: Path) -> Path:
+        """``path``, unless a symbolic link on the way leads out of the source folder (an
+        import must not copy /etc or another dataset into this one)."""
+        real = path.resolve()
+        if self.root is not None and not real.is_relative_to(self.root.resolve()):
+            raise Rejected("outside-source", f"a link to {real}, outside {self.root}")
+        return path
 
     @property
     def display(self) -> str:
@@ -97,12 +110,20 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+STAGING_PREFIX = ".staging-"
+LEGACY_STAGING_AGE_S = 3600.0  # a staging folder without a process id: stale after an hour
+
+
 class _Stage:
-    """New files written under a private folder, moved into the dataset on commit."""
+    """New files written under a private folder, moved into the dataset on commit.
+
+    The folder is named after the importing process (``.staging-<pid>-<random>``), so a
+    later import can tell one left by a killed import (its process is gone) from one in use.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.dir = root / f".staging-{uuid.uuid4().hex[:8]}"
+        self.dir = root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.pending: set[str] = set()
 
     def put(self, relpath: str, data: bytes) -> None:
@@ -124,8 +145,33 @@ class _Stage:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def remove_stale_stages(root: Path) -> list[Path]:
+    """Remove the staging folders that killed imports left in ``root``; the ones removed."""
+    stale = [d for d in root.glob(f"{STAGING_PREFIX}*") if d.is_dir() and _is_stale(d)]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
+def _is_stale(folder: Path) -> bool:
+    pid = folder.name.removeprefix(STAGING_PREFIX).partition("-")[0]
+    if not pid.isdigit():  # made before folders carried their process id
+        return time.time() - folder.stat().st_mtime > LEGACY_STAGING_AGE_S
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:  # it exists, as another user's process
+        return False
+    return False
+
+
 def _record_for(candidate: Candidate, data: bytes, limits: Limits, stage: _Stage) -> mf.Record:
     info = inspect_image(data, candidate.file.name if candidate.file else candidate.origin, limits)
+    try:  # Pillow read it; the training side reads with OpenCV, which may still refuse it
+        image = decode(data, candidate.display)
+    except (DatasetError, cv2.error) as exc:
+        raise Rejected("unreadable", str(exc).strip()) from None
     sha = hashlib.sha256(data).hexdigest()
     relpath = image_relpath(sha, info.format)
     stage.put(relpath, data)
@@ -146,7 +192,7 @@ def _record_for(candidate: Candidate, data: bytes, limits: Limits, stage: _Stage
         labeled_at=candidate.labeled_at,
         label_policy=candidate.label_policy,
         license=candidate.license,
-        phash=phash(decode(data, candidate.display)),
+        phash=phash(image),
         extra=dict(candidate.extra),
     )
 
@@ -199,6 +245,8 @@ def ingest(
     root.mkdir(parents=True, exist_ok=True)
     manifest = mf.load(root)
     report = ImportReport()
+    for folder in remove_stale_stages(root):
+        report.warnings.append(f"removed {folder.name}, left by an import that did not finish")
     stage = _Stage(root)
     sources: set[str] = set()
     rejects: dict[str, dict[str, str]] = {}

@@ -32,7 +32,15 @@ class ImageInfo:
 class Rejected(Exception):
     """An image that may not enter a dataset. ``reason`` is one of REASONS."""
 
-    REASONS = ("zero-size", "too-large", "unreadable", "wrong-format", "truncated", "too-small")
+    REASONS = (
+        "zero-size",
+        "too-large",
+        "unreadable",
+        "wrong-format",
+        "truncated",
+        "too-small",
+        "outside-source",  # a symbolic link that leads out of the source folder
+    )
 
     def __init__(self, reason: str, detail: str) -> None:
         assert reason in self.REASONS, reason

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from lineqc.datasets import importers
 from lineqc.datasets import manifest as mf
@@ -133,3 +141,65 @@ def test_magnetic_tile_import_and_hold_out_session(tmp_path: Path, magnetic_tile
     assert all(r.split == "test" for r in manifest if r.session == "exp3")
     assert {r.split for r in manifest} == {"train", "val", "test"}
     assert split.pulled_into_test > 0  # re-shots of exp3's tiles in other sessions follow them
+
+
+def test_an_image_opencv_cannot_decode_is_one_reject(tmp_path: Path, lineqc) -> None:
+    """A PNG Pillow reads but OpenCV refuses (1,100,000 px wide: over OpenCV's width limit)
+    is rejected with its reason; the other images are imported."""
+    src = _folder(tmp_path, n=4)
+    wide = io.BytesIO()
+    Image.new("L", (1_100_000, 8)).save(wide, "PNG")
+    (src / "ok").mkdir(exist_ok=True)
+    (src / "ok" / "wide.png").write_bytes(wide.getvalue())
+    proc = lineqc(
+        "data", "import", str(src), "--format", "imagefolder", "--dataset", str(tmp_path / "ds")
+    )
+    assert "rejected " in proc.stderr and "wide.png: unreadable: " in proc.stderr
+    assert "OpenCV cannot decode" in proc.stderr
+    assert "imported 4 images" in proc.stderr and "rejected 1" in proc.stderr
+    assert len(mf.load(tmp_path / "ds")) == 4
+
+
+def test_links_out_of_the_source_folder_are_refused(tmp_path: Path) -> None:
+    src = _folder(tmp_path, n=4)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    secret = next(iter(synth_candidates(1, seed=50, size=64))).read()
+    (outside / "secret.png").write_bytes(secret)
+    label = sorted(p.name for p in src.iterdir())[0]
+    (src / label / "link-out.png").symlink_to(outside / "secret.png")
+    (src / "linked-class").symlink_to(outside, target_is_directory=True)
+    first = sorted((src / label).glob("img*.png"))[0]
+    (src / label / "link-in.png").symlink_to(first)  # inside the tree: fine
+    report = ingest(tmp_path / "ds", imagefolder(src), import_name="t", quiet=True)
+    reasons = {Path(f).name: r for f, r in report.rejected}
+    assert set(reasons) == {"link-out.png", "secret.png"}
+    assert all(r.startswith("outside-source: a link to ") for r in reasons.values())
+    assert report.added == 5
+    stored = {r.sha256 for r in mf.load(tmp_path / "ds")}
+    assert hashlib.sha256(secret).hexdigest() not in stored
+
+
+def test_a_killed_import_leaves_no_staging_folder_after_the_next(tmp_path: Path) -> None:
+    src = _folder(tmp_path, n=150)
+    ds = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "lineqc", "data", "import", str(src), "--format", "imagefolder",
+           "--dataset", str(ds)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(ds.glob(".staging-*")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(ds.glob(".staging-*"))
+    assert left, "the import was not killed while staging"
+    live = ds / f".staging-{os.getpid()}-0123abcd"  # a running import's: kept
+    live.mkdir()
+    legacy = ds / ".staging-89abcdef"  # an old-style name, a day old
+    legacy.mkdir()
+    os.utime(legacy, (time.time() - 86400, time.time() - 86400))
+    report = ingest(ds, imagefolder(src)[:3], import_name="again", quiet=True)
+    assert sorted(p.name for p in ds.glob(".staging-*")) == [live.name]
+    assert sorted(report.warnings) == sorted(
+        f"removed {p.name}, left by an import that did not finish" for p in [*left, legacy]
+    )
