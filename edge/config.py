@@ -9,6 +9,7 @@ these models is committed as ``firmware_config/device.schema.json``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -64,7 +65,33 @@ def _existing_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+def _writable_file(value: Path, info: ValidationInfo) -> Path:
+    value = _resolve(value, info)
+    if (info.context or {}).get("check_files", True):
+        problem = unwritable(value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a file (an SQLite database, with its journal files beside it) cannot be written
+    or created at ``path``; None when it can."""
+    if path.exists():
+        if not path.is_file():
+            return f"not a file ({path})"
+        if not os.access(path, os.W_OK):
+            return f"not writable ({path})"
+    folder = next(p for p in path.parents if p.exists() or p.is_symlink())
+    if not folder.is_dir():
+        return f"cannot be created: {folder} is not a folder ({path})"
+    if not os.access(folder, os.W_OK | os.X_OK):  # a read-only filesystem too, even for root
+        return f"cannot be written: {folder} is not writable ({path})"
+    return None
+
+
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+WritableFile = Annotated[Path, AfterValidator(_writable_file)]
 ExistingPath = Annotated[Path, AfterValidator(_existing_path)]
 LocalPath = Annotated[Path, AfterValidator(_resolve)]
 Ident = Annotated[str, Field(pattern=_ID)]
@@ -233,7 +260,7 @@ class MQTTConfig(_Strict):
 
 
 class OutboxConfig(_Strict):
-    path: LocalPath = Field(description="SQLite file of the durable outbox")
+    path: WritableFile = Field(description="SQLite file of the durable outbox")
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024, description="disk bound")
 
 

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lineqc.errors import LineqcError
+
 log = logging.getLogger("lineqc.edge.outbox")
 PRIORITY_RESULT = 0
 PRIORITY_SAMPLE = 10
@@ -70,16 +72,20 @@ class Row:
     qos: int
 
 
+class OutboxError(LineqcError):
+    """An outbox file that cannot be opened; the message names it and the reason."""
+
+
 class Outbox:
     def __init__(self, path: Path | str, max_bytes: int) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = _open(self.path)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"outbox {self.path}: cannot open it ({exc})") from None
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
         self.depth, self.bytes = (int(v) for v in row.fetchone())
         self._last_drop = 0.0
@@ -260,6 +266,18 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
 
 
 def _disk_refused(exc: sqlite3.DatabaseError) -> bool:

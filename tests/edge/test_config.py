@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,46 @@ def test_mqtt_protocol_spellings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(doc, base=tmp_path)
     assert info.value.errors[0].startswith("mqtt.protocol: ")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only filesystem (a tmpfs mounted ro): not writable, even for root."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_an_unwritable_outbox_is_a_config_error_not_a_crash(
+    lineqc, tmp_path: Path, read_only_folder: Path
+) -> None:
+    """check-config refuses an outbox that cannot be written, with its key and reason, and
+    `edge run` stops with the same clear message instead of a traceback."""
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "a-folder.sqlite").mkdir()
+    cases = {
+        str(read_only_folder / "outbox.sqlite"): f"{read_only_folder} is not writable",
+        str(tmp_path / "a-file" / "outbox.sqlite"): f"{tmp_path / 'a-file'} is not a folder",
+        str(tmp_path / "a-folder.sqlite"): "not a file",
+    }
+    doc = _minimal(tmp_path)
+    for outbox, why in cases.items():
+        doc["outbox"] = {"path": outbox}
+        path = tmp_path / "dev.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        check = lineqc("edge", "check-config", str(path), check=False)
+        assert check.returncode == 1 and f"{path}: outbox.path: " in check.stderr, check.stderr
+        assert why in check.stderr
+        run = lineqc("edge", "run", "--config", str(path), check=False)
+        assert run.returncode == 2 and "outbox.path: " in run.stderr and why in run.stderr
+        assert "Traceback" not in run.stderr
