@@ -350,3 +350,24 @@ def edge(tmp_path: Path, edge_bundle: EdgeBundle) -> Iterator[EdgeKit]:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """tmpfs("size=512k") or tmpfs("ro,size=64k"): a real small filesystem (root only; the
+    test skips where mounting is not allowed), unmounted at the end."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,29 +113,10 @@ def test_mqtt_protocol_spellings(tmp_path: Path) -> None:
     assert info.value.errors[0].startswith("mqtt.protocol: ")
 
 
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A real read-only filesystem (a tmpfs mounted ro): not writable, even for root."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def test_an_unwritable_outbox_is_a_config_error_not_a_crash(
-    lineqc, tmp_path: Path, read_only_folder: Path
-) -> None:
+def test_an_unwritable_outbox_is_a_config_error_not_a_crash(lineqc, tmpfs, tmp_path: Path) -> None:
     """check-config refuses an outbox that cannot be written, with its key and reason, and
     `edge run` stops with the same clear message instead of a traceback."""
+    read_only_folder = tmpfs("ro,size=64k")  # not writable, even for root
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "a-folder.sqlite").mkdir()
     cases = {

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from lineqc.edge.outbox import Outbox, OutMessage
 
@@ -57,24 +53,6 @@ def test_a_message_larger_than_the_bound_is_refused(tmp_path: Path) -> None:
     assert box.counters() == {"dropped_sample": 1} and box.depth == 0
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 512 KiB filesystem (tmpfs), full after a few dozen samples."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def fill(folder: Path) -> Path:
     """Fill the filesystem of ``folder`` with a ballast file, to its last byte."""
     ballast = folder / "ballast"
@@ -88,11 +66,12 @@ def fill(folder: Path) -> Path:
     return ballast
 
 
-def test_a_full_disk_is_the_bound_counted_and_inspection_goes_on(tiny_disk: Path) -> None:
+def test_a_full_disk_is_the_bound_counted_and_inspection_goes_on(tmpfs) -> None:
     """The disk fills (another program's files) long before the configured bound: each
     batch it refuses is dropped and counted (never an exception: the failed commit's
     rollback must not raise), depth and bytes stay what is committed, at_bound says so;
     once the disk has room again, messages are taken and the counts saved."""
+    tiny_disk = tmpfs("size=512k")
     box = Outbox(tiny_disk / "o.sqlite", 64 * 1024 * 1024)
     kept = box.add_many([_msg("sample", f"s{i}", 4000) for i in range(5)])
     ballast = fill(tiny_disk)

@@ -36,8 +36,17 @@ def _user_fk() -> sa.ForeignKeyConstraint:
     return sa.ForeignKeyConstraint(["user_id"], ["users.id"])
 
 
-def _frame_fk() -> sa.ForeignKeyConstraint:
-    return sa.ForeignKeyConstraint(["frame_pk"], ["frames.id"])
+def _answer(*times: str) -> list[SchemaItem]:
+    """One inspector's label on one frame (adjudications, review_history, reviews), with the
+    times it carries."""
+    return [
+        sa.Column("frame_pk", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("label", sa.String(length=100), nullable=False),
+        *(sa.Column(name, sa.Float(), nullable=False) for name in times),
+        sa.ForeignKeyConstraint(["frame_pk"], ["frames.id"]),
+        _user_fk(),
+    ]
 
 
 def upgrade() -> None:
@@ -95,38 +104,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
-    _table(
-        "adjudications",
-        sa.Column("frame_pk", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("label", sa.String(length=100), nullable=False),
-        sa.Column("created_at", sa.Float(), nullable=False),
-        _frame_fk(),
-        _user_fk(),
-        sa.PrimaryKeyConstraint("frame_pk"),
-    )
+    _table("adjudications", *_answer("created_at"), sa.PrimaryKeyConstraint("frame_pk"))
     _table(
         "review_history",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("frame_pk", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("label", sa.String(length=100), nullable=False),
-        sa.Column("answered_at", sa.Float(), nullable=False),
-        sa.Column("replaced_at", sa.Float(), nullable=False),
-        _frame_fk(),
-        _user_fk(),
+        *_answer("answered_at", "replaced_at"),
         sa.PrimaryKeyConstraint("id"),
         indexes={"frame_pk": False, "user_id": False},
     )
     _table(
         "reviews",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("frame_pk", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("label", sa.String(length=100), nullable=False),
-        sa.Column("created_at", sa.Float(), nullable=False),
-        _frame_fk(),
-        _user_fk(),
+        *_answer("created_at"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("frame_pk", "user_id"),
         indexes={"frame_pk": False, "user_id": False},
