@@ -191,6 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         broker=args.broker,
         baseline=not args.no_baseline,
         baseline_frames=args.baseline_frames,
+        allow_failed_gate=args.allow_failed_gate,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -244,6 +245,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pubkey", type=Path, help="verify the bundle's signature first")
     p.add_argument("--broker", default="auto", help="auto (private mosquitto), none, or HOST:PORT")
     p.add_argument("--no-baseline", action="store_true", help="skip the PyTorch eager loop")
+    p.add_argument(
+        "--allow-failed-gate",
+        action="store_true",
+        help="time an INT8 model whose accuracy gate failed (the runtime refuses it otherwise)",
+    )
     p.add_argument("--baseline-frames", type=int, help="frames for the baseline (default 200)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
