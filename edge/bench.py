@@ -228,6 +228,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  throughput         {r['fps']:.1f} frames/s  (frame time {r['frame_time_ms']:.2f} ms, "
         f"overhead beyond the model {100 * (r['overhead_share'] or 0):.0f}%)",
     ]
+    if r.get("gate_failure"):
+        lines.append(f"  NOTE: timed although {r['gate_failure']}")
     if "baseline" in r:
         b = r["baseline"]
         lines.append(
