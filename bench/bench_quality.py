@@ -22,7 +22,7 @@ import argparse
 import hashlib
 import json
 import resource
-import subprocess
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lineqc.datasets.manifest import Record, load, manifest_hash
+from lineqc.datasets.prepare import magnetic_tile_dataset
 from lineqc.edge.bundle import Bundle, load_bundle
 from lineqc.edge.decision import decide_batch, softmax
 from lineqc.edge.signing import generate_keys
@@ -45,6 +46,7 @@ from lineqc.train.data import label_indices, split_records
 from lineqc.train.intervals import cluster_ids, fmt_ci, intervals, parts_of
 from lineqc.train.loop import train
 from lineqc.train.metrics import anomaly_figures
+from lineqc.train.tracking import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "int8")
@@ -56,29 +58,10 @@ HEADLINE = (
 )
 
 
-def ensure_dataset(dataset: Path, source: Path) -> None:
-    if (dataset / "manifest.json").exists():
-        return
-    run = [sys.executable, "-m", "lineqc", "data"]
-    subprocess.run(
-        [*run, "import", str(source), "--format", "magnetic-tile", "--dataset", str(dataset)],
-        check=True,
-    )
-    subprocess.run([*run, "split", str(dataset)], check=True)
-
-
-def git_commit() -> str:
-    proc = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return proc.stdout.strip() + ("-dirty" if dirty else "")
+def code_version() -> str:
+    """The commit the figures come from ("-dirty": with uncommitted changes)."""
+    git = git_commit()
+    return f"{git['commit']}{'-dirty' if git['dirty'] else ''}"
 
 
 def cpu_seconds() -> float:
@@ -115,7 +98,7 @@ def run_fold(
     cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
     run_dir = out / "run"
     if run_dir.exists():
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        shutil.rmtree(run_dir)  # a fold cut short: train it again
     wall, cpu = time.perf_counter(), cpu_seconds()
     train(cfg, view, run_dir)
     train_wall, train_cpu = time.perf_counter() - wall, cpu_seconds() - cpu
@@ -392,7 +375,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    ensure_dataset(args.dataset, args.source)
+    magnetic_tile_dataset(args.dataset, args.source)
     args.out.mkdir(parents=True, exist_ok=True)
     key = args.out / "keys" / "signing.key"
     if not key.exists():
@@ -405,7 +388,7 @@ def main() -> int:
         "folds": args.folds,
         "seed": args.seed,
         "leave_out": args.leave_out,
-        "commit": git_commit(),
+        "commit": code_version(),
     }
     recipes = {"recipe": (args.recipe, args.overrides)}
     if str(args.baseline) != "none":

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,21 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lineqc.datasets.manifest import load
+from lineqc.datasets.prepare import magnetic_tile_dataset
 from lineqc.train.config import load_config
 from lineqc.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def ensure_dataset(dataset: Path, source: Path) -> None:
-    if (dataset / "manifest.json").exists():
-        return
-    run = [sys.executable, "-m", "lineqc", "data"]
-    subprocess.run(
-        [*run, "import", str(source), "--format", "magnetic-tile", "--dataset", str(dataset)],
-        check=True,
-    )
-    subprocess.run([*run, "split", str(dataset)], check=True)
 
 
 class PlainImages(Dataset[tuple[torch.Tensor, int]]):
@@ -89,7 +77,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    ensure_dataset(args.dataset, args.source)
+    magnetic_tile_dataset(args.dataset, args.source)
     cfg = load_config(
         args.config, [*args.overrides, "epochs=2", "tracking.mlflow=false", "progress=false"]
     )

@@ -21,6 +21,7 @@ from lineqc.edge.preprocess import PreprocessSpec
 from .calibration import reliability_bins
 from .gallery import error_gallery
 from .intervals import fmt_ci
+from .metrics import INTERVAL_KEYS
 
 if TYPE_CHECKING:
     from .evaluate import SplitResult
@@ -35,16 +36,7 @@ HEADLINE = (
     "ece_after",
     "temperature",
 )
-SLICE_COLUMNS = (
-    "n",
-    "accuracy",
-    "macro_f1",
-    "balanced_accuracy",
-    "auroc_defect_vs_ok",
-    "recall_at_95_precision",
-    "defect_recall_at_argmax",
-    "ok_false_reject_rate",
-)
+SLICE_COLUMNS = ("n", *INTERVAL_KEYS)
 
 
 def fmt_value(value: Any) -> str:
