@@ -60,6 +60,8 @@ FP32_SCOPES = ("memory", "map_head", "head")
 
 def in_fp32_scope(node_name: str) -> bool:
     return any(f"/{scope}/" in node_name for scope in FP32_SCOPES)
+
+
 # max |probability difference| allowed between the ONNX Runtime file and the TensorRT source,
 # both run by ONNX Runtime with graph optimizations off: they are the same function
 REWRITE_TOLERANCE = 1e-6
