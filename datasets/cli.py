@@ -52,6 +52,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         time_forward=args.time_forward,
         unfreeze_test=args.unfreeze_test,
         max_distance=args.near_distance,
+        production=args.production,
     )
     if args.json:
         _print_json(report.to_json())
@@ -112,6 +113,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.20,
         help="test share (default 0.20), whole parts at a time; 0 with --hold-out-session",
+    )
+    p.add_argument(
+        "--production",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of parts held out as the line's new production (default: 0): in no split, "
+        "never trained or judged on, replayed through a device so that inspectors' labels of "
+        "those frames join training; only parts in no split yet; held out before stays held out",
     )
     p.add_argument("--hold-out-session", metavar="K", help="put this whole session in test")
     p.add_argument(

@@ -8,24 +8,27 @@ from typing import Any
 
 from . import manifest as mf
 from .duplicates import DEFAULT_MAX_DISTANCE, duplicate_groups
-from .split import UNASSIGNED
+from .split import PRODUCTION, UNASSIGNED, production_ids
 
 UNLABELLED = "(unlabelled)"
+NO_SESSION = "(no session)"  # frames from a device (reviewed labels) carry no session
 
 
 def dataset_stats(root: Path | str, max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
     manifest = mf.load(root)
     records = list(manifest)
     exact, near = duplicate_groups([(r.id, r.sha256, r.phash) for r in records], max_distance)
+    held = production_ids(manifest)
     splits: dict[str, Counter[str]] = {}
     for r in records:
-        splits.setdefault(r.split or UNASSIGNED, Counter())[r.label or UNLABELLED] += 1
+        split = PRODUCTION if r.id in held else r.split or UNASSIGNED
+        splits.setdefault(split, Counter())[r.label or UNLABELLED] += 1
     reasons = Counter(v["reason"].split(":", 1)[0] for v in manifest.rejects.values())
     return {
         "images": len(records),
         "classes": dict(sorted(Counter(r.label or UNLABELLED for r in records).items())),
         "ok_class": manifest.ok_class,
-        "sessions": dict(sorted(Counter(str(r.session) for r in records).items())),
+        "sessions": dict(sorted(Counter(r.session or NO_SESSION for r in records).items())),
         "splits": {s: dict(sorted(c.items())) for s, c in sorted(splits.items())},
         "sources": dict(sorted(Counter(r.source for r in records).items())),
         "rejected": len(manifest.rejects),

@@ -87,3 +87,22 @@ def test_help_for_every_stage(lineqc: Callable[..., Any]) -> None:
     for args in ([], ["data"], ["data", "import"], ["edge"], ["edge", "info"]):
         proc = lineqc(*args, "--help")
         assert "usage: lineqc" in proc.stdout
+
+
+def test_stats_name_rows_without_a_session_and_the_production_share(
+    tmp_path: Path, lineqc: Callable[..., Any]
+) -> None:
+    from lineqc.datasets.ingest import Candidate, ingest
+
+    ds = tmp_path / "ds"
+    lineqc("data", "synth", str(ds), "--n", "60", "--seed", "1", "--size", "48")
+    lineqc("data", "split", str(ds), "--production", "0.2")
+    frame = mf.load(ds).in_split("train")[0]
+    reviewed = Candidate(  # a device frame labelled by inspectors: no capture session
+        origin="dev1-cam0-1-0", source="dev1/cam0", label=frame.label,
+        file=ds / frame.path, label_source="inspector:ann",
+    )  # fmt: skip
+    ingest(ds, [reviewed], import_name="review-export-labels", quiet=True)
+    text = lineqc("data", "stats", str(ds)).stdout
+    assert "None" not in text and "(no session) 1" in text, text
+    assert "split production (" in text and "split unassigned (1)" in text, text
