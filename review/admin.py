@@ -1,7 +1,9 @@
 """Admin pages: agreement and gold audit, the review settings, and adjudication.
 
 Only users created with ``--admin`` see them (others get 403). Frame states come from
-``consensus.py``, the one definition of pending / agreed / disputed / adjudicated.
+``consensus.py``, the one definition of pending / agreed / disputed / adjudicated. With a
+dataset (``--dataset``), agreed frames whose label the dataset contradicts for the same part
+(``conflicts.py``) wait for adjudication beside the disputed ones.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from .agreement import PairAgreement, pair_agreement
 from .auth import SignedIn
+from .conflicts import ConflictFinder, Known, own_row_id
 from .consensus import FrameState, frame_states
 from .frameview import frame_view
 from .gold import GoldScore, gold_audit
@@ -121,39 +124,80 @@ def change_settings(
     return RedirectResponse("/admin", 303)
 
 
-def _disputed(s: Session) -> tuple[list[Frame], dict[int, FrameState]]:
-    """The disputed frames, oldest capture first, and every flagged frame's state."""
+@dataclass(frozen=True)
+class Waiting:
+    """What waits for an admin: disputed frames and label conflicts, oldest capture first."""
+
+    frames: list[Frame]
+    states: dict[int, FrameState]  # every flagged frame's
+    conflicts: dict[int, Known]  # agreed frames the dataset contradicts
+
+    def needs_admin(self, pk: int) -> bool:
+        return self.states[pk].consensus.state == "disputed" or pk in self.conflicts
+
+
+def _contradiction(request: Request, frame: Frame, label: str | None) -> Known | None:
+    """What the app's dataset says of ``frame``'s part when it contradicts ``label``."""
+    finder: ConflictFinder | None = request.app.state.conflicts
+    if finder is None or frame.image_sha256 is None:
+        return None
+    own = own_row_id(frame.device, frame.camera, frame.frame_id)
+    known = finder.known_for(store_of(request).image_path(frame.image_sha256), own)
+    return known if known is not None and known.contradicts(label) else None
+
+
+def _conflicts(request: Request, s: Session, states: dict[int, FrameState]) -> dict[int, Known]:
+    """Agreed frames whose label the app's dataset contradicts (none without a dataset)."""
+    agreed = [pk for pk, st in states.items() if st.consensus.state == "agreed"]
+    if request.app.state.conflicts is None or not agreed:
+        return {}
+    out = {}
+    for frame in s.scalars(select(Frame).where(Frame.id.in_(agreed))):
+        known = _contradiction(request, frame, states[frame.id].consensus.label)
+        if known is not None:
+            out[frame.id] = known
+    return out
+
+
+def _waiting(request: Request, s: Session) -> Waiting:
     states = frame_states(s, _flagged(s))
-    pks = [pk for pk, st in states.items() if st.consensus.state == "disputed"]
+    conflicts = _conflicts(request, s, states)
+    pks = [pk for pk, st in states.items() if st.consensus.state == "disputed"] + list(conflicts)
     frames = s.scalars(select(Frame).where(Frame.id.in_(pks)).order_by(Frame.ts, Frame.id)).all()
-    return list(frames), states
+    return Waiting(list(frames), states, conflicts)
 
 
 @router.get("/adjudicate")
 def adjudicate_page(request: Request, user: Admin) -> Response:
     with store_of(request).session() as s:
-        frames, states = _disputed(s)
-        items = [(f, states[f.id].answers) for f in frames[:ADJUDICATE_PAGE]]
-    return render(request, "adjudicate.html", items=items, waiting=len(frames))
+        waiting = _waiting(request, s)
+        items = [
+            (f, waiting.states[f.id].answers, waiting.conflicts.get(f.id))
+            for f in waiting.frames[:ADJUDICATE_PAGE]
+        ]
+    return render(request, "adjudicate.html", items=items, waiting=len(waiting.frames))
 
 
 @router.get("/adjudicate/{frame_pk}")
 def adjudicate_frame(request: Request, frame_pk: int, user: Admin) -> Response:
-    """One disputed frame with the frame page's viewer, guide and keys (classes only)."""
+    """One disputed or conflicting frame with the frame page's viewer, guide and keys
+    (classes only)."""
     with store_of(request).session() as s:
         frame = get_frame(s, frame_pk)
         if frame is None or frame.is_gold:
             raise HTTPException(404, f"no frame {frame_pk} to adjudicate")
-        frames, states = _disputed(s)
+        waiting = _waiting(request, s)
         history = history_of(s, frame.id)
     return render(
         request,
         "adjudicate_frame.html",
         **frame_view(request, frame),
-        state=states[frame.id],
+        state=waiting.states[frame.id],
+        conflict=waiting.conflicts.get(frame.id),
+        open=waiting.needs_admin(frame.id),
         history=history,
         keys=answer_keys(frame.classes),
-        waiting=len(frames),
+        waiting=len(waiting.frames),
         csrf=user.csrf,
     )
 
@@ -172,7 +216,8 @@ def adjudicate(
         if label not in frame.classes:
             raise HTTPException(400, f"label {label[:100]!r} is not one of {frame.classes}")
         answers = answers_by_frame(s, [frame.id])[frame.id]
-        if resolve(frame, answers, s.get(Adjudication, frame.id)).state != "disputed":
+        result = resolve(frame, answers, s.get(Adjudication, frame.id))
+        if result.state != "disputed" and not _contradiction(request, frame, result.label):
             raise HTTPException(409, "this frame is not disputed (anymore)")
         s.add(
             Adjudication(
@@ -180,5 +225,5 @@ def adjudicate(
             )
         )
     with store_of(request).session() as s:
-        following = _disputed(s)[0]
+        following = _waiting(request, s).frames
     return RedirectResponse(f"/adjudicate/{following[0].id}" if following else "/adjudicate", 303)

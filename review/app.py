@@ -38,6 +38,7 @@ from .auth import (
     same_token,
     start_session,
 )
+from .conflicts import ConflictFinder, KnownLabels
 from .frameview import frame_view
 from .guide import Guide
 from .middleware import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
@@ -91,6 +92,8 @@ def create_app(
     app = FastAPI(title="lineqc review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.guide = guide if guide is not None else Guide()
+    manifest = app.state.guide.manifest  # with --dataset: label conflicts are flagged
+    app.state.conflicts = ConflictFinder(KnownLabels.of(manifest)) if manifest is not None else None
     app.state.change_window_s = change_window_s
     app.state.throttle = throttle if throttle is not None else SignInThrottle()
     app.add_middleware(BodyLimit, limit=max_body_bytes)

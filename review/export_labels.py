@@ -13,6 +13,11 @@ later adjudication replaces the row's label. New rows are then placed into train
 ``datasets.split.place_new``: never into the frozen test split, and a frame that is a near
 duplicate of a test image is kept out of every split (labelled, unused for training) and
 reported, since training on it would leak that test image.
+
+A final label that contradicts the dataset's own label for the same part or a near
+duplicate (``conflicts.py``) is not exported: the frame is held back and listed, and waits
+in the admin's adjudication queue; once adjudicated it is exported (the admin's word is
+final) with the contradicted labels noted in its provenance.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from lineqc.datasets.ingest import Candidate, ImportReport, ingest
 from lineqc.datasets.split import place_new
 from lineqc.errors import LineqcError
 
+from .conflicts import ConflictFinder, KnownLabels, own_row_id
 from .consensus import FrameState, frame_states
 from .store import POLICY_VERSION, SKIP, Frame, Store
 
 IMPORT_NAME = "review-export-labels"
-SKIP_REASONS = ("pending", "disputed", "gold", "no-image")
+SKIP_REASONS = ("pending", "disputed", "gold", "no-image", "conflict")
 
 
 class ExportLabelsError(LineqcError):
@@ -56,6 +62,9 @@ class ExportSummary:
     rejected: list[dict[str, str]] = field(default_factory=list)  # the dataset refused the image
     placed: dict[str, int] = field(default_factory=dict)  # split -> new rows placed there
     kept_out: list[dict[str, str]] = field(default_factory=list)  # rows in no split, and why
+    # final labels contradicting the dataset's for the same part: frame_id, label, known,
+    # rows, held (True: not exported until adjudicated)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -71,12 +80,25 @@ class ExportSummary:
             + (", ".join(f"{n} {s}" for s, n in sorted(self.placed.items())) or "none"),
         ]
         lines += [f"rejected frame {r['frame_id']}: {r['reason']}" for r in self.rejected]
+        lines += [_conflict_line(c) for c in self.conflicts]
         if self.kept_out:
             lines.append(
                 f"{len(self.kept_out)} row(s) kept out of training (labelled, in no split):"
             )
             lines += [f"  {k['id']} (frame {k['frame_id']}): {k['why']}" for k in self.kept_out]
         return "\n".join(lines)
+
+
+def _conflict_line(c: dict[str, Any]) -> str:
+    then = (
+        "held back until an admin adjudicates it (/adjudicate)"
+        if c["held"]
+        else "exported: an admin adjudicated it"
+    )
+    return (
+        f"label conflict: frame {c['frame_id']} labelled {c['label']}, but the dataset says "
+        f"{' or '.join(c['known'])} for the same part (row {', '.join(c['rows'])}); {then}"
+    )
 
 
 def iso(ts: float) -> str:
@@ -91,6 +113,7 @@ def _candidate(
     store: Store,
     frame: Frame,
     state: FrameState,
+    contradicts: list[str] | None = None,
 ) -> Candidate:
     result, adjudication = state.consensus, state.adjudication
     assert result.label is not None and frame.image_sha256 is not None
@@ -131,6 +154,8 @@ def _candidate(
         "agreement": result.agreement,
         "adjudicator": adjudicator,
     }
+    if contradicts:  # adjudicated against the dataset's labels of the same part
+        extra["contradicts"] = contradicts
     return Candidate(
         origin=frame.frame_id,
         source=source_of(frame),
@@ -144,8 +169,7 @@ def _candidate(
     )
 
 
-def _classes(dataset: Path) -> set[str]:
-    manifest = mf.load(dataset)
+def _classes(dataset: Path, manifest: mf.Manifest) -> set[str]:
     if not manifest.records or manifest.ok_class is None:
         raise ExportLabelsError(
             f"{dataset}: not a dataset with labelled images and an OK class; export-labels adds "
@@ -154,10 +178,43 @@ def _classes(dataset: Path) -> set[str]:
     return {*manifest.classes, manifest.ok_class}
 
 
+def _without_conflicts(
+    store: Store,
+    finals: list[tuple[Frame, FrameState]],
+    known: KnownLabels,
+    summary: ExportSummary,
+) -> list[tuple[Frame, FrameState]]:
+    """The frames to export: those whose label the dataset does not contradict, and the
+    contradicted ones an admin adjudicated. Every conflict is recorded in ``summary``."""
+    finder = ConflictFinder(known)
+    out = []
+    for frame, state in finals:
+        own = own_row_id(frame.device, frame.camera, frame.frame_id)
+        found = finder.known_for(store.image_path(str(frame.image_sha256)), own)
+        label = state.consensus.label
+        if found is not None and found.contradicts(label):
+            held = state.adjudication is None
+            summary.conflicts.append(
+                {
+                    "frame_id": frame.frame_id,
+                    "label": label,
+                    "known": list(found.labels),
+                    "rows": list(found.rows),
+                    "held": held,
+                }
+            )
+            if held:
+                summary.skipped["conflict"] += 1
+                continue
+        out.append((frame, state))
+    return out
+
+
 def export_labels(store: Store, dataset: Path, quiet: bool = False) -> ExportSummary:
     """Add every agreed or adjudicated, non-gold frame of ``store`` to ``dataset``."""
     dataset = Path(dataset)
-    classes = _classes(dataset)
+    before = mf.load(dataset)
+    classes = _classes(dataset, before)
     summary = ExportSummary(str(dataset))
     finals: list[tuple[Frame, FrameState]] = []
     with store.session() as s:
@@ -197,10 +254,12 @@ def export_labels(store: Store, dataset: Path, quiet: bool = False) -> ExportSum
             f"{detail}; nothing was written"
         )
 
+    finals = _without_conflicts(store, finals, KnownLabels.of(before), summary)
     summary.exported = len(finals)
     if not finals:
         return summary  # the dataset stays as it was
-    candidates = (_candidate(store, f, state) for f, state in finals)
+    contradicted = {c["frame_id"]: c["known"] for c in summary.conflicts}
+    candidates = (_candidate(store, f, state, contradicted.get(f.frame_id)) for f, state in finals)
     report: ImportReport = ingest(
         dataset, candidates, import_name=IMPORT_NAME, quiet=quiet, total=len(finals)
     )

@@ -6,8 +6,9 @@
 - The OK class: the dataset's (``--dataset``); else the class the model called OK in stored
   frames (verdict ``ok``: audited confident frames); else a class named like OK.
 - Examples: labelled images of the dataset (``--dataset``), never rows serving as gold frames
-  (an inspector who had seen one would know its answer); then frames that inspectors agreed
-  on or an admin adjudicated in this review store (gold frames never).
+  nor the held-out production parts (an inspector who had seen one would know its answer);
+  then frames that inspectors agreed on or an admin adjudicated in this review store (gold
+  frames never).
 
 What the store says is read again every ``REFRESH_S``: page loads stay cheap on a large store.
 """
@@ -26,6 +27,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from lineqc.datasets.manifest import DatasetError, Manifest, Record, load
+from lineqc.datasets.split import production_ids
 from lineqc.errors import LineqcError
 
 from .consensus import frame_states
@@ -175,8 +177,9 @@ def _dataset_examples(manifest: Manifest | None, gold_ids: set[str]) -> dict[str
     out: dict[str, list[Record]] = defaultdict(list)
     if manifest is None:
         return out
+    hidden = gold_ids | production_ids(manifest)
     for r in sorted(manifest, key=lambda r: (r.split != "train", r.id)):  # train first
-        if r.label is not None and r.id not in gold_ids and len(out[r.label]) < EXAMPLES_PER_CLASS:
+        if r.label is not None and r.id not in hidden and len(out[r.label]) < EXAMPLES_PER_CLASS:
             out[r.label].append(r)
     return out
 

@@ -976,3 +976,37 @@ def test_gold_frames_are_mixed_in_and_audit_each_inspector(
     assert re.search(r'id="gold-frames">3<', page)
     # gold frames are not flagged frames: they do not count among the consensus states
     assert sum(states(site, root).values()) == 1
+
+
+def test_a_label_the_dataset_contradicts_waits_for_adjudication(
+    sqlite_site: Site, synth_dataset: Path
+) -> None:
+    from lineqc.datasets import manifest as mf
+    from lineqc.review.guide import Guide
+    from tests.review.kit import CLASSES as SYNTH_CLASSES
+    from tests.review.kit import to_jpeg
+
+    site = sqlite_site
+    rows = mf.load(synth_dataset).in_split("train")[:2]
+    shots = [to_jpeg((synth_dataset / r.path).read_bytes()) for r in rows]
+    wrong = next(c for c in SYNTH_CLASSES if c != rows[0].label)
+    kinds = {"classes": SYNTH_CLASSES, "probabilities": [0.25] * 4}
+    conflicting = site.add("dev1-cam0-1-1", jpeg=shots[0], **kinds)
+    fine = site.add("dev1-cam0-1-2", jpeg=shots[1], **kinds)
+    ann, root = site.login("ann"), site.login("root", admin=True)
+    assert ann.label(conflicting, wrong).status_code == 303  # agreed: one answer needed
+    assert ann.label(fine, str(rows[1].label)).status_code == 303
+    assert listed_in_adjudication(root.get("/adjudicate").text) == []  # no dataset: no check
+
+    site.app = create_app(site.store, guide=Guide.load(synth_dataset))
+    root = site.login("root", admin=True)
+    listing = root.get("/adjudicate").text
+    assert listed_in_adjudication(listing) == [conflicting]
+    assert f"the dataset says {rows[0].label} for the same part (row {rows[0].id}" in listing
+    page = root.get(f"/adjudicate/{conflicting}").text
+    assert 'id="conflict"' in page and f"agreed on <strong>{wrong}</strong>" in page
+    assert re.findall(r'name="label" value="([^"]+)"', page) == SYNTH_CLASSES  # may decide
+    assert root.post(f"/adjudicate/{fine}", label="ok").status_code == 409  # no conflict
+    assert root.post(f"/adjudicate/{conflicting}", label=str(rows[0].label)).status_code == 303
+    assert listed_in_adjudication(root.get("/adjudicate").text) == []
+    assert 'id="not-disputed"' in root.get(f"/adjudicate/{conflicting}").text

@@ -39,7 +39,7 @@ def test_final_labels_become_rows_with_full_provenance(store: Store, dataset: Pa
     exported = set(scenario.labels)
     assert summary.frames == len(scenario.frames)
     assert summary.exported == summary.added == len(exported)
-    assert summary.skipped == {"pending": 3, "disputed": 2, "gold": 1, "no-image": 1}
+    assert summary.skipped == {"pending": 3, "disputed": 2, "gold": 1, "no-image": 1, "conflict": 0}
     manifest = mf.load(dataset)
     for name, frame_id in scenario.frames.items():
         assert (row_id(frame_id) in manifest.records) == (name in exported), name
@@ -173,3 +173,38 @@ def test_cli_prints_the_summary_as_json_and_names_errors(
         "--dataset", str(dataset), check=False,
     )  # fmt: skip
     assert wrong_images.returncode == 2 and "is --images the review store's" in wrong_images.stderr
+
+
+def test_a_label_contradicting_the_same_part_is_held_until_adjudicated(
+    sqlite_store: Store, dataset: Path
+) -> None:
+    manifest = mf.load(dataset)
+    by_part: dict[str, list[mf.Record]] = {}
+    for r in manifest:
+        by_part.setdefault(str(r.group), []).append(r)
+    shot, other = next(rows for rows in by_part.values() if len(rows) == 2)  # shot twice
+    wrong = next(c for c in CLASSES if c != shot.label)
+    seeder = Seeder(sqlite_store)
+    pk = seeder.frame("dev1-cam0-again", to_jpeg((dataset / shot.path).read_bytes()))
+    seeder.answer(pk, "alice", wrong)  # agreed (one review needed), but wrong
+    right = seeder.frame("dev1-cam0-right", to_jpeg((dataset / other.path).read_bytes()))
+    seeder.answer(right, "alice", str(other.label))
+    rows = manifest_rows(dataset)
+
+    held = export_labels(sqlite_store, dataset, quiet=True)
+    (conflict,) = held.conflicts
+    assert conflict["frame_id"] == "dev1-cam0-again" and conflict["label"] == wrong
+    assert conflict["known"] == [shot.label] and conflict["held"] is True
+    assert set(conflict["rows"]) == {shot.id, other.id}  # the shot itself and its part-mate
+    assert held.skipped["conflict"] == 1 and held.added == 1  # the right one went in
+    assert row_id("dev1-cam0-again") not in mf.load(dataset).records
+    assert f"but the dataset says {shot.label} for the same part" in held.text()
+    assert "held back until an admin adjudicates it" in held.text()
+    assert {i: manifest_rows(dataset)[i] for i in rows} == rows
+
+    # An admin's adjudication is the last word: exported, the contradiction kept with it.
+    seeder.adjudicate(pk, "dora", wrong)
+    settled = export_labels(sqlite_store, dataset, quiet=True)
+    assert settled.added == 1 and settled.conflicts[0]["held"] is False
+    row = mf.load(dataset).records[row_id("dev1-cam0-again")]
+    assert row.label == wrong and row.extra["contradicts"] == [shot.label]

@@ -116,3 +116,19 @@ def test_serve_refuses_bad_guide_options(lineqc, tmp_path: Path) -> None:
     helptext = lineqc("review", "serve", "--help").stdout
     for option in ["--dataset", "--guide", "--change-window"]:
         assert option in helptext
+
+
+def test_examples_never_show_the_held_out_production_parts(tmp_path: Path) -> None:
+    from lineqc.datasets.split import production_ids, split_dataset
+    from lineqc.datasets.synth import synthesize
+    from lineqc.review.guide import _dataset_examples
+
+    synthesize(tmp_path, 60, seed=3, size=48, quiet=True)
+    split_dataset(tmp_path, production=0.5, val=0.1, test=0.1)  # most parts held out
+    manifest = mf.load(tmp_path)
+    held = production_ids(manifest)
+    examples = _dataset_examples(manifest, set())
+    assert held and examples and not {r.id for rows in examples.values() for r in rows} & held
+    for name, rows in examples.items():  # as many as the other rows allow
+        others = [r for r in manifest if r.label == name and r.id not in held]
+        assert len(rows) == min(EXAMPLES_PER_CLASS, len(others))
