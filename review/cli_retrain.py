@@ -37,7 +37,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--key", type=Path, help="Ed25519 private key (PREFIX.key): sign the new bundle"
     )
     parser.add_argument(
-        "--force", action="store_true", help="export the challenger even if it is not promoted"
+        "--force",
+        action="store_true",
+        help="train a challenger even with no new training rows since the champion, and "
+        "export it even if it is not promoted (never one identical to the champion)",
     )
     parser.add_argument(
         "--no-gate",
@@ -81,7 +84,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lineqc.errors import LineqcError
 
-    from .retrain import RetrainOptions, retrain
+    from .retrain import RetrainOptions, retrain, side_by_side_text
 
     if args.tolerance < 0:
         raise LineqcError(f"--tolerance {args.tolerance}: must be 0 or more")
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     print(result.decision.verdict)
     for reason in result.decision.reasons:
         print(f"  {reason}")
+    if result.comparison["slices"]:
+        print(side_by_side_text(result.comparison))
     bundle = result.comparison["bundle"]
     print(f"bundle: {bundle['path'] if bundle['exported'] else bundle['reason']}")
     print(f"report: {args.out / 'comparison.md'}")

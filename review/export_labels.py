@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +41,7 @@ from lineqc.errors import LineqcError
 
 from .conflicts import ConflictFinder, KnownLabels, own_row_id
 from .consensus import FrameState, frame_states
+from .lineage import EXPORTED_AT
 from .store import POLICY_VERSION, SKIP, Frame, Store
 
 IMPORT_NAME = "review-export-labels"
@@ -114,6 +116,7 @@ def _candidate(
     frame: Frame,
     state: FrameState,
     contradicts: list[str] | None = None,
+    exported_at: str | None = None,
 ) -> Candidate:
     result, adjudication = state.consensus, state.adjudication
     assert result.label is not None and frame.image_sha256 is not None
@@ -156,6 +159,8 @@ def _candidate(
     }
     if contradicts:  # adjudicated against the dataset's labels of the same part
         extra["contradicts"] = contradicts
+    if exported_at is not None:  # a new row: when it entered (retrain tells what is new)
+        extra[EXPORTED_AT] = exported_at
     return Candidate(
         origin=frame.frame_id,
         source=source_of(frame),
@@ -259,7 +264,17 @@ def export_labels(store: Store, dataset: Path, quiet: bool = False) -> ExportSum
     if not finals:
         return summary  # the dataset stays as it was
     contradicted = {c["frame_id"]: c["known"] for c in summary.conflicts}
-    candidates = (_candidate(store, f, state, contradicted.get(f.frame_id)) for f, state in finals)
+    now = iso(time.time())
+    candidates = (
+        _candidate(
+            store,
+            f,
+            state,
+            contradicted.get(f.frame_id),
+            None if own_row_id(f.device, f.camera, f.frame_id) in before.records else now,
+        )
+        for f, state in finals
+    )
     report: ImportReport = ingest(
         dataset, candidates, import_name=IMPORT_NAME, quiet=quiet, total=len(finals)
     )

@@ -13,11 +13,18 @@ preprocessing, on each slice:
   reviewed frames placed in train cannot be judged at all.
 
 -> compare: overall macro-F1, recall of each class present, and macro-F1 of each capture
-session and source (device/camera) slice. The challenger is promoted only when it is at
-least as good as the champion (minus ``tolerance``, default 0) on every check of every
-evaluated slice -> export a signed bundle (``lineqc.export``, its INT8 gate included)
-into ``OUT/bundle`` when promoted or forced and a key is given -> ``OUT/comparison.json``
-and ``OUT/comparison.md`` say what was decided and why.
+session and source (device/camera) slice. The challenger is promoted only on evidence:
+at least as good as the champion (minus ``tolerance``, default 0) on every check of every
+evaluated slice, and better on at least one -> export a signed bundle (``lineqc.export``,
+its INT8 gate included) into ``OUT/bundle`` when promoted or forced and a key is given ->
+``OUT/comparison.json`` and ``OUT/comparison.md`` say what was decided and why, with both
+models' figures side by side (95% intervals over parts) on the same images.
+
+Two things are never done: training a challenger with the champion's recipe when the
+dataset holds no new training rows since the champion (``lineage.py``; ``force`` or a
+``--set`` override trains anyway), and promoting or
+signing a challenger whose predictions equal the champion's on every evaluated image (it
+is the champion again, whatever ``force`` says).
 """
 
 from __future__ import annotations
@@ -28,15 +35,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from lineqc.datasets import manifest as mf
 from lineqc.errors import LineqcError
 from lineqc.train.config import TrainConfig, apply_override, from_dict
 
+from .lineage import Since, since
+
+if TYPE_CHECKING:
+    from lineqc.train.evaluate import SplitResult
+
 SLICES = ("test", "recent_reviewed")
 SLICE_KINDS = ("session", "source")  # the sliced metrics compared per value
 EPSILON = 1e-9  # float noise: equal metrics must compare as equal
+IDENTICAL_TOLERANCE = 1e-5  # logits this close on every image: the same model retrained
 
 
 class RetrainError(LineqcError):
@@ -57,6 +72,7 @@ class Champion:
     config: TrainConfig
     run_id: str | None
     bundle: Path | None  # when a bundle was named
+    manifest_hash: str | None = None  # of the dataset it trained on
 
 
 def _run_id(run_dir: Path) -> str | None:
@@ -74,7 +90,8 @@ def _from_checkpoint(given: Path, path: Path, bundle: Path | None = None) -> Cha
     if "config" not in meta:
         raise RetrainError(f"{ckpt.with_suffix('.json')}: records no training config")
     config = from_dict(meta["config"], f"{ckpt.with_suffix('.json')}: config")
-    return Champion(given, ckpt, config, meta.get("run_id") or _run_id(ckpt.parent), bundle)
+    run_id = meta.get("run_id") or _run_id(ckpt.parent)
+    return Champion(given, ckpt, config, run_id, bundle, meta.get("dataset_manifest_hash"))
 
 
 def find_run(run_id: str, roots: Sequence[Path]) -> Path | None:
@@ -227,49 +244,113 @@ def compare(
     return checks, skipped
 
 
+VERDICTS = {
+    "promoted": "PROMOTED: the challenger is better on some check and worse on none",
+    "worse": "the challenger is worse on some slice",
+    "no-better": "no evidence: the challenger is better on no check",
+    "nothing-compared": "nothing to compare",
+    "identical": "the challenger is the champion again (the same predictions on every image)",
+    "not-retrained": "no new training rows since the champion",
+}
+
+
 @dataclass
 class Decision:
     promoted: bool
     forced: bool
     reasons: list[str]
-    compared: bool = True  # False: no slice could be compared
+    kind: str = "promoted"  # a key of VERDICTS
+
+    @property
+    def compared(self) -> bool:
+        return self.kind not in ("nothing-compared", "not-retrained")
 
     @property
     def export(self) -> bool:
-        return self.promoted or self.forced
+        """A bundle is made of a promoted or forced challenger, never of the champion again."""
+        return (self.promoted or self.forced) and self.kind not in ("identical", "not-retrained")
 
     @property
     def verdict(self) -> str:
+        why = VERDICTS[self.kind]
         if self.promoted:
-            return "PROMOTED: the challenger is at least as good on every slice"
-        why = "the challenger is worse on some slice" if self.compared else "nothing to compare"
-        if self.forced:
+            return why
+        if self.kind == "not-retrained":
+            return f"NOT RETRAINED: {why}"
+        if self.forced and self.export:
             return f"FORCED: {why}; exported anyway"
         return f"KEPT CHAMPION: {why}"
 
 
-def decide(checks: list[Check], evaluated: list[str], tolerance: float, force: bool) -> Decision:
+def decide(
+    checks: list[Check],
+    evaluated: list[str],
+    tolerance: float,
+    force: bool,
+    identical: bool = False,
+) -> Decision:
+    """Promoted only on evidence: worse on no check, better on at least one, not the same
+    model (``identical``: the same predictions on every evaluated image)."""
+    if identical:
+        reasons = [
+            "the challenger's outputs equal the champion's on every evaluated image: the same "
+            "model, so nothing is promoted or signed (not even with --force)"
+        ]
+        return Decision(False, force, reasons, "identical")
     if not checks:
         reasons = [
             "nothing to compare on: no frozen test split and no recent reviewed frames"
             if not evaluated
             else f"no comparable metric on {', '.join(evaluated)}"
         ]
-        return Decision(False, force, reasons, compared=False)
+        return Decision(False, force, reasons, "nothing-compared")
     worse = [c for c in checks if not c.ok]
     if worse:
         reasons = [f"worse on {len(worse)} of {len(checks)} checks:"]
         reasons += [c.sentence(tolerance) for c in worse]
-        return Decision(False, force, reasons)
-    better = sum(c.delta > EPSILON for c in checks)
-    return Decision(
-        True,
-        force,
-        [
-            f"at least as good on all {len(checks)} checks over {', '.join(evaluated)} "
-            f"(better on {better}; tolerance {tolerance:g})"
-        ],
-    )
+        return Decision(False, force, reasons, "worse")
+    better = [c for c in checks if c.delta > EPSILON]
+    if not better:
+        reasons = [
+            f"equal on all {len(checks)} checks over {', '.join(evaluated)} (tolerance "
+            f"{tolerance:g}): no evidence that the challenger improves on the champion"
+        ]
+        return Decision(False, force, reasons, "no-better")
+    reasons = [
+        f"better on {len(better)} and at least as good on all {len(checks)} checks over "
+        f"{', '.join(evaluated)} (tolerance {tolerance:g}):"
+    ]
+    reasons += [c.sentence(tolerance) for c in better]
+    return Decision(True, force, reasons)
+
+
+def paired_difference(champion: SplitResult, challenger: SplitResult) -> dict[str, Any] | None:
+    """The challenger's macro-F1 minus the champion's on the same images, with a 95%
+    interval that resamples parts (both models judged on each resample); None when the
+    models' classes differ."""
+    from lineqc.train import intervals as ci
+    from lineqc.train.metrics import confusion_matrix, macro_f1
+
+    classes = champion.metrics.get("classes")
+    if not classes or classes != challenger.metrics.get("classes") or not len(champion.labels):
+        return None
+    labels, n = champion.labels, len(classes)
+    known = labels >= 0
+    preds = [r.logits.argmax(axis=1) for r in (champion, challenger)]
+
+    def delta(rows: np.ndarray) -> dict[str, float | None]:
+        rows = rows[known[rows]]
+        a, b = (macro_f1(confusion_matrix(labels[rows], p[rows], n)) for p in preds)
+        return {"delta": b - a}
+
+    clusters = ci.cluster_ids(ci.parts_of(champion.records), len(labels))
+    every = np.arange(len(labels))
+    return {
+        "macro_f1": delta(every)["delta"],
+        "interval": ci.intervals(delta, clusters)["delta"],
+        "images": len(labels),
+        "parts": int(np.unique(clusters).size),
+    }
 
 
 # ---- the job ------------------------------------------------------------------------------
@@ -305,14 +386,14 @@ def _check_out(out: Path) -> None:
 
 
 def _evaluate(
-    runs: dict[str, Path], dataset: Path, since: datetime, options: RetrainOptions
+    runs: dict[str, Path], dataset: Path, since_: datetime, options: RetrainOptions
 ) -> dict[str, dict[str, Any]]:
-    """slice -> {"n", "champion": metrics, "challenger": metrics} (or "skipped": why)."""
+    """slice -> {"n", "champion": SplitResult, "challenger": SplitResult} (or "skipped": why)."""
     from lineqc.train.evaluate import evaluate_run
 
     manifest = mf.load(dataset)
     out: dict[str, dict[str, Any]] = {}
-    for name, (split, where) in slice_selectors(since).items():
+    for name, (split, where) in slice_selectors(since_).items():
         n = slice_size(manifest, split, where)
         if n == 0:
             out[name] = {"n": 0, "skipped": "no labelled images in this slice"}
@@ -321,9 +402,88 @@ def _evaluate(
         out[name] = {"n": n}
         for who, run in runs.items():
             log(f"evaluating the {who} on {name} ({n} images)")
-            result = evaluate_run(run, dataset, split, options.batch_size, options.device, where)
-            out[name][who] = result.metrics
+            out[name][who] = evaluate_run(
+                run, dataset, split, options.batch_size, options.device, where
+            )
     return out
+
+
+def _identical(results: dict[str, dict[str, Any]]) -> bool:
+    """Both models gave the same logits, up to float rounding, on every evaluated image."""
+    pairs = [(s["champion"], s["challenger"]) for s in results.values() if "skipped" not in s]
+    return bool(pairs) and all(
+        a.logits.shape == b.logits.shape
+        and np.allclose(a.logits, b.logits, rtol=IDENTICAL_TOLERANCE, atol=IDENTICAL_TOLERANCE)
+        for a, b in pairs
+    )
+
+
+def _slices_json(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The evaluations as comparison.json keeps them: metrics, and the paired difference."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in results.items():
+        if "skipped" in s:
+            out[name] = s
+            continue
+        out[name] = {
+            "n": s["n"],
+            "champion": s["champion"].metrics,
+            "challenger": s["challenger"].metrics,
+            "macro_f1_difference": paired_difference(s["champion"], s["challenger"]),
+        }
+    return out
+
+
+def _export_reviewed(dataset: Path, options: RetrainOptions) -> dict[str, Any] | None:
+    """Export the review store's final labels into the dataset (with ``--db``)."""
+    if options.db is None:
+        log("no --db: reviewed labels not exported; training on the dataset as it is")
+        return None
+    from .export_labels import export_labels
+    from .store import Store
+
+    log(f"exporting reviewed labels from {options.db} into {dataset}")
+    store = Store(options.db, options.images)
+    try:
+        summary = export_labels(store, dataset, quiet=False)
+    finally:
+        store.close()
+    print(summary.text(), file=sys.stderr)
+    return summary.to_json()
+
+
+def _export_bundle(
+    challenger_dir: Path, dataset: Path, out: Path, decision: Decision, options: RetrainOptions
+) -> tuple[dict[str, Any], Path | None, int]:
+    """(the comparison's "bundle" entry, the bundle, exit code)."""
+    if not decision.export:
+        reason = {
+            "identical": "the challenger is the champion again: nothing to sign",
+            "not-retrained": "no challenger was trained",
+        }.get(decision.kind, "the challenger was not promoted (--force exports it anyway)")
+        return {"exported": False, "path": None, "reason": reason}, None, 0
+    if options.key is None:
+        reason = "no --key given: nothing signed, no bundle written"
+        return {"exported": False, "path": None, "reason": reason}, None, 0
+    from lineqc.export.errors import GateFailed
+    from lineqc.export.pipeline import ExportOptions, export_run
+
+    log(f"exporting the challenger to {out / 'bundle'}")
+    try:
+        exported = export_run(
+            challenger_dir, dataset, out / "bundle", options.key, ExportOptions(gate=options.gate)
+        )
+    except GateFailed as failed:
+        reason = f"the INT8 gate failed, no bundle written:\n{failed.result.table()}"
+        return {"exported": False, "path": None, "reason": reason}, None, 1
+    entry = {
+        "exported": True,
+        "path": str(out / "bundle"),
+        "model_version": exported.manifest["model"]["version"],
+        "default_precision": exported.manifest["default_precision"],
+        "gate": exported.gate.to_json() if exported.gate else None,
+    }
+    return entry, out / "bundle", 0
 
 
 def retrain(
@@ -340,33 +500,31 @@ def retrain(
         load_private_key(options.key)  # a bad key fails now, not after the training
     out.mkdir(parents=True, exist_ok=True)
     now = options.now or datetime.now(timezone.utc)
-    since = now - timedelta(days=options.recent_days)
+    recent_since = now - timedelta(days=options.recent_days)
+    labels = _export_reviewed(dataset, options)
+    change = since(mf.load(dataset), champion.manifest_hash)
+    log(change.sentence())
+    challenger_dir = out / "challenger"
+    doc = _head(dataset, champion, challenger_dir, options, labels, change, now, recent_since)
 
-    labels: dict[str, Any] | None = None
-    if options.db is not None:
-        from .export_labels import export_labels
-        from .store import Store
-
-        log(f"exporting reviewed labels from {options.db} into {dataset}")
-        store = Store(options.db, options.images)
-        try:
-            summary = export_labels(store, dataset, quiet=False)
-        finally:
-            store.close()
-        print(summary.text(), file=sys.stderr)
-        labels = summary.to_json()
-    else:
-        log("no --db: reviewed labels not exported; training on the dataset as it is")
+    if change.known and not change.training and not options.overrides and not options.force:
+        reasons = [
+            f"{change.sentence()}: with the same rows and the same recipe there is nothing new "
+            "to learn from, so no challenger was trained (--force trains one anyway)"
+        ]
+        decision = Decision(False, False, reasons, "not-retrained")
+        exported = _export_bundle(challenger_dir, dataset, out, decision, options)
+        return _finish(out, doc, decision, [], {}, exported)
 
     from lineqc.train.loop import train
 
-    challenger_dir = out / "challenger"
     log(f"training the challenger ({cfg.model}, {cfg.epochs} epochs) into {challenger_dir}")
     train(cfg, dataset, challenger_dir)
-
-    slices = _evaluate(
-        {"champion": champion.run, "challenger": challenger_dir}, dataset, since, options
+    doc["challenger"]["run_id"] = _run_id(challenger_dir)
+    results = _evaluate(
+        {"champion": champion.run, "challenger": challenger_dir}, dataset, recent_since, options
     )
+    slices = _slices_json(results)
     checks: list[Check] = []
     not_compared: list[str] = []
     for name, s in slices.items():
@@ -375,42 +533,24 @@ def retrain(
             checks += c
             not_compared += skipped
     evaluated = [f"{name} (n={s['n']})" for name, s in slices.items() if "skipped" not in s]
-    decision = decide(checks, evaluated, options.tolerance, options.force)
+    decision = decide(checks, evaluated, options.tolerance, options.force, _identical(results))
+    doc["not_compared"] = not_compared
+    exported = _export_bundle(challenger_dir, dataset, out, decision, options)
+    return _finish(out, doc, decision, checks, slices, exported)
 
-    bundle_path: Path | None = None
-    exit_code = 0
-    bundle: dict[str, Any] = {"exported": False, "path": None}
-    if not decision.export:
-        bundle["reason"] = "the challenger was not promoted (--force exports it anyway)"
-    elif options.key is None:
-        bundle["reason"] = "no --key given: nothing signed, no bundle written"
-    else:
-        from lineqc.export.errors import GateFailed
-        from lineqc.export.pipeline import ExportOptions, export_run
 
-        log(f"exporting the challenger to {out / 'bundle'}")
-        try:
-            exported = export_run(
-                challenger_dir,
-                dataset,
-                out / "bundle",
-                options.key,
-                ExportOptions(gate=options.gate),
-            )
-        except GateFailed as failed:
-            bundle["reason"] = f"the INT8 gate failed, no bundle written:\n{failed.result.table()}"
-            exit_code = 1
-        else:
-            bundle_path = out / "bundle"
-            bundle.update(
-                exported=True,
-                path=str(bundle_path),
-                model_version=exported.manifest["model"]["version"],
-                default_precision=exported.manifest["default_precision"],
-                gate=exported.gate.to_json() if exported.gate else None,
-            )
-
-    comparison: dict[str, Any] = {
+def _head(
+    dataset: Path,
+    champion: Champion,
+    challenger_dir: Path,
+    options: RetrainOptions,
+    labels: dict[str, Any] | None,
+    change: Since,
+    now: datetime,
+    recent_since: datetime,
+) -> dict[str, Any]:
+    """comparison.json before any model is compared: what went in."""
+    return {
         "created_at": now.isoformat(timespec="seconds"),
         "dataset": str(dataset),
         "dataset_manifest_hash": mf.manifest_hash(dataset),
@@ -419,37 +559,99 @@ def retrain(
             "checkpoint": str(champion.run),
             "run_id": champion.run_id,
             "bundle": str(champion.bundle) if champion.bundle else None,
+            "dataset_manifest_hash": champion.manifest_hash,
         },
         "challenger": {
             "run": str(challenger_dir),
-            "run_id": _run_id(challenger_dir),
+            "run_id": None,
             "overrides": list(options.overrides),
         },
         "export_labels": labels,
+        "since_champion": change.to_json(),
         "recent_days": options.recent_days,
-        "recent_since": since.isoformat(timespec="seconds"),
+        "recent_since": recent_since.isoformat(timespec="seconds"),
         "tolerance": options.tolerance,
-        "slices": slices,
-        "checks": [{**asdict(c), "delta": c.delta} for c in checks],
-        "not_compared": not_compared,
-        "decision": {
+        "not_compared": [],
+    }
+
+
+def _finish(
+    out: Path,
+    doc: dict[str, Any],
+    decision: Decision,
+    checks: list[Check],
+    slices: dict[str, dict[str, Any]],
+    exported: tuple[dict[str, Any], Path | None, int],
+) -> RetrainResult:
+    """Write comparison.json and comparison.md; the result."""
+    bundle, bundle_path, exit_code = exported
+    doc.update(
+        slices=slices,
+        checks=[{**asdict(c), "delta": c.delta} for c in checks],
+        decision={
             "promoted": decision.promoted,
             "forced": decision.forced,
+            "kind": decision.kind,
             "verdict": decision.verdict,
             "reasons": decision.reasons,
         },
-        "bundle": bundle,
-    }
-    mf.atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2) + "\n")
-    mf.atomic_write_text(out / "comparison.md", comparison_markdown(comparison, checks))
-    return RetrainResult(comparison, decision, bundle_path, exit_code)
+        bundle=bundle,
+    )
+    mf.atomic_write_text(out / "comparison.json", json.dumps(doc, indent=2) + "\n")
+    mf.atomic_write_text(out / "comparison.md", comparison_markdown(doc, checks))
+    return RetrainResult(doc, decision, bundle_path, exit_code)
 
 
 # ---- the report ---------------------------------------------------------------------------
 
 
+def side_by_side(s: dict[str, Any]) -> list[list[str]]:
+    """metric, champion, challenger: the headline figures of one evaluated slice, each with
+    its 95% interval over parts where it has one."""
+    from lineqc.train.intervals import fmt_ci
+    from lineqc.train.report import HEADLINE
+
+    models = (s["champion"], s["challenger"])
+    return [
+        [k, *(fmt_ci(m.get(k), m.get("intervals", {}).get(k)) for m in models)] for k in HEADLINE
+    ]
+
+
+def difference_text(s: dict[str, Any]) -> str:
+    """The paired macro-F1 difference of one slice in words ('' when not measurable)."""
+    from lineqc.train.intervals import fmt_ci
+
+    d = s.get("macro_f1_difference")
+    if not d:
+        return ""
+    interval = d["interval"]
+    noise = interval is not None and interval[0] <= 0 <= interval[1]
+    return (
+        f"macro-F1, challenger minus champion: {fmt_ci(d['macro_f1'], interval)} on the same "
+        f"{d['images']} images of {d['parts']} parts (both models on each resample of parts)"
+        + ("; the interval holds 0: a difference this size is within noise" if noise else "")
+    )
+
+
+def side_by_side_text(doc: dict[str, Any]) -> str:
+    """Both models on each evaluated slice, for a terminal."""
+    from lineqc.train.report import support_text
+
+    lines = []
+    for name, s in doc["slices"].items():
+        if "skipped" in s:
+            lines.append(f"{name}: not evaluated ({s['skipped']})")
+            continue
+        lines.append(f"{name}: {support_text(s['champion'])}")
+        lines.append(f"  {'metric':24s} {'champion':>22s} {'challenger':>22s}")
+        lines += [f"  {k:24s} {a:>22s} {b:>22s}" for k, a, b in side_by_side(s)]
+        if difference_text(s):
+            lines.append(f"  {difference_text(s)}")
+    return "\n".join(lines)
+
+
 def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
-    from lineqc.train.report import HEADLINE, fmt_value, md_table
+    from lineqc.train.report import fmt_value, md_table, support_text
 
     decision = doc["decision"]
     lines = [
@@ -462,7 +664,8 @@ def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
         f"- Champion: `{doc['champion']['given']}` (run {doc['champion']['run_id']})",
         f"- Challenger: `{doc['challenger']['run']}` (run {doc['challenger']['run_id']}), "
         f"overrides: {', '.join(doc['challenger']['overrides']) or 'none'}",
-        f"- Dataset: `{doc['dataset']}`, manifest `{doc['dataset_manifest_hash'][:16]}`",
+        f"- Dataset: `{doc['dataset']}`, manifest `{doc['dataset_manifest_hash'][:16]}`; "
+        f"{doc['since_champion']['sentence']}",
         f"- Bundle: {doc['bundle']['path'] or doc['bundle']['reason']}",
         f"- Tolerance {doc['tolerance']:g}; recent reviewed frames: captured since "
         f"{doc['recent_since']} and not trained on (split val or none)",
@@ -471,18 +674,19 @@ def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
     if labels:
         lines.append(
             f"- Labels exported: {labels['exported']} ({labels['added']} new, "
-            f"{labels['updated']} updated); {len(labels['kept_out'])} kept out of training"
+            f"{labels['updated']} updated); {len(labels['kept_out'])} kept out of training; "
+            f"{len(labels.get('conflicts', []))} label conflict(s)"
         )
     for name, s in doc["slices"].items():
         lines += ["", f"## Slice `{name}` ({s['n']} images)", ""]
         if "skipped" in s:
             lines.append(f"Not evaluated: {s['skipped']}.")
             continue
-        head = [
-            [k, fmt_value(s["champion"].get(k)), fmt_value(s["challenger"].get(k))]
-            for k in HEADLINE
-        ]
-        lines += [md_table(head, ["metric", "champion", "challenger"]), ""]
+        head = ["metric", "champion [95% interval]", "challenger [95% interval]"]
+        lines += [support_text(s["champion"]) + ", the same for both models.", ""]
+        lines += [md_table(side_by_side(s), head), ""]
+        if difference_text(s):
+            lines += [difference_text(s) + ".", ""]
         rows = [
             [
                 c.what,

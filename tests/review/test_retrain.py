@@ -141,8 +141,15 @@ def test_forced_retrain_compares_on_both_slices_and_writes_a_verified_bundle(
 
     decision = doc["decision"]
     assert decision["forced"] is True and decision["reasons"]
-    assert decision["promoted"] == all(c["ok"] for c in checks)
+    better = any(c["challenger"] > c["champion"] for c in checks)
+    assert decision["promoted"] == (all(c["ok"] for c in checks) and better)
     assert proc.returncode == 0 and decision["verdict"] in proc.stdout
+    # Both models side by side on the same images, with intervals, in the report and output.
+    assert doc["since_champion"]["known"] and doc["since_champion"]["training"]
+    difference = doc["slices"]["test"]["macro_f1_difference"]
+    assert difference["images"] == len(test_rows) and len(difference["interval"]) == 2
+    assert "champion [95% interval]" in (out / "comparison.md").read_text()
+    assert "macro-F1, challenger minus champion:" in proc.stdout
 
     # --force: a signed bundle that a device accepts, made from the challenger run.
     assert doc["bundle"]["exported"] is True and doc["bundle"]["path"] == str(out / "bundle")
@@ -225,7 +232,14 @@ def test_compare_checks_every_slice_and_skips_what_one_model_cannot_measure(
     assert {f"recall of class {n}" for n in present} <= whats
     assert {f"macro-F1 of session {s}" for s in metrics["slices"]["session"]} <= whats
     assert not any("of source" in w for w in whats)  # one source: the overall figure again
-    assert decide(checks, ["test"], 0.0, force=False).promoted
+    same = decide(checks, ["test"], 0.0, force=False)  # equal everywhere: no evidence
+    assert not same.promoted and same.verdict.startswith("KEPT CHAMPION: no evidence")
+    better = json.loads(json.dumps(metrics))
+    better["macro_f1"] += 0.01
+    checks_better, _ = compare("test", metrics, better, tolerance=0.0)
+    assert decide(checks_better, ["test"], 0.0, force=False).promoted
+    twin = decide(checks_better, ["test"], 0.0, force=True, identical=True)
+    assert not twin.promoted and not twin.export and "champion again" in twin.verdict
 
     worse = json.loads(json.dumps(metrics))
     worse["macro_f1"] -= 0.02
@@ -252,3 +266,43 @@ def test_cli_refuses_a_used_out_folder_and_a_champion_that_is_no_model(
     proc = lineqc(*args, str(tmp_path / "new"), "--champion", str(synth_dataset), check=False)
     assert proc.returncode == 2 and "not a model bundle" in proc.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_no_new_training_rows_trains_nothing_unless_forced(
+    tmp_path: Path,
+    synth_dataset: Path,
+    champion: Path,
+    keys: tuple[Path, Path],
+    lineqc: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    # The only reviewed frame is a shot of a test image: exported, but kept out of training.
+    dataset = Path(shutil.copytree(synth_dataset, tmp_path / "ds"))
+    db, images = f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "review-images"
+    store = Store(db, images)
+    seeder = Seeder(store)
+    test_row = mf.load(dataset).in_split("test")[0]
+    pk = seeder.frame("dev1-cam0-t", to_jpeg((dataset / test_row.path).read_bytes()))
+    seeder.answer(pk, "ann", str(test_row.label))
+    store.close()
+    out = tmp_path / "retrain"
+    proc = lineqc(
+        "retrain", "--dataset", str(dataset), "--champion", str(champion), "--out", str(out),
+        "--db", db, "--images", str(images), "--key", str(keys[0]),
+    )  # fmt: skip
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("NOT RETRAINED: no new training rows since the champion")
+    assert "1 reviewed row(s) added since the champion trained, 0 of them in train or val" in (
+        proc.stdout
+    )
+    assert not (out / "challenger").exists() and not (out / "bundle").exists()
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["decision"]["kind"] == "not-retrained" and not doc["decision"]["promoted"]
+    assert doc["export_labels"]["exported"] == 1 and doc["bundle"]["exported"] is False
+
+    # --force trains the same recipe on the same rows: the champion again, never signed.
+    forced = retrain(
+        dataset, champion, tmp_path / "forced", RetrainOptions(force=True, key=keys[0])
+    )
+    assert forced.decision.kind == "identical" and not forced.decision.promoted
+    assert forced.bundle is None and not (tmp_path / "forced" / "bundle").exists()
+    assert forced.decision.verdict.startswith("KEPT CHAMPION: the challenger is the champion")
