@@ -12,7 +12,7 @@ FOLDS ?= 3
 STAGES := datasets train export edge review
 EXTRAS := edge,train,export,review,dev
 
-.PHONY: setup system-deps test lint typecheck-tree demo demo-inspect bench bench-quality bench-train bench-export bench-edge clean
+.PHONY: setup system-deps test lint typecheck-tree demo demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge clean
 
 ## setup: .venv with every extra for development (torch pinned by constraints.txt), Mosquitto
 setup: $(VENV)/.installed system-deps
@@ -65,24 +65,36 @@ DS := $(DATA)/magnetic-tile
 RUN := $(RUNS)/default
 BUNDLE := $(RUNS)/bundle
 KEY := $(RUNS)/keys/signing
+REVIEW_DB := $(RUNS)/review/review.db
+# The share of tiles held out as the line's new production (the frames the demo replays);
+# the share of the scripted inspectors' answers that are wrong on purpose (demo-inspect);
+# the model in service and a new folder for its retrain (demo-retrain).
+PRODUCTION ?= 0.1
+WRONG ?= 0.1
+CHAMPION ?= $(RUN)
+RETRAIN ?= $(RUNS)/retrain-1
 
 demo: setup $(BUNDLE)/manifest.json
 	$(BIN)/lineqc data stats $(DS)
 	$(BIN)/lineqc bundle verify $(BUNDLE) --pubkey $(KEY).pub
 	rm -rf $(RUNS)/review $(RUNS)/edge
 	$(BIN)/lineqc review demo --device-config firmware_config/replay-demo.yaml \
-	  --db $(RUNS)/review/review.db --port $(REVIEW_PORT) --dataset $(DS)
+	  --db $(REVIEW_DB) --port $(REVIEW_PORT) --dataset $(DS)
 
-## demo-inspect: with `make demo` serving, a scripted inspector labels three frames in Chromium
+## demo-inspect: with `make demo` serving, scripted inspectors (an oracle) label its queue
 demo-inspect:
-	LINEQC_REVIEW_URL=http://127.0.0.1:$(REVIEW_PORT)/ LINEQC_REVIEW_DB=$(RUNS)/review/review.db \
-	LINEQC_REVIEW_IMAGES=$(RUNS)/review/review-images \
-	  $(BIN)/pytest tests/review/test_browser.py -k keyboard -p no:cacheprovider
+	$(BIN)/lineqc review demo-inspect --url http://127.0.0.1:$(REVIEW_PORT)/ --db $(REVIEW_DB) \
+	  --dataset $(DS) --wrong-share $(WRONG)
+
+## demo-retrain: the reviewed labels into the dataset, a challenger against the champion
+demo-retrain:
+	$(BIN)/lineqc retrain --dataset $(DS) --champion $(CHAMPION) --out $(RETRAIN) \
+	  --db $(REVIEW_DB) --key $(KEY).key
 
 # Each step runs once; delete its output (or `make clean`) to run it again.
 $(DS)/manifest.json: | setup
 	$(BIN)/lineqc data import $(MT_SRC) --format magnetic-tile --dataset $(DS)
-	$(BIN)/lineqc data split $(DS)
+	$(BIN)/lineqc data split $(DS) --production $(PRODUCTION)
 
 $(RUN)/metrics.json: $(DS)/manifest.json train/configs/default.yaml
 	rm -rf $(RUN)

@@ -39,13 +39,30 @@ def runtime_info() -> dict[str, Any]:
     return info
 
 
+def info_text(info: dict[str, Any]) -> str:
+    """``runtime_info`` for a person: one line per fact, one per backend."""
+    lines = [
+        f"python       {info['python']} ({info['machine']})",
+        f"opencv       {info['opencv']}",
+        f"numpy        {info['numpy']}",
+    ]
+    ort = info["backends"].get("onnxruntime")
+    lines.append(
+        f"onnxruntime  {ort['version']}, providers: {', '.join(ort['providers'])}"
+        if ort
+        else "onnxruntime  not installed (pip install 'lineqc[edge]')"
+    )
+    lines.append(
+        "tensorrt     installed (engines are built on this device: lineqc export build-engine)"
+        if "tensorrt" in info["backends"]
+        else "tensorrt     not installed (ONNX Runtime runs the models)"
+    )
+    return "\n".join(lines)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     info = runtime_info()
-    if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
-    else:
-        for key, value in info.items():
-            print(f"{key}: {value}")
+    print(json.dumps(info, indent=2, sort_keys=True) if args.json else info_text(info))
     return 0
 
 
@@ -162,9 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"({summary['fps']:.1f} fps), "
             f"{summary['ended']}; model {summary['model_version']} on {summary['backend']}"
         )
-        print(
-            "decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["decisions"].items()))
-        )
+        print(decision_figures(summary))
         cap = summary["capture"]
         print(
             f"capture: {cap['frames']} frames, {cap['drops']} dropped, {cap['reopens']} reopen(s)"
@@ -176,6 +191,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         print(latency_table(summary["latency_ms"]))
     return 0
+
+
+def _share(n: int, total: int) -> str:
+    return f"{n} ({100 * n / total:.0f}%)" if total else str(n)
+
+
+def decision_figures(summary: dict[str, Any]) -> str:
+    """What a line manager asks after a run: frames inspected, OK, rejected, sent to review."""
+    decisions, total = summary["decisions"], summary["frames"]
+    defects = {k.split(":", 1)[1]: v for k, v in decisions.items() if k.startswith("defect:")}
+    by_class = ", ".join(f"{name} {n}" for name, n in sorted(defects.items()))
+    sampled = summary["sampling"]
+    uncertain, audit = sampled.get("sampled_uncertain", 0), sampled.get("sampled_audit", 0)
+    return "\n".join(
+        [
+            f"inspected {total} frames: {_share(decisions.get('ok', 0), total)} passed as OK, "
+            f"{_share(decisions.get('defect', 0), total)} rejected as defects"
+            + (f" ({by_class})" if by_class else "")
+            + f", {_share(decisions.get('uncertain', 0), total)} sent to review as uncertain",
+            f"review queue: {uncertain + audit} sample(s) sent ({uncertain} uncertain, "
+            f"{audit} confident frames audited at random)",
+        ]
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -150,6 +150,32 @@ def register(parser: argparse.ArgumentParser) -> None:
     _guide_args(p)
     p.set_defaults(func=_demo)
 
+    p = sub.add_parser(
+        "demo-inspect",
+        help="make demo-inspect: scripted inspectors (an oracle answering from the dataset's "
+        "known labels) label the running demo app's queue; an admin settles disputes",
+    )
+    _db_args(p)
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080/",
+        help="the running review app (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dataset", required=True, help="the demo's dataset: the known labels the oracle gives"
+    )
+    p.add_argument(
+        "--wrong-share",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of answers wrong on purpose, to show agreement, adjudication and label "
+        "conflicts (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="which answers are wrong (default: 0)")
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+    p.set_defaults(func=_demo_inspect)
+
 
 def _collect(args: argparse.Namespace) -> int:
     from .collector import run_collector
@@ -210,3 +236,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args)
+
+
+def _demo_inspect(args: argparse.Namespace) -> int:
+    from .demo_inspect import run_demo_inspect
+
+    return run_demo_inspect(args)

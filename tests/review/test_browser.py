@@ -40,7 +40,8 @@ class Server:
     waiting: int | None = 5  # frames in the inspector's queue at the start, when known
 
 
-# `make demo-inspect` points the keyboard test at the running `make demo` app instead.
+# LINEQC_REVIEW_URL, _DB and _IMAGES point the keyboard test at a running app instead (the
+# `make demo` one, as inspector / inspect-demo).
 DEMO = {k: os.environ.get(f"LINEQC_REVIEW_{k.upper()}") for k in ("url", "db", "images")}
 
 

@@ -2,7 +2,12 @@
 publishes to Mosquitto -> `lineqc review collect` stores the samples -> two inspectors label
 them through `lineqc review serve` over HTTP (sign-in, CSRF, the label forms) ->
 `lineqc review export-labels` puts them into the dataset -> `lineqc retrain` trains and
-compares a challenger."""
+compares a challenger.
+
+Then the demo's loop as `make demo` runs it: parts held out as new production, replayed by
+`lineqc review demo`, labelled by `lineqc review demo-inspect` (the oracle), their labels in
+training through `lineqc retrain`, and a second retrain with nothing new that trains,
+promotes and signs nothing."""
 
 from __future__ import annotations
 
@@ -16,10 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy import select
 
 from lineqc.datasets import manifest as mf
-from lineqc.edge.broker import Mosquitto
+from lineqc.datasets.split import production_ids
+from lineqc.edge.broker import Mosquitto, mosquitto_binary
+from lineqc.review.conflicts import KnownLabels
 from lineqc.review.store import Frame, Review, Store, User
 from tests.review.kit import review_serve
 
@@ -131,3 +139,87 @@ def test_edge_replay_to_retrained_challenger(
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["decision"]["reasons"], comparison  # it says why, either way
     assert (out / "comparison.md").is_file()
+
+
+SMOKE = Path(__file__).resolve().parents[2] / "train" / "configs" / "smoke.yaml"
+
+
+def replay_config(folder: Path, dataset: Path, source: str, bundle: Path, pubkey: Path) -> Path:
+    """firmware_config/replay-demo.yaml for a test dataset: its new production, replayed."""
+    doc = yaml.safe_load((SMOKE.parents[2] / "firmware_config" / "replay-demo.yaml").read_text())
+    doc["camera"]["source"] = f"dataset://{dataset}?split=None&source={source}"
+    doc["model"].update(bundle=str(bundle), public_key=str(pubkey))
+    doc["outbox"]["path"] = str(folder / "outbox.sqlite")
+    doc["sampling"]["audit_share"] = 1.0  # every frame reaches review: more to label
+    path = folder / "replay.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.slow
+def test_demo_loop_labelled_production_reaches_training_and_nothing_new_promotes_nothing(
+    tmp_path: Path, lineqc: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    ds, run, key = tmp_path / "ds", tmp_path / "run", tmp_path / "key"
+    lineqc("data", "synth", str(ds), "--n", "160", "--seed", "3", "--size", "64")
+    split = lineqc("data", "split", str(ds), "--production", "0.25").stdout
+    assert "held out as new production" in split
+    before = mf.load(ds)
+    held = production_ids(before)
+    test_rows = {r.id: r.to_json() for r in before.in_split("test")}
+    lineqc("train", "--config", str(SMOKE), "--dataset", str(ds), "--out", str(run))
+    lineqc("keys", "generate", "--out", str(key))
+    lineqc(
+        "export", str(run), "--dataset", str(ds), "--out", str(tmp_path / "bundle"),
+        "--key", f"{key}.key", "--calib-size", "64", "--latency-reps", "20",
+    )  # fmt: skip
+    config = replay_config(tmp_path, ds, "synth-3", tmp_path / "bundle", Path(f"{key}.pub"))
+
+    # make demo: the production parts through the edge runtime into the review store.
+    db = ["--db", str(tmp_path / "review.db"), "--images", str(tmp_path / "review-images")]
+    demo = lineqc(
+        "review", "demo", "--device-config", str(config), *db, "--dataset", str(ds), "--no-serve"
+    )
+    assert f"inspected {len(held)} frames: " in demo.stdout and "sent to review" in demo.stdout
+
+    # make demo-inspect: the oracle labels the queue through the app, some answers wrong.
+    with review_serve([*db, "--dataset", str(ds)], tmp_path / "serve.log") as url:
+        proc = lineqc(
+            "review", "demo-inspect", "--url", url, *db, "--dataset", str(ds),
+            "--wrong-share", "0.2", "--json",
+        )  # fmt: skip
+    inspected = json.loads(proc.stdout)
+    assert "ORACLE" in proc.stderr and inspected["answers"]["inspector"] == len(held)
+    assert inspected["answers"]["inspector2"] > 0 and inspected["wrong"]["inspector"] > 0
+
+    # make demo-retrain: the labels join training, a challenger is trained and compared.
+    retrain = ["retrain", "--dataset", str(ds), *db, "--key", f"{key}.key", "--no-gate"]
+    first = lineqc(*retrain, "--champion", str(run), "--out", str(tmp_path / "r1"))
+    doc = json.loads((tmp_path / "r1" / "comparison.json").read_text())
+    held_back = [c for c in doc["export_labels"]["conflicts"] if c["held"]]
+    assert len(held_back) == inspected["conflicts_waiting"] > 0  # wrong and agreed: held
+    manifest = mf.load(ds)
+    reviewed = [r for r in manifest if r.label_source.startswith("inspector:")]
+    production = KnownLabels.of(mf.Manifest({i: before.records[i] for i in held}))
+    assert reviewed and all(production.for_hash(r.phash) is not None for r in reviewed)
+    assert any(r.split == "train" for r in reviewed)  # labelled production frames train
+    assert {r.split for r in reviewed} <= {"train", "val"}
+    assert production_ids(manifest) == held and all(manifest.records[i].split is None for i in held)
+    assert {r.id: r.to_json() for r in manifest.in_split("test")} == test_rows
+    assert set(doc["since_champion"]["training"]) == {r.id for r in reviewed}
+    assert (tmp_path / "r1" / "challenger" / "best.pt").is_file()
+    assert "champion" in first.stdout and "challenger" in first.stdout  # side by side
+
+    # Again, against the challenger, with nothing new: nothing trained, promoted or signed.
+    second = lineqc(
+        *retrain[:-1], "--champion", str(tmp_path / "r1" / "challenger"),
+        "--out", str(tmp_path / "r2"),
+    )  # fmt: skip
+    assert second.stdout.startswith("NOT RETRAINED: no new training rows since the champion")
+    again = json.loads((tmp_path / "r2" / "comparison.json").read_text())
+    assert not again["decision"]["promoted"] and again["bundle"]["exported"] is False
+    assert (
+        not (tmp_path / "r2" / "challenger").exists() and not (tmp_path / "r2" / "bundle").exists()
+    )
