@@ -67,77 +67,102 @@ class GateResult:
         return doc
 
     def table(self) -> str:
-        def fmt(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:.4f}"
-
-        def with_ci(precision: str, key: str, v: float | None) -> str:
-            return fmt_ci(v, self.intervals.get(precision, {}).get(key))
-
-        def delta(a: float | None, b: float | None) -> str:
-            return "" if a is None or b is None else f"{b - a:+.4f}"
-
+        """The gate for a person: each figure's change in words (rose, fell, same), the
+        limit as how far it may fall, and whether it held."""
         lim = self.limits
-        figures = (
-            ("macro-F1", "macro_f1", self.macro_f1_fp32, self.macro_f1_int8),
-            ("AUROC defect vs OK", "auroc_defect_vs_ok", self.auroc_fp32, self.auroc_int8),
-            (
-                "recall @ 95% precision",
-                "recall_at_95_precision",
-                self.recall95_fp32,
-                self.recall95_int8,
-            ),
-        )
-        limits = (
-            f"drop <= {lim.max_macro_f1_drop:.4f}",
-            f"drop <= {lim.max_auroc_drop:.4f}",
-            "(reported)",
-        )
-        rows = [("top-1 agreement", "", fmt(self.agreement), "", f">= {lim.min_agreement:.4f}")]
-        rows += [
-            (name, with_ci("fp32", key, a), with_ci("int8", key, b), delta(a, b), limit)
-            for (name, key, a, b), limit in zip(figures, limits, strict=True)
-        ]
+        ci = self._with_ci
+        rows = [
+            ("top-1 agreement", "", _fmt(self.agreement), "", f"at least {lim.min_agreement:.4f}",
+             _held(self.agreement >= lim.min_agreement)),
+            ("macro-F1", ci("fp32", "macro_f1", self.macro_f1_fp32),
+             ci("int8", "macro_f1", self.macro_f1_int8),
+             *_fall(self.macro_f1_fp32, self.macro_f1_int8, lim.max_macro_f1_drop)),
+            ("AUROC defect vs OK", ci("fp32", "auroc_defect_vs_ok", self.auroc_fp32),
+             ci("int8", "auroc_defect_vs_ok", self.auroc_int8),
+             *_fall(self.auroc_fp32, self.auroc_int8, lim.max_auroc_drop)),
+            ("recall @ 95% precision", ci("fp32", "recall_at_95_precision", self.recall95_fp32),
+             ci("int8", "recall_at_95_precision", self.recall95_int8),
+             _change(self.recall95_fp32, self.recall95_int8), "reported, no limit", ""),
+        ]  # fmt: skip
         if self.defect_map is not None:
             m = self.defect_map
+            mae = m["mae"]
             rows.append(
-                ("defect map |change|", "", fmt(m["mae"]), "", f"mean <= {lim.max_map_mae:.4f}")
-            )
+                ("defect map |change|", "", _fmt(mae), "", f"mean at most {lim.max_map_mae:.4f}",
+                 "n/a" if mae is None else _held(mae <= lim.max_map_mae))
+            )  # fmt: skip
             a, b = m["map_auroc_fp32"], m["map_auroc_int8"]
             rows.append(
-                ("defect map max AUROC", fmt(a), fmt(b), delta(a, b),
-                 f"drop <= {lim.max_map_auroc_drop:.4f}")
-            )  # fmt: skip
+                ("defect map max AUROC", _fmt(a), _fmt(b), *_fall(a, b, lim.max_map_auroc_drop))
+            )
         if self.anomaly is not None:
             a, b = self.anomaly["auroc_fp32"], self.anomaly["auroc_int8"]
             rows.append(
-                ("anomaly score AUROC", fmt(a), fmt(b), delta(a, b),
-                 f"drop <= {lim.max_anomaly_auroc_drop:.4f}")
-            )  # fmt: skip
+                ("anomaly score AUROC", _fmt(a), _fmt(b), *_fall(a, b, lim.max_anomaly_auroc_drop))
+            )
+        lines = [f"INT8 accuracy gate on {self._support_text()}"]
+        head = ("metric", "FP32", "INT8", "INT8 vs FP32", "limit", "check")
+        lines += [_row(head)] + [_row(r) for r in rows]
+        lines += self._details()
+        lines.append("  PASSED" if self.passed else "  FAILED: " + "; ".join(self.failures))
+        return "\n".join(lines)
+
+    def _with_ci(self, precision: str, key: str, value: float | None) -> str:
+        return fmt_ci(value, self.intervals.get(precision, {}).get(key))
+
+    def _support_text(self) -> str:
         s = self.support
-        on = (
+        if not s:
+            return f"{self.n} validation images"
+        return (
             f"{s['images']} validation images of {s['parts']} parts ({s['defect_images']} "
             f"defect, {s['ok_images']} OK); [95% bootstrap interval over parts]"
-            if s
-            else f"{self.n} validation images"
         )
-        lines = [f"INT8 accuracy gate on {on}"]
-        lines.append(f"  {'metric':24s} {'FP32':>22s} {'INT8':>22s} {'change':>8s}  limit")
-        lines += [f"  {r[0]:24s} {r[1]:>22s} {r[2]:>22s} {r[3]:>8s}  {r[4]}" for r in rows]
-        lines.append("  worst classes (F1 FP32 -> INT8, agreement):")
+
+    def _details(self) -> list[str]:
+        """Worst classes, layers kept in FP32, latency."""
+        lines = ["  worst classes (F1 FP32 -> INT8, agreement):"]
         for c in self.per_class[:3]:
             lines.append(
                 f"    {c['class']:20s} {c['f1_fp32']:.4f} -> {c['f1_int8']:.4f}"
-                f"  agreement {fmt(c['agreement'])}  (n={c['support']})"
+                f"  agreement {_fmt(c['agreement'])}  (n={c['support']})"
             )
         if self.kept_fp32:
             lines.append(f"  layers kept in FP32: {', '.join(self.kept_fp32)}")
-        if self.latency_ms:
-            for precision, lat in self.latency_ms.items():
-                lines.append(
-                    f"  latency {precision:5s} p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
-                )
-        lines.append("  PASSED" if self.passed else "  FAILED: " + "; ".join(self.failures))
-        return "\n".join(lines)
+        for precision, lat in self.latency_ms.items():
+            lines.append(
+                f"  latency {precision:5s} p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
+            )
+        return lines
+
+
+SAME = 5e-5  # changes under this show as "same" at four decimals
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _change(a: float | None, b: float | None) -> str:
+    """INT8 against FP32 in words: 'rose 0.0120', 'fell 0.0030', 'same'."""
+    if a is None or b is None:
+        return "n/a"
+    d = b - a
+    return "same" if abs(d) < SAME else f"{'rose' if d > 0 else 'fell'} {abs(d):.4f}"
+
+
+def _held(ok: bool) -> str:
+    return "ok" if ok else "FAILED"
+
+
+def _fall(a: float | None, b: float | None, limit: float) -> tuple[str, str, str]:
+    """(change, limit, check) of a figure that may fall at most ``limit``; a rise is fine."""
+    check = "n/a" if a is None or b is None else _held(a - b <= limit)
+    return _change(a, b), f"may fall {limit:.4f}", check
+
+
+def _row(r: tuple[str, ...]) -> str:
+    return f"  {r[0]:24s} {r[1]:>22s} {r[2]:>22s}  {r[3]:13s} {r[4]:20s} {r[5]}".rstrip()
 
 
 def run_gate(
