@@ -60,13 +60,7 @@ def summary(doc: dict[str, Any]) -> str:
     ]
     for precision, lat in doc.get("latency_ms", {}).items():
         lines.append(f"latency    {precision:5s} p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms")
-    decision = doc.get("decision", {})
-    lines.append(
-        f"decision   T={decision.get('temperature')} floor={decision.get('prob_floor')} "
-        f"margin={decision.get('margin')}"
-    )
-    for name, threshold in decision.get("thresholds", {}).items():
-        lines.append(f"  threshold {name:16s} {'review' if threshold is None else threshold}")
+    lines += decision_lines(doc)
     for engine in doc.get("engines", []):
         lines.append(
             f"engine     {engine['file']} (TensorRT {engine['tensorrt_version']}, "
@@ -75,3 +69,47 @@ def summary(doc: dict[str, Any]) -> str:
     lines += [f"file       {name}  {digest[:16]}…" for name, digest in doc.get("files", {}).items()]
     lines.append("(not verified: run `lineqc bundle verify BUNDLE --pubkey KEY`)")
     return "\n".join(lines)
+
+
+def decision_lines(doc: dict[str, Any]) -> list[str]:
+    """The decision policy, rounded, each parameter with what it does on the device."""
+    policy = doc.get("decision", {})
+    on_val = doc.get("evaluation", {}).get("decision_on_val") or {}
+    target = on_val.get("target_precision")
+    lines = [
+        "decision   the device's policy, chosen on the validation split "
+        + (f"({on_val['n_val']} images)" if "n_val" in on_val else ""),
+        f"  temperature       {_num(policy.get('temperature'))}  logits are divided by it "
+        "before the softmax (calibrated probabilities)",
+        f"  probability floor {_num(policy.get('prob_floor'))}  a top class below it: review "
+        "(low confidence)",
+        f"  margin            {_num(policy.get('margin'))}  top two classes closer than it: "
+        "review (ambiguous)",
+        "  class thresholds  the probability that decides a class"
+        + (f" (the lowest that kept {target:.0%} precision on validation)" if target else "")
+        + "; below it: review",
+    ]
+    for name, threshold in policy.get("thresholds", {}).items():
+        value = "always review (no threshold reached the precision)"
+        lines.append(f"    {name:16s}  {value if threshold is None else _num(threshold)}")
+    anomaly = policy.get("anomaly_threshold")
+    if anomaly is None:
+        lines.append("  anomaly threshold none (the model has no anomaly score, or it is not used)")
+    else:
+        share = on_val.get("anomaly_share_target")
+        lines.append(
+            f"  anomaly threshold {anomaly:.4g}  a frame the classes call OK that scores at "
+            "least this looks unlike the OK parts the model learnt: review"
+            + (f" ({share:.0%} of the OK validation frames reach it)" if share is not None else "")
+        )
+    if "review_share_val" in on_val:
+        lines.append(
+            f"  on validation     {on_val['review_share_val']:.0%} of the frames went to review "
+            f"(the band alone {on_val.get('review_share_band_val', 0):.0%}, target "
+            f"{on_val.get('review_share_target', 0):.0%})"
+        )
+    return lines
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
