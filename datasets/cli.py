@@ -95,8 +95,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "'part', else the first group), e.g. '^([^/]+)/' for a folder per part; images of "
         "one part never straddle splits (magnetic-tile derives it from frame numbers)",
     )
-    p.add_argument("--max-mb", type=int, default=64, help="largest accepted file (default 64)")
-    p.add_argument("--max-megapixels", type=int, default=40, help="largest image (default 40)")
+    p.add_argument("--max-mb", type=int, default=64, help="largest accepted file (default: 64)")
+    p.add_argument("--max-megapixels", type=int, default=40, help="largest image (default: 40)")
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
     p.set_defaults(func=cmd_import)
 
@@ -106,22 +106,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--val",
         type=float,
         default=0.15,
-        help="validation share (default 0.15), whole parts at a time",
+        help="validation share, whole parts at a time (default: %(default)s)",
     )
     p.add_argument(
         "--test",
         type=float,
         default=0.20,
-        help="test share (default 0.20), whole parts at a time; 0 with --hold-out-session",
+        help="test share, whole parts at a time; 0 with --hold-out-session (default: %(default)s)",
     )
     p.add_argument(
         "--production",
         type=float,
         default=0.0,
         metavar="F",
-        help="share of parts held out as the line's new production (default: 0): in no split, "
-        "never trained or judged on, replayed through a device so that inspectors' labels of "
-        "those frames join training; only parts in no split yet; held out before stays held out",
+        help="share of parts held out as the line's new production: in no split, never trained "
+        "or judged on, replayed through a device so that inspectors' labels of those frames "
+        "join training; only parts in no split yet; held out before stays held out "
+        "(default: %(default)s)",
     )
     p.add_argument("--hold-out-session", metavar="K", help="put this whole session in test")
     p.add_argument(
@@ -140,9 +141,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_DISTANCE,
         metavar="BITS",
         help="perceptual-hash distance that makes images near duplicates and keeps "
-        f"them in one split (default {DEFAULT_MAX_DISTANCE}; 0: identical hash)",
+        "them in one split; 0: identical hash (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="orders equal-sized parts (default: 0)")
     p.add_argument("--json", action="store_true", help="print the split report as JSON")
     p.set_defaults(func=cmd_split)
 
@@ -150,7 +151,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path)
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
     p.set_defaults(func=cmd_synth)
 

@@ -243,8 +243,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("preprocess", help="run the preprocessing contract on one image")
     p.add_argument("image", type=Path)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    p.add_argument("--size", type=int, default=224, help="model input side (default: %(default)s)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="1 gray, 3 BGR (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_preprocess)
 
@@ -277,17 +283,28 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("bench", help="latency and throughput on frames replayed from memory")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--source", required=True, help="image folder, glob, dataset://... or video")
-    p.add_argument("--frames", type=int, default=500)
-    p.add_argument("--precision", choices=("int8", "fp32"), default="int8")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--frames", type=int, default=500, help="frames timed (default: %(default)s)")
+    p.add_argument(
+        "--precision", choices=("int8", "fp32"), default="int8", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="ONNX Runtime intra-op threads (default: %(default)s)",
+    )
     p.add_argument("--pubkey", type=Path, help="verify the bundle's signature first")
-    p.add_argument("--broker", default="auto", help="auto (private mosquitto), none, or HOST:PORT")
+    p.add_argument(
+        "--broker",
+        default="auto",
+        help="auto (private mosquitto), none, or HOST:PORT (default: %(default)s)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the PyTorch eager loop")
     p.add_argument(
         "--allow-failed-gate",
         action="store_true",
         help="time an INT8 model whose accuracy gate failed (the runtime refuses it otherwise)",
     )
-    p.add_argument("--baseline-frames", type=int, help="frames for the baseline (default 200)")
+    p.add_argument("--baseline-frames", type=int, help="frames for the baseline (default: 200)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -31,19 +31,36 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     parser.add_argument("--model-version", help="dotted integers (default: UTC date.time)")
     q = parser.add_argument_group("INT8 calibration and gate")
-    q.add_argument("--calib-size", type=int, default=256, help="images from train (256)")
-    q.add_argument("--calib-seed", type=int, default=0)
+    q.add_argument(
+        "--calib-size", type=int, default=256, help="images from train (default: %(default)s)"
+    )
+    q.add_argument("--calib-seed", type=int, default=0, help="(default: %(default)s)")
     q.add_argument(
         "--calib-method",
         choices=["auto", "minmax", "entropy", "percentile"],
         default="auto",
         help="activation ranges; auto: percentile, then min-max, then entropy, the first that "
-        "passes the gate (default)",
+        "passes the gate (default: %(default)s)",
     )
     q.add_argument("--no-gate", action="store_true", help="skip the gate (INT8 never default)")
-    q.add_argument("--min-agreement", type=float, default=0.99)
-    q.add_argument("--max-f1-drop", type=float, default=0.01, help="macro-F1 drop (0.01 = 1 pt)")
-    q.add_argument("--max-auroc-drop", type=float, default=0.005)
+    q.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        help="INT8 and FP32 top-1 agreement at least (default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-f1-drop",
+        type=float,
+        default=0.01,
+        help="macro-F1 may fall at most this (0.01 = 1 pt; default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-auroc-drop",
+        type=float,
+        default=0.005,
+        help="defect-vs-OK AUROC may fall at most this (default: %(default)s)",
+    )
     q.add_argument(
         "--require-int8",
         action="store_true",
@@ -55,24 +72,48 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="on a failing gate, keep up to K most sensitive layers in FP32 and retry",
+        help="on a failing gate, keep up to K most sensitive layers in FP32 and retry "
+        "(default: %(default)s)",
     )
     d = parser.add_argument_group("decision thresholds")
-    d.add_argument("--target-precision", type=float, default=0.95)
-    d.add_argument("--review-share", type=float, default=0.05, help="share of frames to review")
+    d.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.95,
+        help="precision each class threshold keeps on validation (default: %(default)s)",
+    )
+    d.add_argument(
+        "--review-share",
+        type=float,
+        default=0.05,
+        help="share of validation frames the uncertainty band sends to review "
+        "(default: %(default)s)",
+    )
     d.add_argument(
         "--anomaly-share",
         type=float,
         default=0.02,
         help="share of OK validation frames the anomaly threshold may send to review (a model "
-        "with an anomaly score; default 0.02)",
+        "with an anomaly score; default: %(default)s)",
     )
     m = parser.add_argument_group("measurement")
-    m.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    m.add_argument("--latency-reps", type=int, default=200)
+    m.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="ONNX Runtime intra-op threads (default: %(default)s)",
+    )
+    m.add_argument(
+        "--latency-reps", type=int, default=200, help="timed runs per model (default: %(default)s)"
+    )
     e = parser.add_argument_group(BUILD_ENGINE)
     e.add_argument("--pubkey", type=Path, help="public key to verify the bundle with")
-    e.add_argument("--workspace-mb", type=int, default=1024)
+    e.add_argument(
+        "--workspace-mb",
+        type=int,
+        default=1024,
+        help="TensorRT builder memory (default: %(default)s)",
+    )
     e.add_argument(
         "--timing-cache", type=Path, help="timing cache file (default: in the bundle's parent)"
     )

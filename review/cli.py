@@ -68,7 +68,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("collect", help="store the devices' flagged frames from MQTT")
     _db_args(p)
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT")
+    p.add_argument(
+        "--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT (default: %(default)s)"
+    )
     p.add_argument(
         "--topic",
         default="lineqc/v1/+/+/+/sample",
@@ -79,12 +81,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         default="lineqc-review",
         help="shared subscription group: collectors in one group split the messages; '' for a "
         "plain subscription (one collector; Mosquitto 2.0 forgets shared subscriptions when "
-        "it restarts, plain ones it keeps)",
+        "it restarts, plain ones it keeps; default: %(default)s)",
     )
     p.add_argument(
         "--client-id",
         default="lineqc-collector",
-        help="MQTT client id; the broker keeps this collector's session under it",
+        help="MQTT client id; the broker keeps this collector's session under it "
+        "(default: %(default)s)",
     )
     p.add_argument("--username", default=None)
     p.add_argument(
@@ -119,17 +122,25 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("serve", help="the inspectors' web app")
     _db_args(p)
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument(
+        "--port", type=int, default=8080, help="0: a free port, printed (default: %(default)s)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
     _guide_args(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("add-gold", help="mix frames with known labels from a dataset into review")
     _db_args(p)
     p.add_argument("--dataset", required=True, help="dataset folder (its labelled rows)")
-    p.add_argument("--count", type=int, default=20, help="how many gold frames to add")
-    p.add_argument("--split", default="train", help="take them from this split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--count", type=int, default=20, help="how many gold frames to add (default: %(default)s)"
+    )
+    p.add_argument(
+        "--split", default="train", help="take them from this split (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="which rows (default: %(default)s)")
     p.set_defaults(func=_add_gold)
 
     p = sub.add_parser(
@@ -145,7 +156,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     _db_args(p)
     p.add_argument("--device-config", required=True, help="the replaying device's YAML")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="the app's port (default: %(default)s)")
     p.add_argument("--no-serve", action="store_true", help="stop before starting the app")
     _guide_args(p)
     p.set_defaults(func=_demo)

@@ -57,14 +57,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         metavar="N",
-        help="the recent reviewed frames slice: captured in the last N days (30)",
+        help="the recent reviewed frames slice: captured in the last N days (default: %(default)s)",
     )
     parser.add_argument(
         "--tolerance",
         type=float,
         default=0.0,
         help="a check passes when the challenger is at most this much below the champion "
-        "(0: at least as good)",
+        "(0: at least as good; default: %(default)s)",
     )
     parser.add_argument(
         "--runs",
@@ -76,7 +76,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "the bundle)",
     )
     parser.add_argument("--device", default="cpu", help="evaluation device (default: cpu)")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.set_defaults(func=run)
 
