@@ -60,6 +60,9 @@ class AugmentConfig(_Strict):
     clahe_p: float = Field(default=0.1, ge=0, le=1)
     blur_p: float = Field(default=0.1, ge=0, le=1)
     noise_p: float = Field(default=0.1, ge=0, le=1)
+    # the share of OK samples given a labelled defect pasted from a training row's mask
+    # (train/copy_paste.py); rows without masks are never donors
+    copy_paste: float = Field(default=0.0, ge=0, le=1)
 
 
 class OptimConfig(_Strict):

@@ -25,6 +25,7 @@ from lineqc.datasets.storage import read_image, read_mask
 from lineqc.edge.preprocess import PreprocessSpec, placement, preprocess
 
 from .augment import augment
+from .copy_paste import CopyPaste
 
 UNKNOWN_LABEL = -1  # a label the model does not know: a defect it never saw
 
@@ -129,9 +130,10 @@ class TrainImages(Dataset[Sample]):
         spec: PreprocessSpec,
         map_stride: int | None = None,
         ok_index: int | None = None,
+        copy_paste: CopyPaste | None = None,
     ):
         self.frames, self.labels, self.transform, self.spec = frames, labels, transform, spec
-        self.map_stride, self.ok_index = map_stride, ok_index
+        self.map_stride, self.ok_index, self.copy_paste = map_stride, ok_index, copy_paste
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -141,6 +143,10 @@ class TrainImages(Dataset[Sample]):
         label = int(self.labels[i])
         frame = self.frames[i]
         mask = self.frames.mask(i) if self.map_stride else None
+        if self.copy_paste is not None and label == self.ok_index:
+            pasted = self.copy_paste(frame, seed, lambda j: (self.frames[j], self.frames.mask(j)))
+            if pasted is not None:
+                frame, mask, label = pasted
         if self.map_stride and mask is None and label == self.ok_index:
             mask = np.zeros(frame.shape[:2], np.uint8)  # an OK part has no defect pixels
         image, mask = augment(self.transform, frame, seed, mask)

@@ -34,6 +34,7 @@ from . import checkpoint, report
 from .augment import build_train_transform
 from .calibration import fit_temperature
 from .config import ConfigError, TrainConfig, differing_keys, from_dict, save_config
+from .copy_paste import CopyPaste, Donor
 from .data import (
     EpochBatches,
     FrameStore,
@@ -246,12 +247,13 @@ class Trainer:
             cfg.data.cache == "auto" and FrameStore.decoded_mb(everything) <= cfg.data.cache_max_mb
         )
         self.spec = preprocess_spec(cfg)
+        self.pasting = cfg.augment.enabled and cfg.augment.copy_paste > 0
         self.train_frames = FrameStore(
             self.dataset,
             self.train_records,
             self.cached,
             "decode train",
-            masks=cfg.defect_map.weight > 0,
+            masks=cfg.defect_map.weight > 0 or self.pasting,
         )
         # Validation runs every epoch: preprocess it once, through the edge function.
         self.val_inputs = (
@@ -320,6 +322,7 @@ class Trainer:
                 self.spec,
                 DefectNet.stride if cfg.defect_map.weight > 0 else None,
                 self.ok_index,
+                self._copy_paste(),
             ),
             batch_sampler=self.sampler,
             num_workers=workers,
@@ -331,6 +334,22 @@ class Trainer:
             # are running can deadlock the child. The cached frames are pickled over once.
             multiprocessing_context="spawn" if workers > 0 else None,
         )
+
+    def _copy_paste(self) -> CopyPaste | None:
+        """Defects pasted onto OK samples, from the training rows that have a mask."""
+        if not self.pasting:
+            return None
+        donors = [
+            Donor(i, int(y))
+            for i, (r, y) in enumerate(zip(self.train_records, self.train_labels, strict=True))
+            if y != self.ok_index and r.mask_path
+        ]
+        if not donors:
+            raise ConfigError(
+                "augment.copy_paste needs defect rows with masks in the train split; "
+                f"{self.dataset} has none"
+            )
+        return CopyPaste(donors, self.cfg.augment.copy_paste)
 
     # ---- one epoch -------------------------------------------------------------------------
 

@@ -3,9 +3,19 @@ elsewhere, brightness is matched, and the choice is reproducible from the seed."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 
+from lineqc.datasets.manifest import load
+from lineqc.datasets.storage import read_mask
+from lineqc.edge.preprocess import PreprocessSpec
+from lineqc.train.augment import build_train_transform
+from lineqc.train.config import AugmentConfig, TrainConfig
 from lineqc.train.copy_paste import CopyPaste, Donor, paste
+from lineqc.train.data import FrameStore, TrainImages, map_target
+from lineqc.train.loop import Trainer
 
 
 def _frames() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,3 +62,34 @@ def test_copy_paste_is_seeded_and_balances_classes() -> None:
     if first is not None and again is not None:
         np.testing.assert_array_equal(first[0], again[0])
     assert CopyPaste([], 1.0)(ok, 0, load) is None
+
+
+def test_an_ok_training_sample_becomes_a_donors_defect(synth_dataset: Path) -> None:
+    records = [r for r in load(synth_dataset) if r.split == "train"]
+    ok = next(r for r in records if r.label == "ok")
+    defect = next(r for r in records if r.label != "ok" and r.mask_path)
+    frames = FrameStore(synth_dataset, [ok, defect], cache=True, masks=True)
+    spec = PreprocessSpec(64, 64, 1)
+    plain = build_train_transform(AugmentConfig(enabled=False), (64, 64), "stretch")
+    labels = np.array([0, 1])
+    x, label, target, weight = TrainImages(frames, labels, plain, spec, 8, 0)[(0, 5)]
+    assert label == 0 and weight == 1.0 and target.sum() == 0  # the OK part as it is
+    pasting = CopyPaste([Donor(1, 1)], probability=1.0)
+    xp, label, target, weight = TrainImages(frames, labels, plain, spec, 8, 0, pasting)[(0, 5)]
+    assert label == 1 and weight == 1.0  # the donor's class, and its mask as the map target
+    expected = map_target(read_mask(synth_dataset, defect), (64, 64), spec, 8)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(target.numpy(), expected)
+    changed = np.abs(xp.numpy() - x.numpy())[0] > 0.05
+    assert changed.any() and expected[0].repeat(8, 0).repeat(8, 1)[changed].mean() > 0.5
+
+
+def test_training_pastes_from_the_train_splits_masked_defects(
+    synth_dataset: Path, tmp_path: Path, tiny_config: Callable[..., TrainConfig]
+) -> None:
+    trainer = Trainer(tiny_config(augment={"copy_paste": 0.5}), synth_dataset, tmp_path / "run")
+    assert trainer.run()["best_epoch"] >= 1 and (tmp_path / "run" / "best.pt").is_file()
+    pasting = trainer.loader.dataset.copy_paste  # type: ignore[attr-defined]
+    assert isinstance(pasting, CopyPaste) and pasting.probability == 0.5
+    donors = [trainer.train_records[d.index] for c in pasting.classes for d in pasting.by_class[c]]
+    masked = [r for r in trainer.train_records if r.label != "ok" and r.mask_path]
+    assert masked and sorted(r.id for r in donors) == sorted(r.id for r in masked)
