@@ -1,11 +1,11 @@
 """The TensorRT backend (TensorRT 10+, name-based tensor API) with pycuda buffers and a stream.
 
-Imported only where ``tensorrt`` and ``pycuda`` exist (``backends.open_backend``). The engine
-is the bundle's own one when it was built for exactly this TensorRT version and GPU compute
-capability; otherwise one is built here from the bundle's TensorRT source ONNX
-(``Bundle.tensorrt_model_path``: INT8 from its signed symmetric Q/DQ nodes, FP16 allowed)
-and cached in ``engine_cache`` under the same naming. An engine built for another TensorRT
-version or GPU is never deserialized.
+Imported only where ``tensorrt`` and ``pycuda`` exist (``backends.open_backend``). Which engine
+runs, and how a missing one is built, is ``tensorrt_engine``'s (the same definition
+``lineqc export build-engine`` uses): the bundle's own engine when it is of exactly the
+requested precision, TensorRT version and GPU; otherwise one built here from the bundle's
+TensorRT source ONNX (``Bundle.tensorrt_model_path``) and cached in ``engine_cache``. An
+engine of another precision, TensorRT version or GPU is never deserialized.
 
 Not exercised by this repository's CI (no GPU there): the conformance test runs it on a
 device with TensorRT and skips elsewhere.
@@ -21,6 +21,7 @@ import numpy as np
 
 from .backends import BackendError
 from .bundle import Bundle
+from .tensorrt_engine import EngineError, build_engine, choose_engine, compute_capability
 
 try:  # present on Jetson / CUDA machines only; this module still imports elsewhere
     import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
@@ -45,45 +46,6 @@ def _logger() -> Any:
 def _require() -> None:
     if _MISSING is not None:
         raise BackendError(f"backend tensorrt: not available here ({_MISSING})")
-
-
-def compute_capability() -> str:
-    major, minor = cuda.Device(0).compute_capability()
-    return f"{major}.{minor}"
-
-
-def engine_name(precision: str) -> str:
-    return (
-        f"model.{precision}.trt{trt.__version__}.sm{compute_capability().replace('.', '')}.engine"
-    )
-
-
-def build_engine(onnx_path: Path, out: Path, workspace_mb: int = 1024) -> Path:
-    builder = trt.Builder(_logger())
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, _logger())
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendError(f"{onnx_path}: TensorRT cannot parse it ({errors})")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    config.set_flag(trt.BuilderFlag.FP16)
-    config.set_flag(trt.BuilderFlag.INT8)  # honours the explicit Q/DQ scales; no calibrator
-    inp = network.get_input(0)
-    shape = tuple(inp.shape)
-    if any(d < 0 for d in shape):
-        profile = builder.create_optimization_profile()
-        fixed = tuple(1 if d < 0 else d for d in shape)
-        profile.set_shape(inp.name, fixed, fixed, fixed)
-        config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BackendError(f"{onnx_path}: TensorRT engine build failed")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(out)
-    return out
 
 
 class TensorRTBackend:
@@ -125,17 +87,21 @@ class TensorRTBackend:
     def from_bundle(
         cls, bundle: Bundle, precision: str | None, engine_cache: Path | None
     ) -> TensorRTBackend:
+        """The engine of exactly ``precision`` (default: the bundle's); the caller has
+        checked the INT8 gate (``backends.open_backend``)."""
         _require()
         precision = precision or bundle.default_precision
-        shipped = bundle.engine_for(trt.__version__, compute_capability())
-        if shipped is not None:
-            return cls(shipped)
         cache = Path(engine_cache or bundle.root.parent / "engines")
-        target = cache / f"{bundle.version}" / engine_name(precision)
-        if not target.is_file():
-            log.info("building a TensorRT engine for %s (once; cached at %s)", precision, target)
-            build_engine(bundle.tensorrt_model_path(precision), target)
-        return cls(target)
+        try:
+            path, build = choose_engine(
+                bundle, precision, trt.__version__, compute_capability(), cache
+            )
+            if build:
+                log.info("building a TensorRT %s engine (once; cached at %s)", precision, path)
+                build_engine(bundle.tensorrt_model_path(precision), path, precision)
+        except EngineError as exc:
+            raise BackendError(f"backend tensorrt: {exc}") from None
+        return cls(path)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         np.copyto(self.host_in, x)

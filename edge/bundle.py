@@ -388,13 +388,19 @@ class Bundle:
             raise BundleError(f"{self.root}: {rel} is not among the manifest's files")
         return _inside(self.root, rel)
 
-    def engine_for(self, tensorrt_version: str, compute_capability: str) -> Path | None:
-        """The engine built for exactly this TensorRT version and GPU, if the bundle has one."""
+    def engine_for(
+        self, precision: str, tensorrt_version: str, compute_capability: str, recipe: int
+    ) -> Path | None:
+        """The bundle's engine of ``precision`` built for exactly this TensorRT version and GPU
+        by builder recipe ``recipe`` (``lineqc.edge.tensorrt_engine``), if it has one: an
+        engine of another precision is never a stand-in."""
         for engine in self.manifest.get("engines", []):
-            if (engine["tensorrt_version"], engine["compute_capability"]) == (
-                tensorrt_version,
-                compute_capability,
-            ):
+            if (
+                engine.get("precision"),
+                engine["tensorrt_version"],
+                engine["compute_capability"],
+                engine.get("recipe"),
+            ) == (precision, tensorrt_version, compute_capability, recipe):
                 return _inside(self.root, engine["file"])
         return None
 

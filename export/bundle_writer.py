@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tarfile
 from collections.abc import Mapping
@@ -24,15 +23,6 @@ from .errors import ExportError
 MODEL_FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}  # what ONNX Runtime runs
 # what TensorRT compiles, where it differs from the above (manifest: models.P.tensorrt_file)
 TENSORRT_FILES = {"int8": "model.int8.tensorrt.onnx"}
-
-
-def engine_file_name(precision: str, tensorrt_version: str, compute_capability: str) -> str:
-    """e.g. model.int8.trt10.3.0.sm87.engine: an engine only runs where both match."""
-    if not re.fullmatch(r"\d+(\.\d+)*", tensorrt_version):
-        raise ExportError(f"TensorRT version {tensorrt_version!r} is not dotted integers")
-    if not re.fullmatch(r"\d+\.\d+", compute_capability):
-        raise ExportError(f"compute capability {compute_capability!r} is not MAJOR.MINOR")
-    return f"model.{precision}.trt{tensorrt_version}.sm{compute_capability.replace('.', '')}.engine"
 
 
 def tar_path_of(bundle: Path) -> Path:

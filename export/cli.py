@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from lineqc.edge.tensorrt_engine import PRECISIONS
 from lineqc.errors import LineqcError
 
 BUILD_ENGINE = "build-engine"
@@ -19,7 +20,8 @@ BUILD_ENGINE = "build-engine"
 def register(parser: argparse.ArgumentParser) -> None:
     parser.usage = (
         "lineqc export RUN_DIR --dataset DIR --out BUNDLE --key PREFIX.key [options]\n"
-        "       lineqc export build-engine BUNDLE --key PREFIX.key --pubkey PREFIX.pub"
+        "       lineqc export build-engine BUNDLE --key PREFIX.key --pubkey PREFIX.pub "
+        "[--precision P] [--allow-failed-gate]"
     )
     parser.add_argument("target", help=f"training run folder, or '{BUILD_ENGINE}'")
     parser.add_argument("bundle", nargs="?", type=Path, help=f"with {BUILD_ENGINE}: the bundle")
@@ -109,6 +111,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group(BUILD_ENGINE)
     e.add_argument("--pubkey", type=Path, help="public key to verify the bundle with")
     e.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="the engine's precision (default: the bundle's default precision)",
+    )
+    e.add_argument(
+        "--allow-failed-gate",
+        action="store_true",
+        help="build an INT8 engine although its accuracy gate failed or was skipped at export "
+        "(to diagnose it; devices still refuse to run it)",
+    )
+    e.add_argument(
         "--workspace-mb",
         type=int,
         default=1024,
@@ -175,17 +188,16 @@ def _build_engine(args: argparse.Namespace) -> int:
     if args.bundle is None:
         raise LineqcError(f"lineqc export {BUILD_ENGINE}: which bundle? (a bundle folder)")
     _need(args, "key", "pubkey")
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        raise LineqcError(
-            f"lineqc export {BUILD_ENGINE}: TensorRT is not installed here; run it on the "
-            "device or a machine with an NVIDIA GPU and TensorRT 10+ (pip install tensorrt)"
-        )
     from .tensorrt_build import build_into_bundle
 
     record = build_into_bundle(
-        args.bundle, args.key, args.pubkey, args.workspace_mb, args.timing_cache
+        args.bundle,
+        args.key,
+        args.pubkey,
+        args.precision,
+        args.allow_failed_gate,
+        args.workspace_mb,
+        args.timing_cache,
     )
     print(json.dumps(record, indent=2) if args.json else f"engine: {args.bundle / record['file']}")
     return 0
