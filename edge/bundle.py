@@ -15,13 +15,17 @@ entry may also name a ``tensorrt_file``: the ONNX that TensorRT compiles, where 
 (the INT8 model: signed symmetric activations for TensorRT, the same quantization grid
 re-expressed as UINT8 activations for ONNX Runtime's fast CPU kernels; see
 ``lineqc.export.quantize.unsigned_activations``). Without it TensorRT compiles ``file``.
-The key is optional, so schema version 1 covers bundles with and without it.
+An entry's ``decision`` is the policy chosen on that model's own outputs; the top-level
+``decision`` repeats the default precision's, for devices that read only it. Both keys are
+optional, so schema version 1 covers bundles with and without them. ``engines`` records the
+TensorRT engines built into the bundle (``lineqc.edge.tensorrt_engine``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -42,6 +46,7 @@ from .preprocess import PreprocessSpec
 from .signing import load_public_key, sign, verify
 
 SCHEMA_VERSION = 1
+log = logging.getLogger("lineqc.edge.bundle")
 MAX_EXPANSION = 16  # a compressed bundle tar unpacks to at most this times its size
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -346,6 +351,26 @@ class Bundle:
 
     @property
     def policy(self) -> DecisionPolicy:
+        """The decision policy of the bundle's default precision."""
+        return self.policy_for(None)
+
+    def policy_for(self, precision: str | None) -> DecisionPolicy:
+        """The decision policy chosen at export on the outputs of the ``precision`` model, so
+        the thresholds a device applies match the model it runs. A bundle written before
+        policies were per precision has one, chosen on its default precision: used for
+        another precision with a warning, as those devices always did."""
+        precision = precision or self.default_precision
+        entry = self._model_entry(precision)
+        if "decision" in entry:
+            return DecisionPolicy.from_json(entry["decision"])
+        if precision != self.default_precision:
+            log.warning(
+                "%s: no decision policy for its %s model (an older bundle); using the one "
+                "chosen on its %s model",
+                self.root,
+                precision,
+                self.default_precision,
+            )
         return DecisionPolicy.from_json(self.manifest["decision"])
 
     def gate_failure(self, precision: str | None = None) -> str | None:

@@ -69,10 +69,16 @@ def apply_overrides(
     return dataclasses.replace(policy, **changes) if changes else policy
 
 
-def config_policy(bundle: Bundle, overrides: DecisionOverrides) -> DecisionPolicy:
+def config_policy(
+    bundle: Bundle, overrides: DecisionOverrides, precision: str | None
+) -> DecisionPolicy:
+    """The policy chosen for the model of ``precision`` (the one the device runs), overridden."""
     try:
         return apply_overrides(
-            bundle.policy, overrides.prob_floor, overrides.margin, overrides.thresholds
+            bundle.policy_for(precision),
+            overrides.prob_floor,
+            overrides.margin,
+            overrides.thresholds,
         )
     except ValueError as exc:
         raise BundleError(f"decision overrides do not fit bundle {bundle.root}: {exc}") from None
@@ -90,7 +96,7 @@ class Runtime:
         self.cfg = cfg
         self.max_frames = max_frames
         self.bundle = bundle or load_bundle(cfg.model.bundle, cfg.model.public_key)
-        self.policy = config_policy(self.bundle, cfg.decision)
+        self.policy = config_policy(self.bundle, cfg.decision, cfg.model.precision)
         self.backend: Backend = self._open_backend(self.bundle)
         self.spec = self.bundle.spec
         self.run_id = f"{int(time.time() * 1000):x}"
@@ -219,7 +225,7 @@ class Runtime:
         bundle = load_bundle(
             path, self.cfg.model.public_key, installed_version=self.bundle.version, force=cmd.force
         )
-        policy = config_policy(bundle, self.cfg.decision)
+        policy = config_policy(bundle, self.cfg.decision, self.cfg.model.precision)
         backend = self._open_backend(bundle)
         old = self.backend
         self.bundle, self.policy, self.backend, self.spec = bundle, policy, backend, bundle.spec

@@ -4,6 +4,8 @@ INT8 is written twice from one calibration: the TensorRT source (signed symmetri
 activations) and the ONNX Runtime file (the same grid with UINT8 activations, which ONNX
 Runtime's CPU kernels run several times faster; ``quantize.unsigned_activations``). The gate,
 the thresholds and the latency are those of the ONNX Runtime file, as CPU devices run it.
+Thresholds and latency are recorded per precision, so a device applies the policy chosen
+for the model it runs (``Bundle.policy_for``).
 The export fails unless both files define the same function: the same probabilities on the
 validation images under ONNX Runtime's reference Q/DQ execution (``quantize.check_rewrite``).
 """
@@ -198,18 +200,23 @@ def export_run(
         if gate is not None:
             gate.latency_ms = {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()}
 
-        default_out = fp32_out if default == "fp32" else int8_out
-        policy, decision_report = choose_policy(
-            default_out[runtime.OUTPUT_NAME],
-            val.labels,
-            classes,
-            ok_class,
-            temperature,
-            options.target_precision,
-            options.review_share,
-            default_out.get(runtime.ANOMALY),
-            options.anomaly_share,
-        )
+        # A policy per precision, each chosen on that model's own outputs: INT8 moves the
+        # probabilities, so thresholds chosen on FP32 do not keep their precision on INT8.
+        chosen = {
+            p: choose_policy(
+                out[runtime.OUTPUT_NAME],
+                val.labels,
+                classes,
+                ok_class,
+                temperature,
+                options.target_precision,
+                options.review_share,
+                out.get(runtime.ANOMALY),
+                options.anomaly_share,
+            )
+            for p, out in (("fp32", fp32_out), ("int8", int8_out))
+        }
+        policy, decision_report = chosen[default]
         doc = {
             "model": {
                 "name": meta["model"],
@@ -243,15 +250,16 @@ def export_run(
                 else None
             ),
             "preprocess": spec.to_json(),
-            "decision": policy.to_json(),
+            "decision": policy.to_json(),  # the default precision's, as older devices read it
             "dataset": {
                 "manifest_hash": dataset_hash,
                 "training_manifest_hash": meta.get("dataset_manifest_hash"),
             },
             "models": {
-                "fp32": {"opset": options.opset},
+                "fp32": {"opset": options.opset, "decision": chosen["fp32"][0].to_json()},
                 "int8": {
                     "opset": options.opset,
+                    "decision": chosen["int8"][0].to_json(),
                     "quantization": "explicit Q/DQ; weights int8 per-channel symmetric; "
                     "activations uint8 zero point 128 in file (ONNX Runtime; Relu between Q/DQ "
                     "as LeakyRelu alpha 0), int8 symmetric in tensorrt_file (TensorRT): the "
@@ -274,7 +282,8 @@ def export_run(
                 "parity": vars(parity),
                 "int8_tensorrt_vs_onnxruntime": vars(rewrite),
                 "gate": gate.to_json() if gate else None,
-                "decision_on_val": decision_report,
+                "decision_on_val": decision_report,  # the default precision's
+                "decision_on_val_by_precision": {p: report for p, (_, report) in chosen.items()},
                 "training_test_metrics": meta.get("test_metrics"),
             },
             "latency_ms": {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()},

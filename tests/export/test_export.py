@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,6 +63,44 @@ def test_manifest_records_gate_latency_thresholds(
     assert doc["evaluation"]["decision_on_val"]["review_share_band_val"] <= 0.05
     assert doc["models"]["int8"]["calibration"]["images"] == 64
     assert doc["dataset"]["manifest_hash"] == doc["dataset"]["training_manifest_hash"]
+
+
+def test_policy_chosen_per_precision(
+    signed_bundle: Path, keys: tuple[Path, Path], val_split
+) -> None:
+    """Each precision's thresholds are chosen on that model's own outputs, and the device
+    applies the ones of the model it runs; a bundle from before reads its one policy."""
+    from lineqc.edge.config import DecisionOverrides
+    from lineqc.edge.decision import DecisionPolicy
+    from lineqc.edge.runtime import config_policy
+    from lineqc.export.thresholds import choose_policy
+
+    bundle = load_bundle(signed_bundle, keys[1])
+    doc = bundle.manifest
+    assert doc["decision"] == doc["models"][doc["default_precision"]]["decision"]
+    by_precision = doc["evaluation"]["decision_on_val_by_precision"]
+    assert by_precision[doc["default_precision"]] == doc["evaluation"]["decision_on_val"]
+    for precision in ("fp32", "int8"):
+        out = runtime.outputs(runtime.session(bundle.model_path(precision)), val_split.inputs)
+        policy, report = choose_policy(
+            out[runtime.OUTPUT_NAME], val_split.labels, bundle.classes, bundle.ok_class,
+            doc["decision"]["temperature"], anomaly=out.get(runtime.ANOMALY),
+        )  # fmt: skip
+        stored = bundle.policy_for(precision)
+        assert stored == DecisionPolicy.from_json(doc["models"][precision]["decision"])
+        assert stored.prob_floor == pytest.approx(policy.prob_floor, abs=1e-5)
+        assert stored.margin == pytest.approx(policy.margin, abs=1e-5)
+        for name, threshold in policy.thresholds.items():
+            assert stored.thresholds[name] == pytest.approx(threshold, abs=1e-5)
+        assert by_precision[precision]["n_val"] == report["n_val"]
+        assert config_policy(bundle, DecisionOverrides(), precision) == stored
+    assert bundle.policy_for("fp32") != bundle.policy_for("int8")  # INT8 moves probabilities
+    assert config_policy(bundle, DecisionOverrides(), None) == bundle.policy  # the default's
+
+    models = {p: {k: v for k, v in e.items() if k != "decision"} for p, e in doc["models"].items()}
+    older = dataclasses.replace(bundle, manifest=dict(doc, models=models))
+    for precision in ("fp32", "int8"):
+        assert older.policy_for(precision) == DecisionPolicy.from_json(doc["decision"])
 
 
 def test_broken_calibration_fails_the_gate(
