@@ -235,6 +235,116 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_address(text: str) -> tuple[str, int]:
+    host, _, port = text.removeprefix("mqtt://").rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise LineqcError(f"--broker {text!r}: expected mqtt://HOST:PORT or HOST:PORT")
+    return host, int(port)
+
+
+def _threshold(text: str) -> tuple[str, float | None]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CLASS=P (P a probability or none)")
+    try:
+        return name, None if value.lower() in ("none", "null") else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    """Sign a command with the fleet's key, send it to one device and print its reply."""
+    import uuid
+
+    from .commands import new_command, send_command, sign_command
+    from .signing import load_private_key
+    from .wire import is_id
+
+    site_line_device = args.device.split("/")
+    if len(site_line_device) != 3 or not all(map(is_id, site_line_device)):
+        raise LineqcError(f"--device {args.device!r}: expected SITE/LINE/DEVICE (the config ids)")
+    host, port = _broker_address(args.broker)
+    fields: dict[str, Any] = {}
+    if args.action == "set-thresholds":
+        fields = {"prob_floor": args.prob_floor, "margin": args.margin}
+        fields["thresholds"] = dict(args.threshold) if args.threshold else None
+    elif args.action == "reload":
+        fields = {"bundle": args.bundle, "downgrade_to": args.downgrade_to}
+    name = {"set-thresholds": "set_thresholds", "reload": "reload_bundle"}.get(
+        args.action, args.action
+    )
+    cmd_id = args.id or uuid.uuid4().hex[:12]
+    try:
+        doc = new_command(name, args.device, cmd_id, **fields)
+    except LineqcError as exc:
+        raise LineqcError(f"not sent: {exc}") from None
+    payload = sign_command(doc, load_private_key(args.key))
+    password = args.password_file.read_text().strip() if args.password_file else None
+    root = f"{args.topic_prefix}/{args.device}"
+    reply = send_command(host, port, root, payload, cmd_id, args.timeout, args.username, password)
+    if reply is None:
+        raise LineqcError(
+            f"no reply from {args.device} within {args.timeout:g} s (sent as {cmd_id})"
+        )
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        print(
+            f"{args.device}: {name} {cmd_id}: "
+            + ("done" if reply.get("ok") else f"refused: {reply.get('error')}")
+        )
+    return 0 if reply.get("ok") else 1
+
+
+def _register_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "command",
+        help="sign a command with the fleet's key and send it to one device",
+        description="Sign a command with the fleet's Ed25519 key (lineqc keys generate) and "
+        "send it to one device's cmd topic; prints the device's reply (exit 1 if refused).",
+    )
+    p.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT")
+    p.add_argument("--device", required=True, metavar="SITE/LINE/DEVICE")
+    p.add_argument("--key", type=Path, required=True, help="the fleet's private key (PREFIX.key)")
+    p.add_argument(
+        "--topic-prefix",
+        default="lineqc/v1",
+        help="the devices' mqtt.topic_prefix (default: %(default)s)",
+    )
+    p.add_argument("--id", help="the command's id, echoed in the reply (default: random)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the reply (default: %(default)s)",
+    )
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", type=Path, help="file holding the MQTT password")
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    p.set_defaults(func=cmd_command)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("set-thresholds", help="change the decision policy's parameters")
+    a.add_argument("--prob-floor", type=float, help="top probability under this: review")
+    a.add_argument("--margin", type=float, help="top-two margin under this: review")
+    a.add_argument(
+        "--threshold",
+        type=_threshold,
+        action="append",
+        metavar="CLASS=P",
+        help="a class's minimum probability (none: always review); repeatable",
+    )
+    a = actions.add_parser(
+        "reload", help="verify and load a bundle from the device's bundle folder"
+    )
+    a.add_argument("--bundle", help="its name in the bundle folder (default: the configured one)")
+    a.add_argument(
+        "--downgrade-to",
+        metavar="VERSION",
+        help="the exact older version to install (the device must allow downgrades)",
+    )
+    actions.add_parser("status", help="ask for the device's status (published, retained)")
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("info", help="this device's runtime and available inference backends")
@@ -308,3 +418,5 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-frames", type=int, help="frames for the baseline (default: 200)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    _register_command(sub)

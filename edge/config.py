@@ -285,6 +285,36 @@ class TelemetryConfig(_Strict):
     window: int = Field(default=2048, ge=16, description="latency samples kept per stage")
 
 
+class CommandsConfig(_Strict):
+    """Who may command the device and what a command may do (see edge/WIRE.md, Commands)."""
+
+    public_key: ExistingFile | None = Field(
+        default=None,
+        description="Ed25519 public key that signs commands (default: model.public_key)",
+    )
+    max_age_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="refuse a command issued further than this from the device clock "
+        "(0: no window; the counter still refuses replays)",
+    )
+    state_file: WritableFile | None = Field(
+        default=None,
+        description="the last applied command counter, kept across restarts "
+        "(default: commands.state.json beside the outbox)",
+    )
+    bundle_dir: LocalPath | None = Field(
+        default=None,
+        description="reload_bundle may name only bundles inside this folder "
+        "(default: the folder holding model.bundle)",
+    )
+    allow_downgrade: bool = Field(
+        default=False,
+        description="let a signed reload_bundle install an older bundle version, which it "
+        "must name exactly (downgrade_to)",
+    )
+
+
 class DeviceConfig(_Strict):
     version: Literal[1] = Field(default=1, description="config format version")
     device: DeviceIds
@@ -296,6 +326,7 @@ class DeviceConfig(_Strict):
     outbox: OutboxConfig
     sampling: SamplingConfig = SamplingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    commands: CommandsConfig = CommandsConfig()
     latency_budget_ms: float = Field(default=30.0, gt=0, description="capture to decision")
     shutdown_flush_s: float = Field(
         default=3.0, ge=0, description="on SIGTERM or end of replay: time to flush the outbox"
@@ -307,8 +338,25 @@ class DeviceConfig(_Strict):
 
     @property
     def topic_root(self) -> str:
+        return f"{self.mqtt.topic_prefix}/{self.target}"
+
+    @property
+    def target(self) -> str:
+        """``<site>/<line>/<device>``: what a signed command names to reach this device."""
         d = self.device
-        return f"{self.mqtt.topic_prefix}/{d.site}/{d.line}/{d.id}"
+        return f"{d.site}/{d.line}/{d.id}"
+
+    @property
+    def command_key(self) -> Path:
+        return self.commands.public_key or self.model.public_key
+
+    @property
+    def command_state(self) -> Path:
+        return self.commands.state_file or self.outbox.path.with_name("commands.state.json")
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.commands.bundle_dir or self.model.bundle.parent
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:

@@ -2,10 +2,10 @@
 
 One inference thread runs the per-frame hot path (numpy in, numpy out; no JSON for the
 model input). Capture, publishing (outbox, JPEG encoding) and MQTT networking run in their
-own threads. Commands from MQTT are applied between frames. SIGTERM or SIGINT (or the end
-of a replay) stops the loop; the publisher then flushes the outbox for up to
-``shutdown_flush_s`` and the process exits (undelivered messages stay in the outbox and go
-out at the next start).
+own threads. Commands from MQTT, once admitted (signed and fresh: ``commands.py``), are
+applied between frames. SIGTERM or SIGINT (or the end of a replay) stops the loop; the
+publisher then flushes the outbox for up to ``shutdown_flush_s`` and the process exits
+(undelivered messages stay in the outbox and go out at the next start).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 from . import defect_map
 from .actuator import RejectEvent, make_actuator
 from .backends import Backend, BackendError, open_backend
-from .bundle import Bundle, BundleError, load_bundle
+from .bundle import Bundle, BundleError, load_bundle, parse_version
+from .commands import AnyCommand, CommandGate, CommandRefused
 from .config import DecisionOverrides, DeviceConfig
 from .decision import DecisionPolicy, decide
 from .outbox import Outbox
@@ -35,21 +36,23 @@ from .outputs import ANOMALY, DEFECT_MAP, LOGITS
 from .preprocess import preprocess
 from .publisher import PendingSample, Publisher
 from .sampling import Sampler
+from .signing import load_public_key
 from .sources import Capture, EndOfStream, Reader
 from .telemetry import Telemetry
 from .wire import (
     ReloadBundle,
     SetThresholds,
-    WireError,
     command_reply,
     defect_map_part,
     dumps,
-    parse_command,
     result_message,
     sample_message,
 )
 
 log = logging.getLogger("lineqc.edge.runtime")
+# One answer for a bundle name that is missing and for one outside the bundle folder, so a
+# command cannot probe which paths exist on the device.
+NO_SUCH_BUNDLE = "reload_bundle: no such bundle in the device's bundle folder"
 
 
 def apply_overrides(
@@ -104,6 +107,9 @@ class Runtime:
         self.sampler = Sampler(cfg.sampling)
         self.actuator = make_actuator(cfg.actuator)
         self.commands: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.gate = CommandGate(
+            load_public_key(cfg.command_key), cfg.target, cfg.command_state, cfg.commands.max_age_s
+        )
         self.stop_event = threading.Event()
         self.last_command: dict[str, Any] | None = None
         self.counters: Counter[str] = Counter()
@@ -157,6 +163,7 @@ class Runtime:
             "outbox": self.outbox.stats(),
             "problems": problems,
             "last_command": self.last_command,
+            "decision": self.policy.to_json(),
         }
 
     def _camera_event(self, state: str, detail: str) -> None:
@@ -196,41 +203,106 @@ class Runtime:
                 payload = self.commands.get_nowait()
             except queue.Empty:
                 return
-            cmd_id: str | None = None
-            name: str | None = None
+            cmd: AnyCommand | None = None
             try:
-                cmd = parse_command(payload)
-                cmd_id, name = cmd.id, cmd.cmd
-                if isinstance(cmd, ReloadBundle):
-                    self._reload(cmd)
-                elif isinstance(cmd, SetThresholds):
-                    self.policy = apply_overrides(
-                        self.policy, cmd.prob_floor, cmd.margin, cmd.thresholds
-                    )
-                    log.info("decision policy changed by command: %s", self.policy.to_json())
+                cmd = self.gate.admit(payload, time.time())
+                self._apply(cmd)
                 error = None
-            except (WireError, BundleError, BackendError, ValueError) as exc:
-                error = str(exc)
-                self.counters["commands_refused"] += 1
-                log.warning("command refused: %s", error)
+            except (BundleError, BackendError, ValueError) as exc:  # details may name paths
+                log.warning("command not applied: %s", exc)
+                error = self._refused(
+                    CommandRefused("not_applied", "command not applied (see the device log)")
+                )
+            except CommandRefused as exc:
+                cmd = exc.cmd or cmd
+                error = self._refused(exc)
             self.counters["commands"] += 1
             now = time.time()
+            cmd_id, name = (cmd.id, cmd.cmd) if cmd is not None else (None, None)
             self.last_command = {"id": cmd_id, "cmd": name, "ok": error is None, "error": error}
             reply = command_reply(self.cfg.device.id, now, cmd_id, name, error is None, error)
             self.publisher.publish_direct("cmd/reply", reply, qos=1)
             self._status_dirty.set()
 
+    def _refused(self, exc: CommandRefused) -> str:
+        self.counters["commands_refused"] += 1
+        self.counters[f"commands_refused_{exc.reason}"] += 1
+        log.warning("command refused (%s): %s", exc.reason, exc)
+        return str(exc)
+
+    def _apply(self, cmd: AnyCommand) -> None:
+        """Apply an admitted command; CommandRefused says why not (without paths)."""
+        if isinstance(cmd, ReloadBundle):
+            self._reload(cmd)
+        elif isinstance(cmd, SetThresholds):
+            try:
+                self.policy = apply_overrides(
+                    self.policy, cmd.prob_floor, cmd.margin, cmd.thresholds
+                )
+            except ValueError as exc:
+                raise CommandRefused("not_applied", f"set_thresholds: {exc}", cmd) from None
+            log.info("decision policy changed by command: %s", self.policy.to_json())
+
+    def _bundle_path(self, cmd: ReloadBundle) -> Path:
+        if cmd.bundle is None:
+            return self.cfg.model.bundle
+        store = self.cfg.bundle_dir.resolve()
+        path = (store / cmd.bundle).resolve()  # an absolute name replaces the store
+        if not path.is_relative_to(store) or not path.exists():
+            log.warning("reload_bundle: %s is missing or outside %s", cmd.bundle, store)
+            raise CommandRefused("no_bundle", NO_SUCH_BUNDLE, cmd)
+        return path
+
     def _reload(self, cmd: ReloadBundle) -> None:
-        path = Path(cmd.bundle) if cmd.bundle else self.cfg.model.bundle
-        bundle = load_bundle(
-            path, self.cfg.model.public_key, installed_version=self.bundle.version, force=cmd.force
-        )
+        path = self._bundle_path(cmd)
+        try:
+            # Verified here; the version rule is below, where the command and config are.
+            bundle = load_bundle(path, self.cfg.model.public_key, force=True)
+        except BundleError as exc:
+            log.warning("reload_bundle refused: %s", exc)
+            raise CommandRefused(
+                "bundle_invalid",
+                "reload_bundle: the bundle does not verify (see the device log)",
+                cmd,
+            ) from None
+        self._check_version(cmd, bundle.version)
+        # BundleError: the net in _handle_commands
         policy = config_policy(bundle, self.cfg.decision, self.cfg.model.precision)
-        backend = self._open_backend(bundle)
+        try:
+            backend = self._open_backend(bundle)
+        except BackendError as exc:
+            log.warning("reload_bundle refused: %s", exc)
+            raise CommandRefused(
+                "not_applied",
+                "reload_bundle: the bundle's model cannot run here (see the device log)",
+                cmd,
+            ) from None
         old = self.backend
         self.bundle, self.policy, self.backend, self.spec = bundle, policy, backend, bundle.spec
         old.close()
         log.info("bundle reloaded: %s version %s", bundle.root, bundle.version)
+
+    def _check_version(self, cmd: ReloadBundle, version: str) -> None:
+        """A downgrade takes two keys: the device allows it and the signed command names the
+        exact version it installs; a ``force`` flag alone never did enough."""
+        if cmd.downgrade_to is not None and cmd.downgrade_to != version:
+            raise CommandRefused(
+                "downgrade", f"reload_bundle: the bundle is version {version}, not "
+                f"{cmd.downgrade_to}", cmd,
+            )  # fmt: skip
+        if parse_version(version) >= parse_version(self.bundle.version):
+            return
+        if not self.cfg.commands.allow_downgrade:
+            raise CommandRefused(
+                "downgrade", f"reload_bundle: version {version} is older than the running "
+                f"{self.bundle.version} and this device does not allow downgrades "
+                "(commands.allow_downgrade)", cmd,
+            )  # fmt: skip
+        if cmd.downgrade_to is None:
+            raise CommandRefused(
+                "downgrade", f"reload_bundle: version {version} is older than the running "
+                f"{self.bundle.version}; a downgrade must name it (downgrade_to)", cmd,
+            )  # fmt: skip
 
     # ---- the loop ----------------------------------------------------------------------------
 

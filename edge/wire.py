@@ -4,6 +4,8 @@ One definition for both sides: the device builds its messages with the ``*_messa
 functions (plain dicts, cheap on the hot path) and every reader (the review collector,
 tests, tools) parses them with ``parse_message``, which validates against the pydantic
 models below. Every message is one UTF-8 JSON object carrying ``"v": 1`` and ``"type"``.
+Commands to the device are version 2: a signed envelope (``parse_signed_command``), whose
+signature, target and counter ``lineqc.edge.commands`` checks before ``parse_command``.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ class Status(_Msg):
     outbox: dict[str, Any] = Field(default_factory=dict)
     problems: list[str] = Field(default_factory=list)
     last_command: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None  # the policy in force (commands may change it)
 
 
 class Telemetry(_Msg):
@@ -171,34 +174,58 @@ class Telemetry(_Msg):
     counters: dict[str, int] = Field(default_factory=dict)
 
 
-class ReloadBundle(BaseModel):
+# ---- commands (to the device): signed, version 2 ------------------------------------------
+# Commands changed incompatibly from v1 (unsigned JSON) to v2 (a signed envelope), so their
+# version moved while the device's own messages stay v1: a reader refuses another version.
+COMMAND_VERSION = 2
+
+
+class SignedCommand(BaseModel):
+    """The envelope on ``<root>/cmd``: a command's exact JSON bytes and their signature."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    v: Literal[1]
+    v: Literal[2]
+    command: str = Field(description="base64 of the command's UTF-8 JSON, the signed bytes")
+    sig: str = Field(description="base64 Ed25519 signature of those bytes (the fleet's key)")
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str | None = Field(default=None, max_length=64)
+    target: str = Field(description="<site>/<line>/<device> the command is for, and only it")
+    seq: int = Field(ge=1, description="the sender's counter; the device applies increasing seq")
+    ts: float = Field(description="issue time, Unix seconds; stale commands are refused")
+
+
+class ReloadBundle(_Command):
     cmd: Literal["reload_bundle"]
-    id: str | None = None
-    bundle: str | None = Field(default=None, description="default: the configured bundle path")
-    force: bool = False
+    bundle: str | None = Field(
+        default=None,
+        max_length=255,
+        description="a bundle in the device's bundle folder (default: the configured bundle)",
+    )
+    downgrade_to: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the exact older version this reload may install (a downgrade needs it "
+        "and commands.allow_downgrade on the device)",
+    )
 
 
-class SetThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    v: Literal[1]
+class SetThresholds(_Command):
     cmd: Literal["set_thresholds"]
-    id: str | None = None
     prob_floor: float | None = Field(default=None, ge=0, le=1)
     margin: float | None = Field(default=None, ge=0, le=1)
     thresholds: dict[str, float | None] | None = None
 
 
-class StatusRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    v: Literal[1]
+class StatusRequest(_Command):
     cmd: Literal["status"]
-    id: str | None = None
 
 
 Command = Annotated[ReloadBundle | SetThresholds | StatusRequest, Field(discriminator="cmd")]
 _COMMAND = TypeAdapter(Command)
+_ENVELOPE = TypeAdapter(SignedCommand)
 
 
 class CommandReply(_Msg):
@@ -233,12 +260,45 @@ def parse_message(payload: bytes | str) -> Result | Sample | Status | Telemetry 
         raise WireError(f"message: {_explain(exc)}") from None
 
 
-def parse_command(payload: bytes | str) -> ReloadBundle | SetThresholds | StatusRequest:
-    doc = parse_versioned(payload, "command", "v", WIRE_VERSION, WireError, "wire version")
+def parse_signed_command(payload: bytes | str) -> tuple[bytes, bytes]:
+    """(command bytes, signature) of a command envelope; WireError if it is not one (an
+    unsigned v1 command included). Nothing in it is trusted before the signature is checked."""
+    doc = parse_versioned(
+        payload, "command", "v", COMMAND_VERSION, WireError, "command version (signed)"
+    )
+    try:
+        env = _ENVELOPE.validate_python(doc)
+        return (
+            base64.b64decode(env.command, validate=True),
+            base64.b64decode(env.sig, validate=True),
+        )
+    except ValidationError as exc:
+        raise WireError(f"command: {_explain(exc)}") from None
+    except ValueError:  # binascii.Error
+        raise WireError("command: command or sig is not base64") from None
+
+
+def parse_command(data: bytes) -> ReloadBundle | SetThresholds | StatusRequest:
+    """A command's (verified) JSON bytes, validated; WireError naming what is wrong."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WireError(f"command: not JSON ({exc})") from None
+    except RecursionError:
+        raise WireError("command: JSON nested too deeply") from None
     try:
         return _COMMAND.validate_python(doc)
     except ValidationError as exc:
         raise WireError(f"command: {_explain(exc)}") from None
+
+
+def signed_command(data: bytes, signature: bytes) -> dict[str, Any]:
+    """The envelope of a command's JSON bytes and their signature."""
+    return {
+        "v": COMMAND_VERSION,
+        "command": base64.b64encode(data).decode("ascii"),
+        "sig": base64.b64encode(signature).decode("ascii"),
+    }
 
 
 # ---- builders (the device side) -----------------------------------------------------------

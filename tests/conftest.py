@@ -341,6 +341,28 @@ class EdgeKit:
 
     terminate = staticmethod(terminate)
 
+    # the device every config here makes: dev1 on site1/line1
+    TARGET = "site1/line1/dev1"
+
+    def publish_command(self, port: int, payload: bytes | str) -> None:
+        """Publish a payload on dev1's command topic, as anyone on the broker can."""
+        import paho.mqtt.publish as mqtt_publish
+
+        mqtt_publish.single(
+            f"lineqc/v1/{self.TARGET}/cmd", payload, qos=1, hostname="127.0.0.1", port=port
+        )
+
+    def command(self, port: int, cmd: str, **fields: Any) -> bytes:
+        """Sign a command with the fleet's key (the bundle's), publish it; returns the
+        payload (to replay it)."""
+        from lineqc.edge.commands import new_command, sign_command
+        from lineqc.edge.signing import load_private_key
+
+        doc = new_command(cmd, self.TARGET, fields.pop("id", None), **fields)
+        payload = sign_command(doc, load_private_key(self.bundle.private_key))
+        self.publish_command(port, payload)
+        return payload
+
 
 @pytest.fixture
 def edge(tmp_path: Path, edge_bundle: EdgeBundle) -> Iterator[EdgeKit]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import paho.mqtt.publish as mqtt_publish
 
 from lineqc.edge.wire import Sample, parse_message
 
@@ -71,20 +70,17 @@ def test_commands_change_thresholds_and_malformed_ones_are_refused(
     sub = subscriber_factory(broker.port)
     cfg = edge.config(broker.port, camera={"loop": True, "fps": 30})
     proc = edge.start(cfg)
-    root = "lineqc/v1/site1/line1/dev1"
     assert sub.wait_for(lambda: len(sub.docs("result")) > 5, 20)
-    send = lambda payload: mqtt_publish.single(  # noqa: E731
-        f"{root}/cmd", payload, qos=1, hostname="127.0.0.1", port=broker.port
-    )
-    send(b"{not json")
-    send(json.dumps({"v": 1, "cmd": "explode"}))
+    edge.publish_command(broker.port, b"{not json")
+    edge.command(broker.port, "set_thresholds", id="c0", margin=0.0, thresholds={"rust": 0.5})
     zero = {c: 0.0 for c in ("contamination", "dent", "ok", "scratch")}
-    send(json.dumps({"v": 1, "cmd": "set_thresholds", "id": "c1", "prob_floor": 0.0,
-                     "margin": 0.0, "thresholds": zero}))  # fmt: skip
+    edge.command(
+        broker.port, "set_thresholds", id="c1", prob_floor=0.0, margin=0.0, thresholds=zero
+    )
     assert sub.wait_for(lambda: len(sub.docs("cmd/reply")) >= 3, 10)
     replies = sub.docs("cmd/reply")
     assert [r["ok"] for r in replies] == [False, False, True]
-    assert "not JSON" in replies[0]["error"] and "explode" in replies[1]["error"]
+    assert "not JSON" in replies[0]["error"] and "rust" in replies[1]["error"]
     seen = len(sub.docs("result"))
     assert sub.wait_for(lambda: len(sub.docs("result")) > seen + 10, 10)  # still inspecting
     later = sub.docs("result")[seen + 3 :]
@@ -100,19 +96,20 @@ def test_reload_refuses_a_tampered_bundle_and_keeps_inspecting(
     with open(bad / "model.fp32.onnx", "ab") as f:
         f.write(b"\0")
     sub = subscriber_factory(broker.port)
-    proc = edge.start(edge.config(broker.port, camera={"loop": True, "fps": 30}))
+    cfg = edge.config(
+        broker.port, camera={"loop": True, "fps": 30}, commands={"bundle_dir": str(tmp_path)}
+    )
+    proc = edge.start(cfg)
     assert sub.wait_for(lambda: len(sub.docs("result")) > 3, 20)
-    mqtt_publish.single(
-        "lineqc/v1/site1/line1/dev1/cmd",
-        json.dumps({"v": 1, "cmd": "reload_bundle", "id": "r1", "bundle": str(bad)}),
-        qos=1, hostname="127.0.0.1", port=broker.port,
-    )  # fmt: skip
+    edge.command(broker.port, "reload_bundle", id="r1", bundle="bad-bundle")
     assert sub.wait_for(lambda: bool(sub.docs("cmd/reply")), 10)
     reply = sub.docs("cmd/reply")[0]
-    assert reply["ok"] is False and "model.fp32.onnx was modified" in reply["error"]
+    assert reply["ok"] is False and "does not verify" in reply["error"]
+    assert str(tmp_path) not in reply["error"]  # the detail is in the device's log only
     seen = len(sub.docs("result"))
     assert sub.wait_for(lambda: len(sub.docs("result")) > seen + 5, 10)
     edge.terminate(proc)
+    assert "model.fp32.onnx was modified" in proc.communicate()[1]
 
 
 def test_tampered_bundle_at_start_is_a_clear_error(edge, broker, tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -17,8 +15,10 @@ from lineqc.edge.wire import (
     dumps,
     parse_command,
     parse_message,
+    parse_signed_command,
     result_message,
     sample_message,
+    signed_command,
     topic,
 )
 
@@ -75,14 +75,30 @@ def test_malformed_messages_are_refused(payload: bytes, message: str) -> None:
 
 
 def test_commands() -> None:
-    cmd = parse_command(json.dumps({"v": 1, "cmd": "reload_bundle", "force": True}))
-    assert isinstance(cmd, ReloadBundle) and cmd.force
-    cmd = parse_command(json.dumps({"v": 1, "cmd": "set_thresholds", "margin": 0.1}))
+    base = {"target": "s/l/d", "seq": 1, "ts": 1.0}
+    cmd = parse_command(dumps({**base, "cmd": "reload_bundle", "downgrade_to": "3"}))
+    assert isinstance(cmd, ReloadBundle) and cmd.downgrade_to == "3"
+    cmd = parse_command(dumps({**base, "cmd": "set_thresholds", "margin": 0.1}))
     assert isinstance(cmd, SetThresholds) and cmd.margin == 0.1
     with pytest.raises(WireError, match="margin"):
-        parse_command(json.dumps({"v": 1, "cmd": "set_thresholds", "margin": 7}))
+        parse_command(dumps({**base, "cmd": "set_thresholds", "margin": 7}))
     with pytest.raises(WireError, match="Extra inputs"):
-        parse_command(json.dumps({"v": 1, "cmd": "status", "rm": "-rf"}))
+        parse_command(dumps({**base, "cmd": "status", "rm": "-rf"}))
+    with pytest.raises(WireError, match="Extra inputs"):  # a flag is no downgrade licence
+        parse_command(dumps({**base, "cmd": "reload_bundle", "force": True}))
+    with pytest.raises(WireError, match="seq"):  # no command without its counter
+        parse_command(dumps({"cmd": "status", "target": "s/l/d", "ts": 1.0}))
+
+
+def test_command_envelope() -> None:
+    data, sig = b'{"cmd":"status"}', b"\x01" * 64
+    assert parse_signed_command(dumps(signed_command(data, sig))) == (data, sig)
+    with pytest.raises(WireError, match="command version"):  # the unsigned v1 format
+        parse_signed_command(dumps({"v": 1, "cmd": "status", "id": "c1"}))
+    with pytest.raises(WireError, match="sig"):
+        parse_signed_command(dumps({"v": 2, "command": "e30="}))
+    with pytest.raises(WireError, match="base64"):
+        parse_signed_command(dumps({"v": 2, "command": "e30=", "sig": "not base64!"}))
 
 
 def test_topics() -> None:
