@@ -6,13 +6,13 @@ PY := $(BIN)/python
 PYTHON ?= python3
 DATA ?= data
 RUNS ?= runs
-MT_SRC ?= ../shared/datasets/magnetic-tile
+MT_SRC ?=
 REVIEW_PORT ?= 8080
 FOLDS ?= 3
 STAGES := datasets train export edge review
 EXTRAS := edge,train,export,review,dev
 
-.PHONY: setup system-deps test lint typecheck-tree demo demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge clean
+.PHONY: setup system-deps test lint typecheck-tree demo demo-data demo-run demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge clean
 
 ## setup: .venv with every extra for development (torch pinned by constraints.txt), Mosquitto
 setup: $(VENV)/.installed system-deps
@@ -60,8 +60,22 @@ typecheck-tree:
 	@for f in lineqc/*.py; do ln -s ../../../$$f build/typecheck/lineqc/; done
 	@for s in $(STAGES); do ln -s ../../../$$s build/typecheck/lineqc/$$s; done
 
-## demo: the main job end to end on the real magnetic-tile images
-DS := $(DATA)/magnetic-tile
+## demo: the main job end to end, on the real magnetic-tile images when they can be had
+# The real images: MT_SRC, else a local copy (data/source/magnetic-tile, then
+# ../shared/datasets/magnetic-tile), else cloned from the public repository when online
+# (`lineqc data find-magnetic-tile`). Without them (offline, no copy) it says how to get them
+# and the demo runs on synthetic parts in data/synthetic, so it always runs.
+REAL_DS := $(DATA)/magnetic-tile
+SYNTH_DS := $(DATA)/synthetic
+SYNTH_N ?= 600
+# The demo's dataset: the real one once imported, else the synthetic one once made.
+DS ?= $(if $(wildcard $(REAL_DS)/manifest.json),$(REAL_DS),$(if $(wildcard $(SYNTH_DS)/manifest.json),$(SYNTH_DS),$(REAL_DS)))
+DEVICE_CONFIG := firmware_config/replay-$(if $(filter $(SYNTH_DS),$(DS)),synthetic,demo).yaml
+# MT_COPIES (local copies to look in, the first one the clone's destination) and MT_URL
+# (the repository) change the defaults of `lineqc data find-magnetic-tile`.
+FIND_MT = $(BIN)/lineqc data find-magnetic-tile $(if $(MT_SRC),--src '$(MT_SRC)') \
+  $(addprefix --copy ,$(MT_COPIES)) $(if $(MT_COPIES),--fetch-to $(firstword $(MT_COPIES))) \
+  $(if $(MT_URL),--url '$(MT_URL)')
 RUN := $(RUNS)/default
 BUNDLE := $(RUNS)/bundle
 KEY := $(RUNS)/keys/signing
@@ -74,12 +88,27 @@ WRONG ?= 0.1
 CHAMPION ?= $(RUN)
 RETRAIN ?= $(RUNS)/retrain-1
 
-demo: setup $(BUNDLE)/manifest.json
+demo: setup demo-data
+	@$(MAKE) --no-print-directory -o setup demo-run  # a new make: DS is what demo-data made
+
+demo-run: $(BUNDLE)/manifest.json
 	$(BIN)/lineqc data stats $(DS)
 	$(BIN)/lineqc bundle verify $(BUNDLE) --pubkey $(KEY).pub
 	rm -rf $(RUNS)/review $(RUNS)/edge
-	$(BIN)/lineqc review demo --device-config firmware_config/replay-demo.yaml \
+	$(BIN)/lineqc review demo --device-config $(DEVICE_CONFIG) \
 	  --db $(REVIEW_DB) --port $(REVIEW_PORT) --dataset $(DS)
+
+# The real images when they can be had (exit 3: none, offline), else the synthetic parts;
+# any other failure (an MT_SRC that is not the dataset) stops the demo.
+demo-data: | setup
+	@if [ ! -f $(REAL_DS)/manifest.json ]; then \
+	  $(FIND_MT) >/dev/null; rc=$$?; \
+	  if [ $$rc = 0 ]; then $(MAKE) --no-print-directory -o setup $(REAL_DS)/manifest.json; \
+	  elif [ $$rc = 3 ]; then \
+	    echo "make demo: the demo runs on synthetic parts ($(SYNTH_DS)) instead"; \
+	    $(MAKE) --no-print-directory -o setup $(SYNTH_DS)/manifest.json; \
+	  else exit $$rc; fi; \
+	fi
 
 ## demo-inspect: with `make demo` serving, scripted inspectors (an oracle) label its queue
 demo-inspect:
@@ -92,9 +121,14 @@ demo-retrain:
 	  --db $(REVIEW_DB) --key $(KEY).key
 
 # Each step runs once; delete its output (or `make clean`) to run it again.
-$(DS)/manifest.json: | setup
-	$(BIN)/lineqc data import $(MT_SRC) --format magnetic-tile --dataset $(DS)
-	$(BIN)/lineqc data split $(DS) --production $(PRODUCTION)
+$(REAL_DS)/manifest.json: | setup
+	src=$$($(FIND_MT)) && \
+	  $(BIN)/lineqc data import "$$src" --format magnetic-tile --dataset $(REAL_DS) && \
+	  $(BIN)/lineqc data split $(REAL_DS) --production $(PRODUCTION)
+
+$(SYNTH_DS)/manifest.json: | setup
+	$(BIN)/lineqc data synth $(SYNTH_DS) --n $(SYNTH_N) --seed 0
+	$(BIN)/lineqc data split $(SYNTH_DS) --production $(PRODUCTION)
 
 $(RUN)/metrics.json: $(DS)/manifest.json train/configs/default.yaml
 	rm -rf $(RUN)
@@ -112,8 +146,8 @@ bench: bench-quality bench-train bench-export bench-edge
 # Detection quality on parts no model saw: the recommended recipe against the baseline on
 # FOLDS part-grouped folds of the real data (about 2 hours on a 2-core CPU for 3 folds;
 # FOLDS=1 for a quick look). Written to runs/bench-quality/quality.{json,md}.
-bench-quality: $(DS)/manifest.json
-	$(PY) bench/bench_quality.py --dataset $(DS) --folds $(FOLDS) --out $(RUNS)/bench-quality
+bench-quality: $(REAL_DS)/manifest.json
+	$(PY) bench/bench_quality.py --dataset $(REAL_DS) --folds $(FOLDS) --out $(RUNS)/bench-quality
 
 bench-train: $(DS)/manifest.json
 	$(PY) bench/bench_train.py --dataset $(DS)
@@ -122,7 +156,7 @@ bench-export: setup
 	$(PY) bench/bench_export.py $$([ -f $(RUN)/best.pt ] && echo --run $(RUN) --dataset $(DS))
 
 bench-edge: $(BUNDLE)/manifest.json
-	$(PY) bench/bench_edge.py --bundle $(BUNDLE) --source '$(MT_SRC)/MT_*/Imgs/*.jpg'
+	src=$$($(FIND_MT)) && $(PY) bench/bench_edge.py --bundle $(BUNDLE) --source "$$src/MT_*/Imgs/*.jpg"
 
 clean:
 	rm -rf build $(DATA) $(RUNS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

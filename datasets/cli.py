@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from .duplicates import DEFAULT_MAX_DISTANCE
 from .importers import DEFAULT_OK_CLASS, FORMATS
 from .ingest import ingest
+from .public import LOCAL_COPIES, MAGNETIC_TILE_GIT
 from .split import format_report, split_dataset
 from .stats import dataset_stats, format_stats
 from .synth import synthesize
@@ -65,6 +67,23 @@ def cmd_synth(args: argparse.Namespace) -> int:
     report = synthesize(args.dataset, args.n, args.seed, size=args.size)
     if args.json:
         _print_json(report.to_json())
+    return 0
+
+
+def cmd_find_magnetic_tile(args: argparse.Namespace) -> int:
+    from .public import find_magnetic_tile
+
+    folder, how = find_magnetic_tile(
+        args.src,
+        tuple(args.copy or LOCAL_COPIES),
+        fetch_to=None if args.no_fetch else args.fetch_to,
+        url=args.url,
+    )
+    if folder is None:
+        print(how, file=sys.stderr)
+        return 3
+    print(f"magnetic-tile images: {how}", file=sys.stderr)
+    print(folder)
     return 0
 
 
@@ -154,6 +173,32 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        "find-magnetic-tile",
+        help="print the folder of the public magnetic-tile images: --src, else a local copy, "
+        "else cloned when online; exit 3 saying how to get them when none",
+    )
+    p.add_argument("--src", type=Path, help="the folder the user names (MT_SRC)")
+    p.add_argument(
+        "--copy",
+        type=Path,
+        action="append",
+        help="a local copy to look for, repeatable (default: "
+        + ", ".join(map(str, LOCAL_COPIES))
+        + ")",
+    )
+    p.add_argument(
+        "--fetch-to",
+        type=Path,
+        default=LOCAL_COPIES[0],
+        help="where to clone the images when no copy is found (default: %(default)s)",
+    )
+    p.add_argument("--no-fetch", action="store_true", help="never download")
+    p.add_argument(
+        "--url", default=MAGNETIC_TILE_GIT, help="the repository to clone (default: %(default)s)"
+    )
+    p.set_defaults(func=cmd_find_magnetic_tile)
 
     p = sub.add_parser("stats", help="counts per class, split and session; duplicates; rejects")
     p.add_argument("dataset", type=Path)

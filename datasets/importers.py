@@ -9,10 +9,11 @@ from .ingest import Candidate
 from .manifest import DatasetError
 from .parts import Shot, compile_part_pattern, frame_run_parts, pattern_part
 
-MAGNETIC_TILE_LICENSE = (
+MAGNETIC_TILE_PAPER = (
     "Huang, Qiu, Yuan: Surface defect saliency of magnetic tile, The Visual Computer 36 "
-    "(2020) 85-96; the authors ask users to cite the paper"
+    "(2020) 85-96"
 )
+MAGNETIC_TILE_LICENSE = f"{MAGNETIC_TILE_PAPER}; the authors ask users to cite the paper"
 _MT_NAME = re.compile(r"^exp(?P<session>\d+)_num_(?P<num>\d+)$")
 
 
