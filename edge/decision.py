@@ -3,7 +3,12 @@
 The export chooses the parameters on the validation split and stores them in the bundle; the
 device applies them. Pure numpy: this module runs on the device.
 
-A frame is uncertain (routed to review) when, in this order:
+With a ``reject_threshold`` (the defect-first policy, what the export chooses), a frame whose
+defect probability, 1 - p(OK) summed over every defect class, reaches it is a defect first of
+all, labelled with its most likely defect class: the line's action is the same whichever
+defect it is, so "a break or a crack?" is no reason to ask a person. Otherwise, or without a
+reject threshold (the per-class policy), a frame is uncertain (routed to review) when, in
+this order:
   1. its top probability is under ``prob_floor`` (reason ``low_confidence``),
   2. the top-two margin is under ``margin`` (reason ``ambiguous``),
   3. its top class has no threshold meeting the target precision, or its probability is under
@@ -24,6 +29,9 @@ import numpy as np
 
 Verdict = Literal["ok", "defect", "uncertain"]
 REASONS = ("low_confidence", "ambiguous", "below_class_threshold", "anomalous")
+# How the export chose the thresholds (export/thresholds.py); defect-first sets reject_threshold
+Rule = Literal["defect-first", "per-class"]
+RULES: tuple[Rule, ...] = ("defect-first", "per-class")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -46,6 +54,8 @@ class DecisionPolicy:
     # class -> minimum calibrated probability to decide it; None: never decided (always review)
     thresholds: dict[str, float | None] = field(default_factory=dict)
     anomaly_threshold: float | None = None  # None: the anomaly score is not used
+    # defect-first: 1 - p(OK) at or above it rejects; None: the per-class policy alone
+    reject_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.ok_class not in self.classes:
@@ -54,6 +64,8 @@ class DecisionPolicy:
             raise ValueError(f"temperature must be positive, not {self.temperature}")
         if not (0 <= self.prob_floor <= 1 and 0 <= self.margin <= 1):
             raise ValueError("prob_floor and margin must lie in [0, 1]")
+        if self.reject_threshold is not None and not 0 < self.reject_threshold <= 1:
+            raise ValueError(f"reject_threshold must lie in (0, 1], not {self.reject_threshold}")
         unknown = set(self.thresholds) - set(self.classes)
         if unknown:
             raise ValueError(f"thresholds for unknown classes: {sorted(unknown)}")
@@ -68,6 +80,7 @@ class DecisionPolicy:
             "margin": self.margin,
             "thresholds": dict(self.thresholds),
             "anomaly_threshold": self.anomaly_threshold,
+            "reject_threshold": self.reject_threshold,
         }
 
     @classmethod
@@ -81,9 +94,8 @@ class DecisionPolicy:
             thresholds={
                 k: (None if v is None else float(v)) for k, v in doc.get("thresholds", {}).items()
             },
-            anomaly_threshold=(
-                None if doc.get("anomaly_threshold") is None else float(doc["anomaly_threshold"])
-            ),
+            anomaly_threshold=_optional(doc.get("anomaly_threshold")),
+            reject_threshold=_optional(doc.get("reject_threshold")),
         )
 
     def threshold_vector(self) -> np.ndarray:
@@ -97,11 +109,15 @@ class DecisionPolicy:
         )
 
 
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
     label: str  # the top class, also for uncertain frames (what the model leaned to)
-    confidence: float  # calibrated top probability
+    confidence: float  # calibrated top probability (a defect-first reject: 1 - p(OK))
     reason: str | None  # why it is uncertain; None otherwise
     probabilities: tuple[float, ...]
 
@@ -116,8 +132,14 @@ def decide_batch(
     probs = softmax(logits, policy.temperature)
     top, reasons = _uncertain_reasons(probs, policy, anomaly)
     ok_index = policy.classes.index(policy.ok_class)
+    rejected = _rejected(probs, policy)
     out = []
-    for p, t, reason in zip(probs, top, reasons, strict=True):
+    for p, t, reason, reject in zip(probs, top, reasons, rejected, strict=True):
+        if reject:
+            t = int(np.argmax(np.where(np.arange(len(p)) == ok_index, -1.0, p)))
+            out.append(Decision("defect", policy.classes[t], float(1.0 - p[ok_index]), None,
+                                tuple(p.tolist())))  # fmt: skip
+            continue
         verdict: Verdict = "uncertain" if reason else ("ok" if t == ok_index else "defect")
         out.append(
             Decision(verdict, policy.classes[t], float(p[t]), reason or None, tuple(p.tolist()))
@@ -137,7 +159,16 @@ def uncertain_mask(
     probs: np.ndarray, policy: DecisionPolicy, anomaly: np.ndarray | None = None
 ) -> np.ndarray:
     """Which rows of calibrated probabilities the policy sends to review."""
-    return np.array([bool(r) for r in _uncertain_reasons(probs, policy, anomaly)[1]], dtype=bool)
+    reasons = _uncertain_reasons(probs, policy, anomaly)[1]
+    return np.array([bool(r) for r in reasons], dtype=bool) & ~_rejected(probs, policy)
+
+
+def _rejected(probs: np.ndarray, policy: DecisionPolicy) -> np.ndarray:
+    """The rows the defect-first rule rejects (none under the per-class policy)."""
+    if policy.reject_threshold is None:
+        return np.zeros(len(probs), dtype=bool)
+    p_ok = probs[:, policy.classes.index(policy.ok_class)]
+    return np.asarray(1.0 - p_ok >= policy.reject_threshold)
 
 
 def _uncertain_reasons(

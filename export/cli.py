@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from lineqc.edge.decision import RULES
 from lineqc.edge.tensorrt_engine import PRECISIONS
 from lineqc.errors import LineqcError
 
@@ -79,16 +80,25 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     d = parser.add_argument_group("decision thresholds")
     d.add_argument(
+        "--decision-rule",
+        choices=RULES,
+        default=RULES[0],
+        help="defect-first: reject when 1 - p(OK) reaches a threshold, whichever defect "
+        "leads; per-class: each class decided by its own threshold, with an uncertainty band "
+        "(default: %(default)s)",
+    )
+    d.add_argument(
         "--target-precision",
         type=float,
         default=0.95,
-        help="precision each class threshold keeps on validation (default: %(default)s)",
+        help="precision the thresholds keep on validation: of the rejects and of the passes "
+        "(defect-first), of each class (per-class) (default: %(default)s)",
     )
     d.add_argument(
         "--review-share",
         type=float,
         default=0.05,
-        help="share of validation frames the uncertainty band sends to review "
+        help="per-class rule: share of validation frames the uncertainty band sends to review "
         "(default: %(default)s)",
     )
     d.add_argument(
@@ -156,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         keep_sensitive=args.keep_sensitive,
         target_precision=args.target_precision,
         review_share=args.review_share,
+        decision_rule=args.decision_rule,
         anomaly_share=args.anomaly_share,
         threads=args.threads,
         latency_reps=args.latency_reps,

@@ -89,9 +89,23 @@ def decision_lines(doc: dict[str, Any]) -> list[str]:
         + (f" (the lowest that kept {target:.0%} precision on validation)" if target else "")
         + "; below it: review",
     ]
-    for name, threshold in policy.get("thresholds", {}).items():
-        value = "always review (no threshold reached the precision)"
-        lines.append(f"    {name:16s}  {value if threshold is None else _num(threshold)}")
+    reject = policy.get("reject_threshold")
+    if reject is not None:  # defect-first: the band and the defect classes' thresholds unused
+        lines[2:] = [
+            f"  reject threshold  {_num(reject)}  1 - p(OK) at or above it: defect, rejected, "
+            "whichever defect class leads",
+            f"  pass threshold    {_num(policy.get('thresholds', {}).get(doc.get('ok_class')))}"
+            "  p(OK) at or above it: OK; in between: review"
+            + (
+                f" (both the lowest that kept {target:.0%} precision on validation)"
+                if target
+                else ""
+            ),
+        ]
+    else:
+        for name, threshold in policy.get("thresholds", {}).items():
+            value = "always review (no threshold reached the precision)"
+            lines.append(f"    {name:16s}  {value if threshold is None else _num(threshold)}")
     anomaly = policy.get("anomaly_threshold")
     if anomaly is None:
         lines.append("  anomaly threshold none (the model has no anomaly score, or it is not used)")
@@ -105,8 +119,12 @@ def decision_lines(doc: dict[str, Any]) -> list[str]:
     if "review_share_val" in on_val:
         lines.append(
             f"  on validation     {on_val['review_share_val']:.0%} of the frames went to review "
-            f"(the band alone {on_val.get('review_share_band_val', 0):.0%}, target "
-            f"{on_val.get('review_share_target', 0):.0%})"
+            + (
+                f"(the band alone {on_val.get('review_share_band_val', 0):.0%}, target "
+                f"{on_val['review_share_target']:.0%})"
+                if on_val.get("review_share_target") is not None
+                else ""
+            )
         )
     return lines
 

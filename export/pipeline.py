@@ -23,6 +23,7 @@ import numpy as np
 
 from lineqc import __version__
 from lineqc.datasets.manifest import DatasetError, load, manifest_hash
+from lineqc.edge.decision import Rule
 from lineqc.edge.signing import load_private_key
 from lineqc.train import checkpoint
 from lineqc.train.intervals import parts_of
@@ -48,6 +49,7 @@ class ExportOptions:
     require_int8: bool = False  # a failing gate fails the export (else: FP32 is the default)
     target_precision: float = 0.95
     review_share: float = 0.05
+    decision_rule: Rule = "defect-first"  # or "per-class" (export/thresholds.py)
     anomaly_share: float = 0.02  # OK val frames the anomaly threshold may send to review
     opset: int = onnx_export.OPSET
     parity_tolerance: float = onnx_export.PARITY_TOLERANCE
@@ -213,6 +215,7 @@ def export_run(
                 options.review_share,
                 out.get(runtime.ANOMALY),
                 options.anomaly_share,
+                options.decision_rule,
             )
             for p, out in (("fp32", fp32_out), ("int8", int8_out))
         }

@@ -1,5 +1,12 @@
 """Decision thresholds chosen on the validation split (applied by lineqc.edge.decision).
 
+* The rule. ``defect-first`` (the default): the reject threshold is the lowest defect
+  probability, 1 - p(OK), at which rejecting still meets the target precision on validation
+  (few false rejects), and the pass threshold the lowest p(OK) at which passing meets it
+  (few escapes); frames between them go to review, whichever defect class leads. A station's
+  action does not depend on the defect's kind, and a validation split of a few dozen parts
+  cannot give each defect class a threshold of its own: under ``per-class`` a confident
+  defect of a rare class went to review. ``per-class`` keeps the rules below.
 * Per-class thresholds: the lowest calibrated probability at which deciding a class (as the
   top class) still meets the target precision on validation; None when no threshold does
   (the device then sends that class to review).
@@ -18,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lineqc.edge.decision import DecisionPolicy, softmax, uncertain_mask
+from lineqc.edge.decision import RULES, DecisionPolicy, Rule, softmax, uncertain_mask
 from lineqc.train.metrics import recall_at_precision
 
 
@@ -81,30 +88,51 @@ def choose_policy(
     review_share: float = 0.05,
     anomaly: np.ndarray | None = None,
     anomaly_share: float = 0.02,
+    rule: Rule = "defect-first",
 ) -> tuple[DecisionPolicy, dict[str, Any]]:
-    """The bundle's decision policy and a report of what it does on validation."""
+    """The bundle's decision policy and a report of what it does on validation.
+    ``review_share`` sets the per-class rule's band; defect-first has none."""
     probs = softmax(logits, temperature)
-    floor, margin = uncertainty_band(probs, review_share)
     is_ok = labels == list(classes).index(ok_class)
+    scored = None if anomaly is None else anomaly_threshold(anomaly, is_ok, anomaly_share)
+    passing: float | None = None
+    if rule == "defect-first":
+        floor = margin = 0.0
+        p_ok = probs[:, list(classes).index(ok_class)]
+        _, reject = recall_at_precision(~is_ok, 1.0 - p_ok, target_precision)
+        _, passing = recall_at_precision(is_ok, p_ok, target_precision)
+        thresholds = {c: passing if c == ok_class else None for c in classes}
+        # 0 would reject every frame; the smallest positive rejects those with any doubt
+        reject = None if reject is None else max(reject, float(np.nextafter(0.0, 1.0)))
+    elif rule == "per-class":
+        floor, margin = uncertainty_band(probs, review_share)
+        thresholds = class_thresholds(probs, labels, classes, target_precision)
+        reject = None
+    else:
+        raise ValueError(f"decision rule must be one of {RULES}, not {rule!r}")
     policy = DecisionPolicy(
         classes=tuple(classes),
         ok_class=ok_class,
         temperature=float(temperature),
         prob_floor=floor,
         margin=margin,
-        thresholds=class_thresholds(probs, labels, classes, target_precision),
-        anomaly_threshold=None
-        if anomaly is None
-        else anomaly_threshold(anomaly, is_ok, anomaly_share),
+        thresholds=thresholds,
+        anomaly_threshold=scored,
+        reject_threshold=reject,
     )
     routed = uncertain_mask(probs, policy, anomaly)
     band_only = DecisionPolicy(tuple(classes), ok_class, float(temperature), floor, margin)
     report: dict[str, Any] = {
+        "rule": rule,
         "target_precision": target_precision,
-        "review_share_target": review_share,
+        "review_share_target": review_share if rule == "per-class" else None,
         "review_share_band_val": float(uncertain_mask(probs, band_only).mean()),
         "review_share_val": float(routed.mean()),
-        "unreachable_classes": [c for c, t in policy.thresholds.items() if t is None],
+        "unreachable_classes": (
+            [c for c, t in policy.thresholds.items() if t is None]
+            if rule == "per-class"
+            else [name for name, t in (("reject", reject), ("pass", passing)) if t is None]
+        ),
         "n_val": len(labels),
     }
     if anomaly is not None:

@@ -84,3 +84,36 @@ def test_an_ok_frame_unlike_every_ok_part_goes_to_review() -> None:
     assert DecisionPolicy.from_json(policy.to_json()) == policy
     old = {k: v for k, v in policy.to_json().items() if k != "anomaly_threshold"}
     assert DecisionPolicy.from_json(old).anomaly_threshold is None
+
+
+def test_defect_first_rejects_whichever_defect_leads() -> None:
+    policy = DecisionPolicy(
+        CLASSES, "ok", thresholds={"crack": None, "ok": 0.8, "scratch": None}, reject_threshold=0.6
+    )
+    cases = [
+        ([0.35, 0.3, 0.35], "defect", None),  # crack or scratch, nearly tied: a defect either way
+        ([0.1, 0.85, 0.05], "ok", None),
+        ([0.3, 0.5, 0.2], "uncertain", "below_class_threshold"),  # neither 0.6 defect nor 0.8 OK
+        ([0.55, 0.45, 0.0], "uncertain", "below_class_threshold"),  # crack leads, 0.55 < 0.6
+    ]
+    logits = np.stack([logits_for([max(p, 1e-12) for p in c[0]]) for c in cases])
+    batch = decide_batch(logits, policy)
+    assert [(d.verdict, d.reason) for d in batch] == [c[1:] for c in cases]
+    assert batch[0].label == "crack" and batch[0].confidence == pytest.approx(0.7)  # 1 - p(OK)
+    assert uncertain_mask(softmax(logits), policy).tolist() == [False, False, True, True]
+    # the per-class rule with the same thresholds sends the tied defect to review
+    per_class = DecisionPolicy(CLASSES, "ok", thresholds=policy.thresholds)
+    assert decide(logits[0], per_class).verdict == "uncertain"
+    # an anomalous frame the classes call OK goes to review; a rejected one stays rejected
+    anomalous = DecisionPolicy(**{**vars(policy), "anomaly_threshold": 5.0})
+    scores = np.array([9.0, 9.0, 0.0, 0.0])
+    assert [d.verdict for d in decide_batch(logits, anomalous, scores)][:2] == [
+        "defect",
+        "uncertain",
+    ]
+    # the bundle carries it; a policy written before it reads as per-class
+    assert DecisionPolicy.from_json(policy.to_json()) == policy
+    old = {k: v for k, v in policy.to_json().items() if k != "reject_threshold"}
+    assert DecisionPolicy.from_json(old).reject_threshold is None
+    with pytest.raises(ValueError, match="reject_threshold"):
+        DecisionPolicy(CLASSES, "ok", reject_threshold=0.0)

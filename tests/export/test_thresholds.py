@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lineqc.edge.decision import decide_batch, softmax, uncertain_mask
 from lineqc.export.thresholds import choose_policy, class_thresholds, uncertainty_band
 
 
@@ -89,3 +90,34 @@ def test_anomaly_threshold_lets_at_most_the_share_of_ok_frames_through() -> None
     policy, report = choose_policy(logits, labels, ["a", "ok"], "ok", 1.0, anomaly=scores)
     assert policy.anomaly_threshold == 94.0
     assert report["review_share_anomaly_val"] == 6 / 100  # 94 and the five defects
+
+
+def test_defect_first_keeps_its_precision_and_decides_rare_defects() -> None:
+    """Validation with a rare defect class (3 frames): per-class finds no threshold for it and
+    sends every one of its frames to review; defect-first rejects them as defects."""
+    rng = np.random.default_rng(1)
+    classes = ["common", "ok", "rare"]
+    labels = np.array([0] * 40 + [1] * 120 + [2] * 3)
+    logits = rng.normal(0, 0.5, (len(labels), 3))
+    logits[np.arange(len(labels)), labels] += 2.5
+    logits[labels == 2, 0] += 2.3  # a rare defect looks much like the common one
+    per_class, _ = choose_policy(logits, labels, classes, "ok", 1.0, 0.95, rule="per-class")
+    first, report = choose_policy(logits, labels, classes, "ok", 1.0, 0.95)
+    assert report["rule"] == "defect-first" and (first.prob_floor, first.margin) == (0, 0)
+    assert first.reject_threshold is not None and per_class.reject_threshold is None
+    probs = softmax(logits)
+    verdicts = {
+        name: np.array([d.verdict for d in decide_batch(logits, policy)])
+        for name, policy in (("per-class", per_class), ("defect-first", first))
+    }
+    rare = labels == 2
+    assert (verdicts["per-class"][rare] == "defect").sum() < rare.sum()
+    assert (verdicts["defect-first"][rare] == "defect").all()
+    is_defect = labels != 1
+    for name, v in verdicts.items():  # both keep the target precision on what they decide
+        rejected, passed = v == "defect", v == "ok"
+        assert is_defect[rejected].mean() >= 0.95 and (~is_defect[passed]).mean() >= 0.95, name
+    assert (verdicts["defect-first"] == "uncertain").mean() <= (
+        verdicts["per-class"] == "uncertain"
+    ).mean()
+    assert uncertain_mask(probs, first).mean() == report["review_share_val"]
