@@ -9,10 +9,11 @@ saw it. Figures carry 95% bootstrap intervals resampling parts, and their suppor
 
     .venv/bin/python bench/bench_quality.py [--dataset data/magnetic-tile] [--folds 3]
         [--recipe train/configs/default.yaml] [--baseline train/configs/baseline.yaml]
-        [--out runs/bench-quality] [--reuse] [--json]
+        [--out runs/bench-quality] [--reuse | --rejudge] [--json]
 
 ``--folds 1`` is a quick look: one part-grouped train/val/test split. ``--reuse`` keeps a
-fold already computed with the same recipe file, dataset, folds, seed and code commit.
+fold already computed with the same recipe file, dataset, folds, seed and code commit;
+``--rejudge`` keeps each fold's trained model (any commit) and exports and judges it again.
 Written to ``--out``: ``quality.json`` and ``quality.md``.
 """
 
@@ -86,22 +87,36 @@ class Fold:
 
 
 def run_fold(
-    recipe: Path, overrides: list[str], view: Path, out: Path, key: Path, cache_key: dict[str, Any]
+    recipe: Path,
+    overrides: list[str],
+    view: Path,
+    out: Path,
+    key: Path,
+    cache_key: dict[str, Any],
+    reuse: bool = False,
+    rejudge: bool = False,
 ) -> Fold:
-    """Train, export and judge one fold; its figures go to ``out/fold.json``."""
+    """Train, export and judge one fold; its figures go to ``out/fold.json``. ``reuse``: a
+    fold computed with the same cache key is kept. ``rejudge``: a model trained by the same
+    recipe on the same data (any commit) is exported and judged again without training."""
     done = out / "fold.json"
-    if done.exists():
-        doc = json.loads(done.read_text())
-        if doc.get("cache_key") == cache_key:
-            print(f"reusing {done}", file=sys.stderr)
-            return Fold(doc)
-    cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
+    previous = json.loads(done.read_text()) if done.exists() else {}
+    if reuse and previous.get("cache_key") == cache_key:
+        print(f"reusing {done}", file=sys.stderr)
+        return Fold(previous)
     run_dir = out / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a fold cut short: train it again
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    train(cfg, view, run_dir)
-    train_wall, train_cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    if rejudge and _same_training(previous, cache_key) and (run_dir / "best.pt").is_file():
+        train_wall, train_cpu = previous["train_wall_s"], previous["train_cpu_s"]
+        trained_at = previous.get("trained_at", previous["cache_key"]["commit"])
+        print(f"rejudging the model trained at commit {trained_at}", file=sys.stderr)
+    else:
+        cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a fold cut short: train it again
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        train(cfg, view, run_dir)
+        train_wall, train_cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        trained_at = cache_key["commit"]
 
     bundle_dir = out / "bundle"
     options = ExportOptions(latency_reps=50, overwrite=True)
@@ -137,6 +152,7 @@ def run_fold(
         "verdicts": verdicts,
         "anomaly": anomaly,
         "left_out": {"ids": [r.id for r in left_out], "judged": unknown},
+        "trained_at": trained_at,
         "train_wall_s": train_wall,
         "train_cpu_s": train_cpu,
         "best_epoch": json.loads((run_dir / "metrics.json").read_text()).get("best_epoch"),
@@ -147,6 +163,12 @@ def run_fold(
     }
     done.write_text(json.dumps(doc) + "\n")
     return Fold(doc)
+
+
+def _same_training(previous: dict[str, Any], cache_key: dict[str, Any]) -> bool:
+    """Whether a fold's stored model came from the same recipe, data, folds and seed."""
+    before = previous.get("cache_key") or {}
+    return bool(before) and all(before.get(k) == v for k, v in cache_key.items() if k != "commit")
 
 
 def judge(bundle: Bundle, precision: str, view: Path, records: list[Record]) -> dict[str, Any]:
@@ -173,6 +195,8 @@ def evaluate_recipe(
     out: Path,
     key: Path,
     base_key: dict[str, Any],
+    reuse: bool = False,
+    rejudge: bool = False,
 ) -> dict[str, Any]:
     text = recipe.read_text()
     cache_key = {
@@ -183,7 +207,8 @@ def evaluate_recipe(
     folds = []
     for f, view in enumerate(views):
         print(f"== {name}: fold {f + 1}/{len(views)} ({recipe})", file=sys.stderr)
-        folds.append(run_fold(recipe, overrides, view, out / name / f"fold{f}", key, cache_key))
+        fold_out = out / name / f"fold{f}"
+        folds.append(run_fold(recipe, overrides, view, fold_out, key, cache_key, reuse, rejudge))
     records = {r.id: r for r in load(views[0])}
     classes, ok_class = folds[0].doc["classes"], folds[0].doc["ok_class"]
     ok_index = classes.index(ok_class)
@@ -372,6 +397,13 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-quality")
     parser.add_argument("--reuse", action="store_true", help="keep folds already computed")
+    parser.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="keep each fold's trained model (same recipe, data, folds and seed, any commit) "
+        "and export and judge it again with this code: for changes to the export or the "
+        "decision policy",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -394,7 +426,9 @@ def main() -> int:
     if str(args.baseline) != "none":
         recipes["baseline"] = (args.baseline, [])
     results = {
-        name: evaluate_recipe(name, path, overrides, views, args.out, key, base_key)
+        name: evaluate_recipe(
+            name, path, overrides, views, args.out, key, base_key, args.reuse, args.rejudge
+        )
         for name, (path, overrides) in recipes.items()
     }
     doc = {"folds": args.folds, "seed": args.seed, **base_key, "results": results}
