@@ -22,6 +22,7 @@ from .bundle import MANIFEST, Bundle, load_bundle
 from .config import CameraConfig, parse_config
 from .preprocess import preprocess
 from .runtime import Runtime
+from .signing import generate_keys
 from .sources import ImageListReader, Reader, open_reader
 
 TARGET_P99_MS = 10.0
@@ -137,6 +138,9 @@ def run_bench(
         precision = None
     images = load_frames(source, min(distinct, frames))
     work = Path(tempfile.mkdtemp(prefix="lineqc-bench-"))
+    if pubkey is None:
+        # An unverified bundle still needs a command key; a throwaway one accepts no real command.
+        _, pubkey = generate_keys(work / "bench-commands")
     mosquitto: Mosquitto | None = None
     if broker == "auto" and mosquitto_binary():
         mosquitto = Mosquitto(folder=work / "broker").start()
@@ -152,7 +156,7 @@ def run_bench(
             "camera": {"id": "cam0", "source": str(source), "fps": 0},
             "model": {
                 "bundle": str(bundle_path),
-                "public_key": str(pubkey or "unchecked.pub"),
+                "public_key": str(pubkey),
                 "precision": precision,
                 "backend": "onnxruntime",
                 "threads": threads,
