@@ -107,12 +107,34 @@ class DeviceIds(_Strict):
     line: Ident
 
 
+class GenICamConfig(_Strict):
+    """A GigE Vision (or other GenICam) camera read through Aravis: ``gige://``, ``genicam://``."""
+
+    pixel_format: str | None = Field(
+        default=None,
+        description="GenICam PixelFormat to set: Mono8, Mono10/12/14/16, RGB8, BGR8, BayerRG8 "
+        "(GR, GB, BG), YUV422_8_UYVY (YUV422Packed), YUV422_8; default: as the camera is",
+    )
+    trigger_source: str | None = Field(
+        default=None,
+        description="unset: free-run (at fps when set); Line0, Line1, ...: hardware trigger, one "
+        "frame per edge (a part in position); Software: one frame per TriggerSoftware command",
+    )
+    features: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="further GenICam features written at open, in order, after the above "
+        "(e.g. TriggerActivation: FallingEdge, GevSCPSPacketSize: 1500)",
+    )
+    buffers: int = Field(default=8, ge=1, le=256, description="stream buffers queued")
+
+
 class CameraConfig(_Strict):
     id: Ident = Field(default="cam0", description="camera id stamped on every frame")
     source: str = Field(
         description=(
-            "csi://N (GStreamer nvarguscamerasrc), /dev/videoN or v4l2://N, rtsp://..., a video "
-            "file, an image folder, a glob of images, or dataset://FOLDER?session=S&split=S"
+            "csi://N (GStreamer nvarguscamerasrc), /dev/videoN or v4l2://N, rtsp://..., "
+            "gige://SERIAL (or an IP address) or genicam://DEVICE-ID (Aravis), a video file, "
+            "an image folder, a glob of images, or dataset://FOLDER?session=S&split=S"
         ),
         min_length=1,
     )
@@ -126,8 +148,10 @@ class CameraConfig(_Strict):
     gstreamer_pipeline: str | None = Field(
         default=None, description="a full GStreamer pipeline ending in appsink (overrides URI)"
     )
-    exposure: float | None = Field(default=None, description="V4L2 exposure (camera units)")
-    gain: float | None = None
+    exposure: float | None = Field(
+        default=None, description="V4L2: exposure (camera units); GenICam: ExposureTime (µs)"
+    )
+    gain: float | None = Field(default=None, description="GenICam: Gain (dB on most cameras)")
     frame_timeout_s: float = Field(default=2.0, gt=0, description="no frame this long: reopen")
     stale_frames: int = Field(
         default=30, ge=0, description="identical consecutive frames before reopen (0 = off)"
@@ -136,6 +160,7 @@ class CameraConfig(_Strict):
     reopen_max_s: float = Field(default=30.0, gt=0)
     loop: bool = Field(default=False, description="replay: start again at the end")
     preload: bool = Field(default=False, description="replay: decode every frame into memory")
+    genicam: GenICamConfig = Field(default_factory=GenICamConfig)
 
     @field_validator("source")
     @classmethod
