@@ -8,7 +8,7 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -16,6 +16,10 @@ import numpy as np
 from lineqc.errors import LineqcError
 
 from .preprocess import PreprocessSpec, preprocess
+
+if TYPE_CHECKING:
+    from .broker import BrokerProcess
+    from .config import DeviceConfig
 
 
 def runtime_info() -> dict[str, Any]:
@@ -132,21 +136,37 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_override(
+    cfg: DeviceConfig, address: str | None, broker: BrokerProcess | None
+) -> DeviceConfig:
+    """The config with ``--broker HOST:PORT`` or the private broker in place of its own."""
+    update: dict[str, Any] = {}
+    if address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise LineqcError(f"--broker {address!r}: expected HOST:PORT")
+        update = {"host": host, "port": int(port)}
+    if broker is not None:
+        update = {
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "tls": None,
+            "protocol": broker.mqtt_protocol,
+        }
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update=update)})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runtime import Runtime, latency_table
 
     _setup_logging(args.verbose)
-    cfg = load_config(args.config)
-    broker = None
     if args.private_broker and args.broker:
         raise LineqcError("--private-broker and --broker exclude each other")
-    if args.broker:
-        host, _, port = args.broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise LineqcError(f"--broker {args.broker!r}: expected HOST:PORT")
-        mqtt = cfg.mqtt.model_copy(update={"host": host, "port": int(port)})
-        cfg = cfg.model_copy(update={"mqtt": mqtt})
+    cfg = _broker_override(load_config(args.config), args.broker, None)
+    broker = None
     if args.private_broker:
         from .broker import private_broker
 
@@ -155,17 +175,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"private {broker.name} on 127.0.0.1:{broker.port} (MQTT {broker.mqtt_protocol})",
             flush=True,
         )
-        mqtt = cfg.mqtt.model_copy(
-            update={
-                "host": "127.0.0.1",
-                "port": broker.port,
-                "tls": None,
-                "protocol": broker.mqtt_protocol,
-            }
-        )
-        cfg = cfg.model_copy(update={"mqtt": mqtt})
+        cfg = _broker_override(cfg, None, broker)
+
+    def reload() -> DeviceConfig:  # SIGHUP: the file again, with this command line's broker
+        return _broker_override(load_config(args.config), args.broker, broker)
+
     try:
-        runtime = Runtime(cfg, max_frames=args.max_frames)
+        runtime = Runtime(cfg, max_frames=args.max_frames, config_loader=reload)
         runtime.install_signal_handlers()
         summary = runtime.run()
     finally:
@@ -190,6 +206,50 @@ def cmd_run(args: argparse.Namespace) -> int:
             + (" (all delivered)" if box["flushed"] else " (delivered at the next start)")
         )
         print(latency_table(summary["latency_ms"]))
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    """Check the config, then write (or print) the systemd unit that runs it."""
+    import re
+
+    from .config import ConfigError, load_config
+    from .service import UnitOptions, install_unit
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        print("no unit written: fix the config first", file=sys.stderr)
+        return 1
+    name = (args.name or f"lineqc-edge-{cfg.device.id}").removesuffix(".service")
+    if not re.fullmatch(r"[A-Za-z0-9:_.-]{1,200}", name):
+        raise LineqcError(f"--name {args.name!r}: not a systemd unit name (letters, digits, :_.-)")
+    if args.watchdog_s < 1:
+        raise LineqcError(f"--watchdog-s {args.watchdog_s}: must be at least 1")
+    groups = tuple(g for g in args.groups.split(",") if g)
+    opts = UnitOptions(name=name, user=args.user, groups=groups, watchdog_s=args.watchdog_s)
+    done = install_unit(cfg, args.config, opts, None if args.dry_run else args.dest)
+    say = (lambda text: print(text, file=sys.stderr)) if args.dry_run else print
+    if args.dry_run:
+        print(done.text, end="")
+    if done.verdict is None:
+        say("systemd-analyze verify: not installed here, the unit was not checked")
+    elif done.verdict.ok:
+        say("systemd-analyze verify: OK")
+    else:
+        say(f"systemd-analyze verify: FAILED\n{done.verdict.output}")
+    for warning in done.warnings:
+        say(f"warning: {warning}")
+    if done.verdict is not None and not done.verdict.ok:
+        if not args.dry_run:
+            say("no unit written")
+        return 1
+    if done.path is not None:
+        say(f"wrote {done.path}")
+        say(f"start it: systemctl daemon-reload && systemctl enable --now {name}")
+        say(f"reload its config: systemctl reload {name}; its log: journalctl -u {name}")
     return 0
 
 
@@ -345,6 +405,48 @@ def _register_command(sub: Any) -> None:
     actions.add_parser("status", help="ask for the device's status (published, retained)")
 
 
+def _register_install_service(sub: Any) -> None:
+    from .service import DEFAULT_UNIT_DIR, UnitOptions
+
+    p = sub.add_parser(
+        "install-service",
+        help="check a device config and write the systemd unit that runs it",
+        description="Check the config (as check-config does), then write a systemd unit "
+        "running `lineqc edge run --config CONFIG` with this Python: Type=notify with a "
+        "watchdog fed while frames progress, restart on failure, journald logging, a dedicated "
+        "user and hardening; `systemctl reload` re-reads the config. The unit is checked with "
+        "`systemd-analyze verify` where it is installed and is not written if it fails.",
+    )
+    p.add_argument("config", type=Path, metavar="CONFIG", help="the device config (YAML)")
+    p.add_argument(
+        "--dest",
+        type=Path,
+        default=DEFAULT_UNIT_DIR,
+        help="folder to write NAME.service into (default: %(default)s)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the unit instead of writing it")
+    p.add_argument("--name", help="unit name (default: lineqc-edge-DEVICE_ID)")
+    p.add_argument(
+        "--user",
+        default=UnitOptions.user,
+        help="the user it runs as; 'root' for none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--groups",
+        default=",".join(UnitOptions.groups),
+        help="its supplementary groups, comma-separated: cameras need video; GPIO may need gpio "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--watchdog-s",
+        type=int,
+        default=UnitOptions.watchdog_s,
+        help="WatchdogSec: restarted when no frame was inspected for this long, also after "
+        "the start (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_install_service)
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("info", help="this device's runtime and available inference backends")
@@ -389,6 +491,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    _register_install_service(sub)
 
     p = sub.add_parser("bench", help="latency and throughput on frames replayed from memory")
     p.add_argument("--bundle", type=Path, required=True)

@@ -5,7 +5,9 @@ model input). Capture, publishing (outbox, JPEG encoding) and MQTT networking ru
 own threads. Commands from MQTT, once admitted (signed and fresh: ``commands.py``), are
 applied between frames. SIGTERM or SIGINT (or the end of a replay) stops the loop; the
 publisher then flushes the outbox for up to ``shutdown_flush_s`` and the process exits
-(undelivered messages stay in the outbox and go out at the next start).
+(undelivered messages stay in the outbox and go out at the next start). SIGHUP re-reads the
+config between frames and applies its hot-reloadable keys (``service.py``). Under systemd
+the runtime says when it is ready and feeds the watchdog while frames progress.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from .actuator import RejectEvent, make_actuator
 from .backends import Backend, BackendError, open_backend
 from .bundle import Bundle, BundleError, load_bundle, parse_version
 from .commands import AnyCommand, CommandGate, CommandRefused
-from .config import DecisionOverrides, DeviceConfig
+from .config import ConfigError, DecisionOverrides, DeviceConfig
 from .decision import DecisionPolicy, decide
 from .outbox import Outbox
 from .outputs import ANOMALY, DEFECT_MAP, LOGITS
 from .preprocess import preprocess
 from .publisher import PendingSample, Publisher
 from .sampling import Sampler
+from .service import NeedsRestart, Notifier, Watchdog, config_changes
 from .signing import load_public_key
 from .sources import Capture, EndOfStream, Reader
 from .telemetry import Telemetry
@@ -94,9 +97,15 @@ class Runtime:
         max_frames: int | None = None,
         bundle: Bundle | None = None,
         reader_factory: Callable[[], Reader] | None = None,
+        config_loader: Callable[[], DeviceConfig] | None = None,
     ) -> None:
-        """``bundle``: already verified (default: load and verify the configured one)."""
+        """``bundle``: already verified (default: load and verify the configured one);
+        ``config_loader``: reads the config again for a reload (SIGHUP)."""
         self.cfg = cfg
+        self.config_loader = config_loader
+        self.notifier = Notifier.from_env()
+        self.watchdog = Watchdog(self.notifier)
+        self.reload_requested = threading.Event()
         self.max_frames = max_frames
         self.bundle = bundle or load_bundle(cfg.model.bundle, cfg.model.public_key)
         self.policy = config_policy(self.bundle, cfg.decision, cfg.model.precision)
@@ -309,9 +318,53 @@ class Runtime:
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self.stop_event.set()
 
+    def request_reload(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self.reload_requested.set()
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def reload_config(self) -> str | None:
+        """Read the config again and apply it between two frames when it changes only
+        hot-reloadable keys (``service.HOT_RELOADABLE``); otherwise keep the running config
+        and return why (without paths: a command reply may carry it)."""
+        self.reload_requested.clear()
+        if self.config_loader is None:
+            log.warning("config reload: this runtime was not started from a config file")
+            return "reload_config: the device was not started from a config file"
+        self.notifier.reloading()
+        why = None
+        try:
+            new = self.config_loader()
+            changed = config_changes(self.cfg, new)
+            policy = self.policy  # one a command set stays unless the file's decision changed
+            if any(k == "decision" or k.startswith("decision.") for k in changed):
+                policy = config_policy(self.bundle, new.decision, new.model.precision)
+        except NeedsRestart as exc:
+            log.warning("config reload refused: %s", exc)
+            why = f"reload_config: {exc}"
+        except (ConfigError, BundleError) as exc:
+            log.warning("config reload refused, the running config is kept: %s", exc)
+            why = "reload_config: the config does not validate (see the device log)"
+        else:
+            self.cfg, self.policy = new, policy
+            self.sampler.cfg = new.sampling  # keeps its counters and rate-limit history
+            log.info("config reloaded: %s", ", ".join(changed) or "nothing changed")
+            self._status_dirty.set()
+        self.counters["config_reloads_refused" if why else "config_reloads"] += 1
+        self.notifier.ready(self.service_status())
+        return why
+
+    def service_status(self) -> str:
+        """One line for ``systemctl status``."""
+        problems = self.problems()
+        text = (
+            f"{self.frames} frames inspected; model {self.bundle.version}; camera "
+            f"{self.capture.stats()['state']}; outbox {self.outbox.depth} waiting"
+        )
+        return text + (f"; {len(problems)} problem(s): {problems[0]}" if problems else "")
 
     def run(self) -> dict[str, Any]:
         """Run until stopped or the replay ends; returns the summary."""
@@ -327,16 +380,20 @@ class Runtime:
         )
         self.publisher.start()
         self.capture.start()
+        self.notifier.ready(self.service_status())
         started = time.perf_counter()
         next_report = time.monotonic() + cfg.telemetry.interval_s
         ended = False
         try:
             while not self.stop_event.is_set():
                 self._handle_commands()
+                if self.reload_requested.is_set():
+                    self.reload_config()
                 if time.monotonic() >= next_report:
-                    next_report = time.monotonic() + cfg.telemetry.interval_s
+                    next_report = time.monotonic() + self.cfg.telemetry.interval_s
                     self.publisher.publish_direct("telemetry", self.telemetry_message())
                     self.publisher.publish_status()
+                    self.notifier.status(self.service_status())
                     self.counters["over_budget_recent"] = 0
                 elif self._status_dirty.is_set():
                     self._status_dirty.clear()
@@ -349,10 +406,12 @@ class Runtime:
                 if frame is None:
                     continue
                 self._process(frame)
+                self.watchdog.beat(self.frames)
                 if self.max_frames is not None and self.frames >= self.max_frames:
                     break
         finally:
             elapsed = time.perf_counter() - started
+            self.notifier.stopping(f"stopping: flushing the outbox ({self.outbox.depth} waiting)")
             self.capture.stop()
             clean = self.publisher.stop(cfg.shutdown_flush_s)
             self.outbox.close()
