@@ -330,9 +330,11 @@ def cmd_command(args: argparse.Namespace) -> int:
         fields["thresholds"] = dict(args.threshold) if args.threshold else None
     elif args.action == "reload":
         fields = {"bundle": args.bundle, "downgrade_to": args.downgrade_to}
-    name = {"set-thresholds": "set_thresholds", "reload": "reload_bundle"}.get(
-        args.action, args.action
-    )
+    name = {
+        "set-thresholds": "set_thresholds",
+        "reload": "reload_bundle",
+        "reload-config": "reload_config",
+    }.get(args.action, args.action)
     cmd_id = args.id or uuid.uuid4().hex[:12]
     try:
         doc = new_command(name, args.device, cmd_id, **fields)
@@ -401,6 +403,11 @@ def _register_command(sub: Any) -> None:
         "--downgrade-to",
         metavar="VERSION",
         help="the exact older version to install (the device must allow downgrades)",
+    )
+    actions.add_parser(
+        "reload-config",
+        help="re-read the device's config file and apply what may change while it runs "
+        "(decision, sampling, telemetry interval, latency budget), as systemctl reload does",
     )
     actions.add_parser("status", help="ask for the device's status (published, retained)")
 

@@ -27,9 +27,7 @@ from lineqc.errors import LineqcError
 
 from .signing import sign, verify
 from .wire import (
-    ReloadBundle,
-    SetThresholds,
-    StatusRequest,
+    AnyCommand,
     WireError,
     dumps,
     parse_command,
@@ -38,7 +36,6 @@ from .wire import (
 )
 
 log = logging.getLogger("lineqc.edge.commands")
-AnyCommand = ReloadBundle | SetThresholds | StatusRequest
 
 
 class CommandRefused(LineqcError):

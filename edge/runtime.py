@@ -44,6 +44,7 @@ from .sources import Capture, EndOfStream, Reader
 from .telemetry import Telemetry
 from .wire import (
     ReloadBundle,
+    ReloadConfig,
     SetThresholds,
     command_reply,
     defect_map_part,
@@ -251,6 +252,10 @@ class Runtime:
             except ValueError as exc:
                 raise CommandRefused("not_applied", f"set_thresholds: {exc}", cmd) from None
             log.info("decision policy changed by command: %s", self.policy.to_json())
+        elif isinstance(cmd, ReloadConfig):
+            why = self.reload_config()
+            if why is not None:
+                raise CommandRefused("not_applied", why, cmd)
 
     def _bundle_path(self, cmd: ReloadBundle) -> Path:
         if cmd.bundle is None:

@@ -223,7 +223,14 @@ class StatusRequest(_Command):
     cmd: Literal["status"]
 
 
-Command = Annotated[ReloadBundle | SetThresholds | StatusRequest, Field(discriminator="cmd")]
+class ReloadConfig(_Command):
+    """Read the device's config file again and apply its hot-reloadable keys (as SIGHUP)."""
+
+    cmd: Literal["reload_config"]
+
+
+AnyCommand = ReloadBundle | SetThresholds | StatusRequest | ReloadConfig
+Command = Annotated[AnyCommand, Field(discriminator="cmd")]
 _COMMAND = TypeAdapter(Command)
 _ENVELOPE = TypeAdapter(SignedCommand)
 
@@ -278,7 +285,7 @@ def parse_signed_command(payload: bytes | str) -> tuple[bytes, bytes]:
         raise WireError("command: command or sig is not base64") from None
 
 
-def parse_command(data: bytes) -> ReloadBundle | SetThresholds | StatusRequest:
+def parse_command(data: bytes) -> AnyCommand:
     """A command's (verified) JSON bytes, validated; WireError naming what is wrong."""
     try:
         doc = json.loads(data)

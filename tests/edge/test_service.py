@@ -441,6 +441,24 @@ def test_sighup_reloads_safe_keys_without_dropping_frames_and_refuses_the_rest(
     reload({**hot, "sampling": {"audit_share": 5}}, 4)
     assert policy()["prob_floor"] == 0.0
 
+    # 4. the same through a signed command on the cmd topic: applied, then refused with why
+    def command_reply(cmd_id: str) -> dict[str, Any]:
+        assert sub.wait_for(lambda: any(r["id"] == cmd_id for r in sub.docs("cmd/reply")), 10)
+        return next(r for r in sub.docs("cmd/reply") if r["id"] == cmd_id)
+
+    audit = {**hot, "sampling": {"audit_share": 1.0}}
+    cfg.write_text(yaml.safe_dump(audit))
+    edge.command(broker.port, "reload_config", id="rc1")
+    assert command_reply("rc1")["ok"] is True
+    assert sub.wait_for(lambda: sum(d["why"] == "audit" for d in sub.docs("sample")) > 3, 10)
+    cfg.write_text(yaml.safe_dump({**audit, "camera": {**doc["camera"], "fps": 5}}))
+    edge.command(broker.port, "reload_config", id="rc2")
+    reply = command_reply("rc2")
+    assert reply["ok"] is False and reply["error"].startswith(
+        "reload_config: camera.fps changed, which only a restart applies"
+    )
+    assert listener.count("READY") == 6
+
     edge.terminate(proc, timeout=30)
     assert proc.returncode == 0, log.read_text()
     text = log.read_text()
