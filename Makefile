@@ -9,7 +9,7 @@ RUNS ?= runs
 MT_SRC ?=
 REVIEW_PORT ?= 8080
 FOLDS ?= 3
-STAGES := datasets train export edge review
+STAGES := datasets train export edge review retrain
 EXTRAS := edge,train,export,review,dev
 
 .PHONY: setup system-deps test lint typecheck-tree demo demo-data demo-run demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge clean

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lineqc.datasets.labels import label_indices, split_records
 from lineqc.datasets.manifest import Record, load, manifest_hash
 from lineqc.datasets.prepare import magnetic_tile_dataset
 from lineqc.edge.bundle import Bundle, load_bundle
@@ -43,7 +44,6 @@ from lineqc.export.errors import GateFailed
 from lineqc.export.pipeline import ExportOptions, export_run
 from lineqc.train.config import load_config
 from lineqc.train.crossval import LEFT_OUT, FoldPredictions, fold_views, pooled
-from lineqc.train.data import label_indices, split_records
 from lineqc.train.intervals import cluster_ids, fmt_ci, intervals, parts_of
 from lineqc.train.loop import train
 from lineqc.train.metrics import anomaly_figures
@@ -158,7 +158,7 @@ def run_fold(
         "best_epoch": json.loads((run_dir / "metrics.json").read_text()).get("best_epoch"),
         "gate": gate,
         "default_precision": bundle.default_precision,
-        "latency_ms": bundle.manifest.get("latency_ms"),
+        "latency_ms": bundle.manifest.to_json().get("latency_ms"),
         "sizes": {s: len(manifest.in_split(s)) for s in ("train", "val", "test")},
     }
     done.write_text(json.dumps(doc) + "\n")

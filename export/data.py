@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lineqc.datasets.labels import label_indices, split_records
 from lineqc.datasets.manifest import DatasetError, Manifest, Record
 from lineqc.datasets.storage import read_image
 from lineqc.edge.preprocess import PreprocessSpec, preprocess
-from lineqc.train.data import label_indices, split_records
 
 
 @dataclass

@@ -24,7 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "keys": ("lineqc.export.cli_keys", "generate the Ed25519 key pair that signs bundles"),
     "bundle": ("lineqc.export.cli_bundle", "verify or describe a model bundle"),
     "review": ("lineqc.review.cli", "collect flagged frames, the inspectors' web app, labels out"),
-    "retrain": ("lineqc.review.cli_retrain", "the monthly job: labels in, challenger vs champion"),
+    "retrain": ("lineqc.retrain.cli", "the monthly job: labels in, challenger vs champion"),
 }
 
 

@@ -36,12 +36,12 @@ from sqlalchemy import select
 
 from lineqc.datasets import manifest as mf
 from lineqc.datasets.ingest import Candidate, ImportReport, ingest
+from lineqc.datasets.lineage import EXPORTED_AT
 from lineqc.datasets.split import place_new
 from lineqc.errors import LineqcError
 
 from .conflicts import ConflictFinder, KnownLabels, own_row_id
 from .consensus import FrameState, frame_states
-from .lineage import EXPORTED_AT
 from .store import POLICY_VERSION, SKIP, Frame, Store
 
 IMPORT_NAME = "review-export-labels"

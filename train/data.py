@@ -20,39 +20,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from lineqc.datasets.manifest import DatasetError, Manifest, Record
+from lineqc.datasets.manifest import Record
 from lineqc.datasets.storage import read_image, read_mask
 from lineqc.edge.preprocess import PreprocessSpec, placement, preprocess
 
 from .augment import augment
 from .copy_paste import CopyPaste
-
-UNKNOWN_LABEL = -1  # a label the model does not know: a defect it never saw
-
-
-def split_records(manifest: Manifest, split: str, root: Path) -> list[Record]:
-    """Labelled rows of a split ("all": every labelled row); an error names an empty split."""
-    rows = [r for r in manifest if r.label is not None and (split == "all" or r.split == split)]
-    if not rows:
-        have = sorted({r.split or "(none)" for r in manifest if r.label is not None})
-        hint = f"; it has labelled images in: {', '.join(have)}" if have else ""
-        raise DatasetError(
-            f"{root}: no labelled images in split '{split}'{hint}"
-            + ("" if have else " (is it a dataset? run `lineqc data split` first?)")
-        )
-    return rows
-
-
-def label_indices(
-    records: Sequence[Record], classes: Sequence[str], ok_class: str, dataset_ok: str | None
-) -> np.ndarray:
-    """Class index per row; the dataset's OK class maps to the model's, unknown labels to -1."""
-    index = {name: i for i, name in enumerate(classes)}
-    ok = index[ok_class]
-    return np.array(
-        [ok if r.label == dataset_ok else index.get(r.label or "", UNKNOWN_LABEL) for r in records],
-        dtype=np.int64,
-    )
 
 
 class FrameStore:

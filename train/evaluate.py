@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lineqc.datasets.labels import label_indices, split_records
 from lineqc.datasets.manifest import DatasetError, Record, load
 from lineqc.edge import outputs
 from lineqc.edge.preprocess import PreprocessSpec, preprocess_batch
 
 from . import checkpoint
-from .data import FrameStore, label_indices, split_records
+from .data import FrameStore
 from .intervals import parts_of
 from .metrics import anomaly_figures, evaluate
 from .model import ExportHeads

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lineqc.datasets.labels import label_indices, split_records
 from lineqc.datasets.manifest import DatasetError, load, manifest_hash
 from lineqc.edge import outputs
 from lineqc.errors import LineqcError
@@ -35,14 +36,7 @@ from .augment import build_train_transform
 from .calibration import fit_temperature
 from .config import ConfigError, TrainConfig, differing_keys, from_dict, save_config
 from .copy_paste import CopyPaste, Donor
-from .data import (
-    EpochBatches,
-    FrameStore,
-    TrainImages,
-    eval_inputs,
-    label_indices,
-    split_records,
-)
+from .data import EpochBatches, FrameStore, TrainImages, eval_inputs
 from .evaluate import (
     frame_batches,
     predict,

@@ -40,10 +40,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lineqc.datasets import manifest as mf
+from lineqc.datasets.lineage import Since, since
 from lineqc.errors import LineqcError
 from lineqc.train.config import TrainConfig, apply_override, from_dict
-
-from .lineage import Since, since
 
 if TYPE_CHECKING:
     from lineqc.train.evaluate import SplitResult
@@ -439,8 +438,8 @@ def _export_reviewed(dataset: Path, options: RetrainOptions) -> dict[str, Any] |
     if options.db is None:
         log("no --db: reviewed labels not exported; training on the dataset as it is")
         return None
-    from .export_labels import export_labels
-    from .store import Store
+    from lineqc.review.export_labels import export_labels
+    from lineqc.review.store import Store
 
     log(f"exporting reviewed labels from {options.db} into {dataset}")
     store = Store(options.db, options.images)

@@ -86,7 +86,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lineqc.errors import LineqcError
 
-    from .retrain import RetrainOptions, retrain, side_by_side_text
+    from .job import RetrainOptions, retrain, side_by_side_text
 
     if args.tolerance < 0:
         raise LineqcError(f"--tolerance {args.tolerance}: must be 0 or more")

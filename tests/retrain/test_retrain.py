@@ -20,7 +20,7 @@ import pytest
 from lineqc.datasets import manifest as mf
 from lineqc.datasets.synth import candidates
 from lineqc.edge.signing import generate_keys
-from lineqc.review.retrain import (
+from lineqc.retrain.job import (
     RetrainError,
     RetrainOptions,
     compare,

@@ -1,4 +1,4 @@
-"""What a dataset gained since a run trained on it (``review.lineage``): found by taking away
+"""What a dataset gained since a run trained on it (``datasets.lineage``): found by taking away
 the newest reviewed rows until the manifest hash is the run's; real datasets, real exports."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from lineqc.datasets import manifest as mf
+from lineqc.datasets.lineage import EXPORTED_AT, rows_hash, since
 from lineqc.datasets.split import split_dataset
 from lineqc.review.export_labels import export_labels
-from lineqc.review.lineage import EXPORTED_AT, rows_hash, since
 from lineqc.review.store import Store
 from tests.review.kit import Seeder, row_id, seed, to_jpeg
 
