@@ -12,7 +12,7 @@ FOLDS ?= 3
 STAGES := datasets train export edge review retrain
 EXTRAS := edge,train,export,review,dev
 
-.PHONY: setup system-deps test lint typecheck-tree demo demo-data demo-run demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge clean
+.PHONY: setup system-deps test lint typecheck-tree demo demo-data demo-run demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge bench-service clean
 
 ## setup: .venv with every extra for development (torch pinned by constraints.txt), Mosquitto
 setup: $(VENV)/.installed system-deps
@@ -141,7 +141,7 @@ $(BUNDLE)/manifest.json: $(RUN)/metrics.json $(KEY).key
 	$(BIN)/lineqc export $(RUN) --dataset $(DS) --out $(BUNDLE) --key $(KEY).key --overwrite
 
 ## bench: every benchmark (figures beside a baseline measured in the same run)
-bench: bench-quality bench-train bench-export bench-edge
+bench: bench-quality bench-train bench-export bench-edge bench-service
 
 # Detection quality on parts no model saw: the recommended recipe against the baseline on
 # FOLDS part-grouped folds of the real data (about 2 hours on a 2-core CPU for 3 folds;
@@ -157,6 +157,10 @@ bench-export: setup
 
 bench-edge: $(BUNDLE)/manifest.json
 	src=$$($(FIND_MT)) && $(PY) bench/bench_edge.py --bundle $(BUNDLE) --source "$$src/MT_*/Imgs/*.jpg"
+
+# Running as a service: the watchdog's cost per frame, SIGTERM with a waiting outbox, SIGHUP
+bench-service: $(BUNDLE)/manifest.json
+	$(PY) bench/bench_service.py --bundle $(BUNDLE) --pubkey $(KEY).pub --source "$(DS)/images/**/*"
 
 clean:
 	rm -rf build $(DATA) $(RUNS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -127,6 +128,59 @@ class Watchdog:
             self.pings += 1
             return True
         return False
+
+
+class NotifyListener:
+    """systemd's side, for tests and benchmarks: binds a notify socket (a path, or
+    ``\0name`` for an abstract one) and collects each datagram as (arrival, {KEY: VALUE})."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._recv, name="notify-listener", daemon=True)
+        self._thread.start()
+
+    def _recv(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            lines = data.decode(errors="replace").splitlines()
+            fields = dict(line.split("=", 1) for line in lines if "=" in line)
+            with self._lock:
+                self.messages.append((time.monotonic(), fields))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+        if not self.address.startswith("\0"):
+            Path(self.address).unlink(missing_ok=True)
+
+    def with_key(self, key: str, value: str | None = None) -> list[tuple[float, dict[str, str]]]:
+        with self._lock:
+            return [
+                (t, m) for t, m in self.messages if key in m and (value is None or m[key] == value)
+            ]
+
+    def count(self, key: str, value: str = "1") -> int:
+        return len(self.with_key(key, value))
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
 
 
 # ---- hot reload of the config -----------------------------------------------------------------

@@ -14,14 +14,13 @@ import itertools
 import json
 import os
 import signal
-import socket
 import socketserver
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from lineqc.edge.service import (
     HOT_RELOADABLE,
     NeedsRestart,
     Notifier,
+    NotifyListener,
     UnitOptions,
     Watchdog,
     config_changes,
@@ -44,63 +44,14 @@ from lineqc.edge.service import (
 # ---- a notify socket, as systemd binds one -----------------------------------------------------
 
 
-class NotifySocket:
-    """A datagram socket collecting sd_notify messages: (arrival, {KEY: VALUE})."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._recv, daemon=True)
-        self.thread.start()
-
-    def _recv(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
-            with self.lock:
-                self.messages.append((time.monotonic(), fields))
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(2)
-        self.sock.close()
-
-    def with_key(self, key: str, value: str | None = None) -> list[tuple[float, dict[str, str]]]:
-        with self.lock:
-            return [
-                (t, m) for t, m in self.messages if key in m and (value is None or m[key] == value)
-            ]
-
-    def count(self, key: str, value: str = "1") -> int:
-        return len(self.with_key(key, value))
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return predicate()
-
-
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[str, NotifySocket]]:
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, NotifyListener]]:
     path = tmp_path / "notify.sock"
     if len(str(path)) > 100:  # sun_path holds 108 bytes
         path = Path("/tmp") / f"lineqc-notify-{uuid.uuid4().hex[:8]}.sock"
-    listener = NotifySocket(str(path))
+    listener = NotifyListener(str(path))
     yield str(path), listener
     listener.close()
-    path.unlink(missing_ok=True)
 
 
 # ---- the protocol, in-process ------------------------------------------------------------------
@@ -117,7 +68,7 @@ def test_notifier_reaches_a_path_and_an_abstract_socket(notify_socket) -> None:
     assert listener.with_key("READY")[0][1]["STATUS"] == "starting up"
 
     name = f"lineqc-test-{uuid.uuid4().hex}"
-    abstract = NotifySocket("\0" + name)
+    abstract = NotifyListener("\0" + name)
     try:
         assert Notifier.from_env({"NOTIFY_SOCKET": "@" + name}).send("WATCHDOG=1")
         assert abstract.wait_for(lambda: abstract.count("WATCHDOG") == 1, 5)
