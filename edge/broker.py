@@ -3,6 +3,11 @@
 Mosquitto when it is installed (MQTT 5); otherwise an embedded Python broker (amqtt, in a
 subprocess, MQTT 3.1.1 only; ``pip install amqtt``, part of the ``dev`` extra). Tests force
 one with ``LINEQC_BROKER=python`` (or ``mosquitto``; default ``auto``) or ``private_broker(kind)``.
+
+Mosquitto can also run the production setup (firmware_config/README.md, MQTT security): a
+TLS listener that requires a client certificate and takes its CN as the username
+(``BrokerTLS``), and an ACL file (``acl_file``) whose ``%u`` patterns bind each device to
+its own topics.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
@@ -114,8 +120,37 @@ class BrokerProcess:
         self.stop()
 
 
+@dataclass(frozen=True)
+class BrokerTLS:
+    """A TLS listener: the broker's certificate and key, and the CA its clients' certificates
+    must chain to. ``require_certificate``: a client without a valid certificate is refused
+    at the handshake; ``use_identity_as_username``: the certificate's CN is the client's
+    username (what an ACL's ``user`` lines and ``%u`` patterns match)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = True
+    use_identity_as_username: bool = True
+
+    def lines(self) -> list[str]:
+        return [
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
+            f"use_identity_as_username {'true' if self.use_identity_as_username else 'false'}",
+        ]
+
+
 class Mosquitto(BrokerProcess):
-    """``with Mosquitto() as broker: broker.port``; ``stop``/``kill``/``start`` for outages."""
+    """``with Mosquitto() as broker: broker.port``; ``stop``/``kill``/``start`` for outages.
+
+    ``tls``: the listener speaks TLS (see BrokerTLS); ``acl_file``: Mosquitto's ACL, read
+    again on ``reload()``. Without a client certificate requirement or a password file the
+    broker takes anonymous clients (an ACL still applies to them: its lines before the first
+    ``user``). ``log_all``: log every packet (``Received PUBLISH from ...``) to ``log``.
+    """
 
     name = "mosquitto"
     mqtt_protocol: Literal[5, "3.1.1"] = 5
@@ -126,6 +161,9 @@ class Mosquitto(BrokerProcess):
         folder: Path | None = None,
         persistence: bool = False,
         extra: str = "",
+        tls: BrokerTLS | None = None,
+        acl_file: Path | None = None,
+        log_all: bool = False,
     ) -> None:
         binary = mosquitto_binary()
         if binary is None:
@@ -136,10 +174,15 @@ class Mosquitto(BrokerProcess):
         self.port = port or free_port()
         self.folder = Path(folder or tempfile.mkdtemp(prefix="lineqc-mosquitto-"))
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.tls = tls
+        certified = tls is not None and tls.require_certificate and tls.use_identity_as_username
+        anonymous = "password_file" not in extra and not certified
         lines = [
             f"listener {self.port} 127.0.0.1",
+            *(tls.lines() if tls is not None else []),
             "user root" if os.geteuid() == 0 else "",  # else it drops to a user without our files
-            "allow_anonymous true" if "password_file" not in extra else "",
+            "allow_anonymous true" if anonymous else "",
+            f"acl_file {acl_file}" if acl_file is not None else "",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {self.folder}/",
             "autosave_interval 1" if persistence else "",
@@ -147,12 +190,18 @@ class Mosquitto(BrokerProcess):
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            "log_type all" if log_all else "",
             extra,
         ]
         self.conf = self.folder / "mosquitto.conf"
         self.conf.write_text("\n".join(line for line in lines if line) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.folder / "mosquitto.log"
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its configuration again (the ACL file included)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self) -> Self:
         with open(self.log, "ab") as out:
@@ -162,7 +211,12 @@ class Mosquitto(BrokerProcess):
         if not wait_for_port(self.port, proc=self.proc):
             self.kill()
             raise LineqcError(f"mosquitto did not start on port {self.port}: {self.log}")
-        log.info("private broker: mosquitto (%s) on 127.0.0.1:%d, MQTT 5", self.binary, self.port)
+        log.info(
+            "private broker: mosquitto (%s) on 127.0.0.1:%d, MQTT 5%s",
+            self.binary,
+            self.port,
+            ", TLS" if self.tls is not None else "",
+        )
         return self
 
 

@@ -225,15 +225,23 @@ class Outbox:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def pending(self, limit: int, exclude: Iterable[int] = ()) -> list[Row]:
-        """The next rows to publish: review samples first, then oldest first."""
-        skip = list(exclude)
-        where = f"WHERE id NOT IN ({','.join('?' * len(skip))})" if skip else ""
+    def pending(
+        self, limit: int, exclude: Iterable[int] = (), exclude_topics: Iterable[str] = ()
+    ) -> list[Row]:
+        """The next rows to publish: review samples first, then oldest first; not the rows
+        ``exclude`` names (in flight) nor those on ``exclude_topics`` (held back)."""
+        skip, topics = list(exclude), list(exclude_topics)
+        terms = []
+        if skip:
+            terms.append(f"id NOT IN ({','.join('?' * len(skip))})")
+        if topics:
+            terms.append(f"topic NOT IN ({','.join('?' * len(topics))})")
+        where = f"WHERE {' AND '.join(terms)}" if terms else ""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT id, kind, key, topic, payload, qos FROM outbox {where} "
                 "ORDER BY priority DESC, id LIMIT ?",
-                (*skip, limit),
+                (*skip, *topics, limit),
             ).fetchall()
         return [Row(int(r[0]), r[1], r[2], r[3], bytes(r[4]), int(r[5])) for r in rows]
 

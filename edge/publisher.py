@@ -6,7 +6,23 @@ leaves the hand-off only once committed, so a stop while samples are being encod
 none: ``stop`` commits what is left), publishes
 committed rows at QoS 1 while connected (review samples first, at most ``max_inflight`` at a
 time) and deletes a row when its PUBACK arrives (``on_publish``). paho reconnects with
-backoff; rows whose publish was cut by a disconnect are published again (duplicates only).
+backoff.
+
+One retransmission layer: the outbox. paho would re-send the QoS 1 messages it still holds
+on every reconnect, and the worker re-publishes the same rows from the outbox (it must: after
+a restart only the outbox has them), so every message in flight at a disconnect went twice.
+At each CONNACK, before paho re-sends anything, ``_on_connect`` drops paho's copies of the
+outbox's messages (``drop_out_messages``; status and command replies, which only paho holds,
+are published again as they were) and starts a new connection epoch: rows in flight in an
+older epoch are published again by the worker, once each (``republished`` counts them).
+
+A PUBACK with a failure reason (MQTT 5: the broker's ACL answers 0x87 Not authorized) leaves
+the row in the outbox and holds back its topic: its rows are sent again after a delay that
+doubles from ``REFUSED_RETRY_MIN_S`` to ``REFUSED_RETRY_MAX_S`` while the broker keeps
+refusing and resets once it accepts one. Refusals are counted (``publish_refused``, and one
+``publish_refused_<reason>`` each) and reported in ``last_error``. MQTT 3.1.1 has no reason
+codes: a broker refusing a publish acknowledges it as accepted, and the message is lost
+there (use MQTT 5 with an ACL).
 
 The device status is retained, with a Last Will saying ``offline``; telemetry goes out at
 QoS 0 (latest wins). Commands arrive on ``<root>/cmd`` and are handed to the runtime.
@@ -21,6 +37,7 @@ import collections
 import contextlib
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -42,7 +59,8 @@ from .wire import dumps, topic
 log = logging.getLogger("lineqc.edge.publisher")
 PACKET_OVERHEAD = 512  # fixed header, topic, properties: kept free below the packet limit
 HANDOFF_LIMIT = 4096  # messages waiting for the worker before new ones are counted as dropped
-RESEND_AFTER_S = 60.0  # an unacknowledged publish is sent again after this long
+REFUSED_RETRY_MIN_S = 1.0  # a topic the broker refused: its rows wait this long, then
+REFUSED_RETRY_MAX_S = 300.0  # twice as long each time it refuses again, up to this
 COMMIT_BATCH = 512  # messages per outbox transaction
 COMMIT_AFTER_S = 0.25  # encoding samples: commit what is encoded at least this often
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason (MQTT 5), paho's reading of 3.1.1 return code 1
@@ -55,6 +73,15 @@ class PendingSample:
     doc: dict[str, Any]
     frame: np.ndarray
     quality: int
+
+
+@dataclass
+class Refusal:
+    """A topic the broker refuses publishes on: its rows wait until ``until`` (monotonic)."""
+
+    reason: str
+    delay: float
+    until: float
 
 
 def read_password(cfg: DeviceConfig) -> str | None:
@@ -78,11 +105,17 @@ class Publisher:
         self.root = cfg.topic_root
         self.connected = False
         self.broker_max_packet: int | None = None
-        self.last_error: str | None = None
+        self._error: str | None = None  # see last_error
         self.counters: collections.Counter[str] = collections.Counter()
         self._handoff: collections.deque[tuple[str, str | None, Any]] = collections.deque()
-        self._acks: collections.deque[tuple[int, bool]] = collections.deque()
-        self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, sent at)
+        # The connection: ``connected``, the epoch and paho's copies of outbox rows change
+        # together, under this lock (never taken in on_publish: paho holds its message lock).
+        self._lock = threading.Lock()
+        self._epoch = 0  # one per CONNACK: a row in flight in an older one is sent again
+        self._inflight: dict[int, tuple[int, int, str]] = {}  # mid -> (row id, epoch, topic)
+        self._acks: collections.deque[tuple[int, int, ReasonCode]] = collections.deque()
+        self._sent: set[int] = set()  # rows this process published (a second time: counted)
+        self._refused: dict[str, Refusal] = {}  # topics held back after a refused PUBACK
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._accepting = True
@@ -138,9 +171,18 @@ class Publisher:
             log.error("mqtt %s:%s: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.last_error)
             return
         self.broker_max_packet = getattr(props, "MaximumPacketSize", None) if props else None
-        self.connected = True
+        with self._lock:
+            # paho re-sends what it holds right after this callback: not the outbox's rows,
+            # which the worker sends again itself (the epoch tells it which).
+            dropped = client.drop_out_messages()
+            ours = set(self._inflight)
+            self._epoch += 1
+            self.connected = True
         self.last_error = None
         log.info("mqtt connected to %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
+        for msg in dropped:  # status, command replies: paho's alone, sent again once
+            if msg.mid not in ours:
+                client.publish(msg.topic, msg.payload, msg.qos, msg.retain, msg.properties)
         client.subscribe(topic(self.root, "cmd"), qos=1)
         self.publish_status()
         self._wake.set()
@@ -156,16 +198,16 @@ class Publisher:
         if self.connected and self._accepting:
             log.warning("mqtt disconnected: %s", reason)
             self.counters["disconnects"] += 1
-        self.connected = False
-        if reason.is_failure and self.last_error is None:
+        self.connected = False  # what is in flight stays so until the next CONNACK
+        if reason.is_failure and self._error is None:
             self.last_error = f"disconnected: {reason}"
-        self._acks.append((-1, False))  # tells the worker to forget what was in flight
         self._wake.set()
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        self._acks.append((mid, not reason.is_failure))
+        # paho's thread, as _on_connect: the epoch read here is this PUBACK's connection's.
+        self._acks.append((self._epoch, mid, reason))
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -173,6 +215,26 @@ class Publisher:
             self.on_command(bytes(msg.payload))
 
     # ---- the public side -------------------------------------------------------------------
+
+    @property
+    def last_error(self) -> str | None:
+        """The connection's or worker's last error, else the topics the broker refuses."""
+        if self._error is not None:
+            return self._error
+        refused = list(self._refused.items())
+        if not refused:
+            return None
+        (first, r), more = refused[0], len(refused) - 1
+        return (
+            f"the broker refuses publishing on {first}"
+            + (f" and {more} more topic(s)" if more else "")
+            + f": {r.reason} (check its ACL); the messages wait in the outbox and are tried "
+            f"again with backoff"
+        )
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._error = value
 
     @property
     def max_payload(self) -> int:
@@ -217,6 +279,7 @@ class Publisher:
             "inflight": len(self._inflight),
             "waiting": len(self._handoff),
             "connected": self.connected,
+            "refused_topics": len(self._refused),
         }
 
     def stop(self, flush_s: float) -> bool:
@@ -311,41 +374,93 @@ class Publisher:
                 self._handoff.clear()
 
     def _handle_acks(self) -> None:
+        epoch = self._epoch  # read first: every PUBACK of an older connection is queued by now
+        now = time.monotonic()
         done: list[int] = []
         while self._acks:
-            mid, ok = self._acks.popleft()
-            if mid == -1:  # disconnected: whatever was in flight is sent again later
-                self._inflight.clear()
+            ack_epoch, mid, reason = self._acks.popleft()
+            with self._lock:
+                entry = self._inflight.get(mid)
+                if entry is not None and entry[1] == ack_epoch:
+                    del self._inflight[mid]
+                else:
+                    entry = None
+            if entry is None:  # status, telemetry or a command reply: paho's own
+                if reason.is_failure:
+                    self._count_refusal(reason)
                 continue
-            entry = self._inflight.pop(mid, None)
-            if entry is None:
-                continue
-            if ok:
-                done.append(entry[0])
+            row, _, row_topic = entry
+            if reason.is_failure:
+                self._refused_publish(row_topic, reason, now)
             else:
-                self.counters["publish_rejected"] += 1
-                self.last_error = "the broker rejected a publish (check its ACL)"
+                done.append(row)
+                self._sent.discard(row)
+                if self._refused.pop(row_topic, None) is not None:
+                    log.info("mqtt: the broker accepts publishing on %s again", row_topic)
+        with self._lock:  # paho's copies were dropped at the CONNACK: the worker sends again
+            for mid in [m for m, (_, e, _) in self._inflight.items() if e < epoch]:
+                del self._inflight[mid]
         if done:
             self.outbox.delete(done)
             self.counters["delivered"] += len(done)
 
+    def _count_refusal(self, reason: ReasonCode) -> None:
+        self.counters["publish_refused"] += 1
+        name = re.sub(r"[^a-z0-9]+", "_", str(reason).lower()).strip("_") or str(reason.value)
+        self.counters[f"publish_refused_{name}"] += 1
+
+    def _refused_publish(self, row_topic: str, reason: ReasonCode, now: float) -> None:
+        """A refused PUBACK: the row stays; its topic waits, longer each round refused."""
+        self._count_refusal(reason)
+        held = self._refused.get(row_topic)
+        if held is None:
+            held = Refusal(str(reason), REFUSED_RETRY_MIN_S, now + REFUSED_RETRY_MIN_S)
+            self._refused[row_topic] = held
+        elif now >= held.until:  # refused again after the wait: wait longer
+            held.delay = min(held.delay * 2, REFUSED_RETRY_MAX_S)
+            held.until = now + held.delay
+            held.reason = str(reason)
+        else:
+            return  # another row of the round already set the wait
+        log.warning(
+            "mqtt: the broker refused a publish on %s: %s (check its ACL); its messages wait "
+            "in the outbox, next try in %g s",
+            row_topic,
+            reason,
+            held.delay,
+        )
+
     def _publish_pending(self) -> None:
-        now = time.monotonic()
-        for mid, (_row, sent) in list(self._inflight.items()):
-            if now - sent > RESEND_AFTER_S:
-                del self._inflight[mid]
         room = self.cfg.mqtt.max_inflight - len(self._inflight)
         if not self.connected or room <= 0 or self.outbox.depth == 0:
             return
-        busy = [row for row, _ in self._inflight.values()]
-        for row in self.outbox.pending(room, exclude=busy):
-            payload = row.payload
-            if len(payload) > self.max_payload:
-                payload = self._shrink(row.id, row.kind, payload)
-            info = self.client.publish(row.topic, payload, qos=row.qos)
-            if info.rc == mqtt.MQTT_ERR_NO_CONN:
-                break
-            self._inflight[info.mid] = (row.id, now)
+        now = time.monotonic()
+        held = [t for t, r in self._refused.items() if now < r.until]
+        busy = [row for row, _, _ in self._inflight.values()]
+        rows = self.outbox.pending(room, exclude=busy, exclude_topics=held)
+        if not rows:
+            return
+        payloads = [
+            self._shrink(row.id, row.kind, row.payload)
+            if len(row.payload) > self.max_payload
+            else row.payload
+            for row in rows
+        ]
+        with self._lock:
+            for row, payload in zip(rows, payloads, strict=True):
+                if not self.connected:
+                    break
+                info = self.client.publish(row.topic, payload, qos=row.qos)
+                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                    break  # paho did not keep it (its queue is full): later
+                # NO_CONN: paho keeps it for the next connection, which drops it at CONNACK
+                self._inflight[info.mid] = (row.id, self._epoch, row.topic)
+                if row.id in self._sent:
+                    self.counters["republished"] += 1
+                else:
+                    self._sent.add(row.id)
+                if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                    break
 
     def _shrink(self, row_id: int, kind: str, payload: bytes) -> bytes:
         """A committed row over the (broker's) limit: drop its image, say so, keep the row."""

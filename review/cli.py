@@ -95,6 +95,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tls-ca", default=None, help="CA file: connect with TLS")
     p.add_argument(
+        "--tls-cert",
+        default=None,
+        help="client certificate (PEM) for a broker that requires one (require_certificate; "
+        "its CN is the collector's MQTT user with use_identity_as_username); implies TLS",
+    )
+    p.add_argument("--tls-key", default=None, help="the client certificate's private key (PEM)")
+    p.add_argument(
         "--exit-idle",
         type=float,
         default=None,

@@ -348,6 +348,8 @@ class Collector:
         username: str | None = None,
         password: str | None = None,
         tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
         exit_idle: float | None = None,
     ) -> None:
         self.store = store
@@ -360,10 +362,15 @@ class Collector:
         self.store_error: str | None = None  # set by on_message: drop the connection, retry
         self.fatal: str | None = None  # set by on_subscribe: the broker refused us
         self.last_activity = time.monotonic()
-        self.client = self._make_client(username, password, tls_ca)
+        self.client = self._make_client(username, password, tls_ca, tls_cert, tls_key)
 
     def _make_client(
-        self, username: str | None, password: str | None, tls_ca: str | None
+        self,
+        username: str | None,
+        password: str | None,
+        tls_ca: str | None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> mqtt.Client:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -373,8 +380,10 @@ class Collector:
         )
         if username is not None or password is not None:
             client.username_pw_set(username or "", password)
-        if self.broker.tls:
-            client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        if self.broker.tls:  # a client certificate for a broker with require_certificate
+            client.tls_set(
+                ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key, cert_reqs=ssl.CERT_REQUIRED
+            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -614,8 +623,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise LineqcError(f"--group {args.group!r}: must be a name without '/', '+' or '#'")
     if not args.topic or args.topic.startswith("$share/"):
         raise LineqcError(f"--topic {args.topic!r}: give the plain topic filter (see --group)")
-    if args.tls_ca is not None and not Path(args.tls_ca).is_file():
-        raise LineqcError(f"--tls-ca {args.tls_ca}: no such file")
+    for option in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).is_file():
+            raise LineqcError(f"--{option.replace('_', '-')} {path}: no such file")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise LineqcError("--tls-cert and --tls-key go together (the client certificate)")
     if args.exit_idle is not None and args.exit_idle <= 0:
         raise LineqcError(f"--exit-idle {args.exit_idle}: must be more than 0 seconds")
 
@@ -623,7 +636,8 @@ def _check_args(args: argparse.Namespace) -> None:
 def run_collector(args: argparse.Namespace) -> int:
     logs.configure()
     broker = parse_broker_url(args.broker)
-    if args.tls_ca is not None and not broker.tls:  # a CA file means TLS (--tls-ca's help)
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(f is not None for f in tls_files) and not broker.tls:  # they mean TLS (--help)
         broker = BrokerUrl(broker.host, broker.port, True)
     _check_args(args)
     password = _read_password(args.password_file)
@@ -638,6 +652,8 @@ def run_collector(args: argparse.Namespace) -> int:
             username=args.username,
             password=password,
             tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
             exit_idle=args.exit_idle,
         )
         where = make_url(store.url)  # str() hides a password

@@ -195,6 +195,7 @@ class Subscriber:
     client_id: str = "test-subscriber"
     topic: str = "lineqc/#"
     protocol: int = mqtt.MQTTv5  # or mqtt.MQTTv311 (the Python broker)
+    tls: dict[str, str] | None = None  # paho's tls_set arguments: ca_certs, certfile, keyfile
     messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     connected: threading.Event = field(default_factory=threading.Event)
@@ -208,6 +209,8 @@ class Subscriber:
             clean_session=None if v5 else False,  # 3.1.1: a persistent session
         )
         c.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        if self.tls is not None:
+            c.tls_set(**self.tls)
 
         def on_connect(client: mqtt.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
             if not rc.is_failure:

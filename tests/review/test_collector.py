@@ -27,12 +27,14 @@ import pytest
 import sqlalchemy
 from sqlalchemy import func, select
 
+from lineqc.edge.broker import BrokerTLS
 from lineqc.edge.defect_map import decode_png, png
 from lineqc.edge.wire import Sample, defect_map_part, dumps, image_part, result_message
 from lineqc.errors import LineqcError
 from lineqc.review.collector import BrokerUrl, parse_broker_url
 from lineqc.review.store import Frame, Reject, Store, normalize_url
 from tests.bombs import BOMB_SIDE, bomb_jpeg
+from tests.pki import make_fleet
 
 TOPIC = "lineqc/v1/site1/line1/dev1/sample"
 
@@ -552,11 +554,51 @@ def test_tls_with_a_ca_file(
     assert f"connected to mqtts://127.0.0.1:{broker.port}" in run.log
 
 
+def test_tls_with_client_certificates_and_the_fleet_acl(
+    broker_factory, collector, sample_doc, sqlite_db: str, tmp_path: Path
+) -> None:
+    """The production setup (firmware_config/mosquitto.acl, a TLS listener requiring a
+    client certificate whose CN is the username): the collector connects with its own
+    certificate; a device's certificate cannot publish on another device's topic (the broker
+    refuses it, it never arrives), and a sample a device publishes on its own topic claiming
+    another device in its body is refused by the collector."""
+    fleet = make_fleet(tmp_path / "pki", "dev1", "dev2", "lineqc-collector")
+    acl = Path(__file__).resolve().parents[2] / "firmware_config" / "mosquitto.acl"
+    tls = BrokerTLS(fleet.ca, fleet.server.cert, fleet.server.key)
+    broker = broker_factory(tls=tls, acl_file=acl)
+    me = fleet.clients["lineqc-collector"]
+    run = collector(
+        broker.port, sqlite_db,
+        "--tls-ca", str(fleet.ca), "--tls-cert", str(me.cert), "--tls-key", str(me.key),
+        scheme="mqtts",
+    )  # fmt: skip
+    dev2_topic = "lineqc/v1/site1/line1/dev2/sample"
+
+    def as_dev2(seq: int) -> dict[str, Any]:
+        doc = sample_doc(seq)
+        return {**doc, "device": "dev2", "frame_id": doc["frame_id"].replace("dev1", "dev2")}
+
+    dev1 = fleet.paho_tls("dev1")
+    publish(broker.port, [dumps(sample_doc(1))], tls=dev1)  # its own topic, its own id
+    publish(broker.port, [dumps(as_dev2(2))], topic=dev2_topic, tls=dev1)  # broker refuses
+    publish(broker.port, [dumps(as_dev2(3))], tls=dev1)  # its topic, another device's body
+    publish(broker.port, [dumps(as_dev2(4))], topic=dev2_topic, tls=fleet.paho_tls("dev2"))
+    assert wait_until(lambda: count(sqlite_db) == 2)
+    assert run.stop() == "stored 2, duplicates 0, rejected 1, store errors 0"
+    assert [r.frame_id for r in rows(sqlite_db)] == [frame_id(1), as_dev2(4)["frame_id"]]
+    assert reject_reasons(sqlite_db) == [
+        "identity mismatch: the message says site1/line1/dev2, its topic site1/line1/dev1"
+    ]
+    assert f"connected to mqtts://127.0.0.1:{broker.port}" in run.log
+
+
 def test_bad_arguments_are_clear_errors(lineqc, tmp_path: Path) -> None:
     db = str(tmp_path / "review.db")
     for args, message in [
         (["--broker", "http://127.0.0.1:1883"], "--broker 'http://127.0.0.1:1883': unknown"),
         (["--password-file", str(tmp_path / "nope")], f"--password-file {tmp_path / 'nope'}"),
+        (["--tls-cert", str(tmp_path / "nope")], f"--tls-cert {tmp_path / 'nope'}: no such"),
+        (["--tls-cert", __file__], "--tls-cert and --tls-key go together"),
     ]:
         proc = lineqc("review", "collect", "--db", db, *args, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
