@@ -15,7 +15,7 @@ EXTRAS := edge,train,export,review,dev
 .PHONY: setup system-deps test lint typecheck-tree demo demo-data demo-run demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge bench-service clean
 
 ## setup: .venv with every extra for development (torch pinned by constraints.txt), Mosquitto
-setup: $(VENV)/.installed system-deps
+setup: $(VENV)/.installed system-deps $(VENV)/.gige
 
 # Reinstalled only when the package metadata or the pins change: a second run takes seconds.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -24,23 +24,40 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
-# Debian packages the tests use: Mosquitto (the MQTT tests start their own brokers) and
-# Chromium with its driver (the review app's browser test). Installed as root when missing.
+# Debian packages the tests use: Mosquitto (the MQTT tests start their own brokers),
+# Chromium with its driver (the review app's browser test), and for the GigE Vision source
+# Aravis (its GObject introspection data, and aravis-tools' fake camera for the tests) with
+# what PyGObject builds against. Installed as root when missing (PACKAGE:a file it installs).
 APT_DEPS := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub \
-            chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
+            chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
+            gir1.2-aravis-0.8:/usr/lib/*/girepository-1.0/Aravis-0.8.typelib \
+            aravis-tools:/usr/bin/arv-fake-gv-camera-0.8 pkg-config:/usr/bin/pkg-config \
+            libgirepository1.0-dev:/usr/include/gobject-introspection-1.0/girepository.h \
+            libcairo2-dev:/usr/include/cairo/cairo.h
 
 system-deps:
 	@missing=""; for dep in $(APT_DEPS); do \
-	  [ -x "$${dep#*:}" ] || missing="$$missing $${dep%%:*}"; \
+	  compgen -G "$${dep#*:}" >/dev/null || missing="$$missing $${dep%%:*}"; \
 	done; \
 	if [ -z "$$missing" ]; then \
-	  echo "system packages: present (mosquitto, chromium, chromedriver)"; \
+	  echo "system packages: present (mosquitto, chromium, chromedriver, aravis)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "system packages: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing; \
 	else \
 	  echo "system packages missing:$$missing. Install them with: sudo apt-get install$$missing"; \
-	  echo "           (the MQTT and browser tests skip without them)"; \
+	  echo "           (the MQTT, browser and GigE Vision tests skip without them)"; \
+	fi
+
+# PyGObject, through which the GigE Vision source reaches Aravis (the `gige` extra): built
+# from source against the -dev packages above (Debian's python3-gi is not visible in a venv).
+# Without them it is left out, and the GigE Vision tests skip saying so.
+$(VENV)/.gige: $(VENV)/.installed | system-deps
+	@if pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; then \
+	  $(PY) -m pip install --quiet -c constraints.txt -e '.[gige]' && touch $@ || \
+	    echo "PyGObject did not build: the GigE Vision source and its tests are unavailable"; \
+	else \
+	  echo "PyGObject not installed (needs libgirepository1.0-dev, libcairo2-dev, pkg-config)"; \
 	fi
 
 ## test: lint (ruff, mypy) and the whole test suite

@@ -1,8 +1,10 @@
 """Frame sources chosen by URI, and the capture thread that feeds the pipeline.
 
 URIs: ``csi://N`` (Jetson CSI camera through GStreamer ``nvarguscamerasrc``), ``/dev/videoN``
-or ``v4l2://N`` (USB camera), ``rtsp://...`` (IP camera), a video file, an image folder, a
-glob of images, or ``dataset://FOLDER?session=S&split=S`` (rows of a lineqc dataset).
+or ``v4l2://N`` (USB camera), ``rtsp://...`` (IP camera), ``gige://SERIAL`` or
+``genicam://ID`` (GigE Vision / GenICam camera through Aravis, see gige.py), a video file, an
+image folder, a glob of images, or ``dataset://FOLDER?session=S&split=S`` (rows of a lineqc
+dataset).
 
 The capture thread stamps every frame (camera id, sequence number, monotonic time) and keeps
 only the newest one: when inference falls behind, the older frame is dropped and counted.
@@ -13,6 +15,7 @@ and reopened with exponential backoff; the end of a replay ends the stream clean
 
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import json
@@ -65,6 +68,13 @@ class Reader:
 
     replay = False
     name = "source"
+    # time.monotonic() when the reader last saw its device alive while no frame was due (a
+    # triggered camera waiting for a part): the watchdog's hang timer starts from the later
+    # of this and the last frame.
+    alive_at = 0.0
+    # Source-specific counters (incomplete_buffers, lost_buffers, ...); Capture hands every
+    # reader it opens the same Counter, which its stats() report.
+    counts: collections.Counter[str] | None = None
 
     def open(self) -> None:
         """Open the device or file; raises SourceError."""
@@ -240,6 +250,10 @@ def open_reader(cfg: CameraConfig, base: Path | None = None) -> Reader:
         return CaptureReader(uri, _index(uri, "v4l2://"), cv2.CAP_V4L2, False, cfg)
     if uri.startswith("/dev/video"):
         return CaptureReader(uri, uri, cv2.CAP_V4L2, False, cfg)
+    if uri.startswith(("gige://", "genicam://")):
+        from .gige import GenICamReader  # Aravis through PyGObject, imported when opened
+
+        return GenICamReader(uri, cfg)
     if uri.startswith(("rtsp://", "rtsps://", "http://", "https://")):
         return CaptureReader(uri, uri, cv2.CAP_FFMPEG, False, cfg)
     if uri.startswith("dataset://"):
@@ -297,6 +311,7 @@ class Capture:
         self.reopens = 0
         self.frames = 0
         self.bad_frames = 0
+        self.counts: collections.Counter[str] = collections.Counter()  # the readers' own
         self._slot: Frame | None = None
         self._waiting = False  # the consumer is inside get(): a lockstep replay may deliver
         self._cond = threading.Condition()
@@ -355,6 +370,7 @@ class Capture:
             "drops": self.drops,
             "reopens": self.reopens,
             "bad_frames": self.bad_frames,
+            **dict(sorted(self.counts.items())),
         }
 
     # ---- producer side ----------------------------------------------------------------------
@@ -384,7 +400,9 @@ class Capture:
             if self.state != "ok" or waiting_on_us or self._ended:
                 self._last_frame = time.monotonic()
                 continue
-            if time.monotonic() - self._last_frame > self.cfg.frame_timeout_s:
+            reader = self._reader
+            alive = max(self._last_frame, reader.alive_at if reader is not None else 0.0)
+            if time.monotonic() - alive > self.cfg.frame_timeout_s:
                 self._event(
                     "error", f"no frame for {self.cfg.frame_timeout_s:g} s (hung); reopening"
                 )
@@ -404,6 +422,7 @@ class Capture:
             if reader is None:
                 try:
                     reader = self.factory()
+                    reader.counts = self.counts
                     reader.open()
                 except (SourceError, cv2.error, OSError) as exc:
                     reader = None
@@ -419,6 +438,9 @@ class Capture:
             try:
                 image = reader.read()
             except (SourceError, cv2.error) as exc:
+                if generation != self._generation or self._stop.is_set():
+                    reader.close()  # stopped, or the watchdog gave up on this reader
+                    return
                 self._event("error", f"{exc}; reopening in {backoff:.1f} s")
                 reader.close()
                 reader = None
