@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .broker import Mosquitto, free_port, mosquitto_binary
-from .bundle import MANIFEST, Bundle, load_bundle
+from .bundle import MANIFEST, Bundle, load_bundle, validate_manifest
 from .config import CameraConfig, parse_config
 from .preprocess import preprocess
 from .runtime import Runtime
@@ -70,7 +70,8 @@ def load_frames(source: str, limit: int) -> list[np.ndarray]:
 
 def open_bundle_unverified(path: Path) -> Bundle:
     """The bench measures speed; without --pubkey the signature is not checked."""
-    return Bundle(Path(path), json.loads((Path(path) / MANIFEST).read_text()))
+    where = Path(path) / MANIFEST
+    return Bundle(Path(path), validate_manifest(json.loads(where.read_text()), where))
 
 
 def torch_baseline(
@@ -85,7 +86,7 @@ def torch_baseline(
     from lineqc.train.model import build_model, class_logits
 
     torch.set_num_threads(threads)
-    name = bundle.manifest["model"]["name"]
+    name = bundle.manifest.model.name
     spec = bundle.spec
     model = build_model(
         name,
@@ -134,7 +135,7 @@ def run_bench(
     allow_failed_gate: bool = False,
 ) -> dict[str, Any]:
     bundle = load_bundle(bundle_path, pubkey) if pubkey else open_bundle_unverified(bundle_path)
-    if precision and precision not in bundle.manifest["models"]:
+    if precision and precision not in bundle.manifest.models:
         precision = None
     images = load_frames(source, min(distinct, frames))
     work = Path(tempfile.mkdtemp(prefix="lineqc-bench-"))
@@ -190,7 +191,7 @@ def run_bench(
     overhead = max(0.0, 1.0 - infer_ms / frame_ms) if frame_ms == frame_ms else None
     report: dict[str, Any] = {
         "bundle": str(bundle_path),
-        "model": bundle.manifest["model"].get("name"),
+        "model": bundle.manifest.model.name,
         "precision": runtime.backend.model_path.name,
         "gate_failure": bundle.gate_failure(precision),  # timed anyway with allow_failed_gate
         "input": [bundle.spec.channels, bundle.spec.height, bundle.spec.width],

@@ -18,7 +18,9 @@ re-expressed as UINT8 activations for ONNX Runtime's fast CPU kernels; see
 An entry's ``decision`` is the policy chosen on that model's own outputs; the top-level
 ``decision`` repeats the default precision's, for devices that read only it. Both keys are
 optional, so schema version 1 covers bundles with and without them. ``engines`` records the
-TensorRT engines built into the bundle (``lineqc.edge.tensorrt_engine``).
+TensorRT engines built into the bundle (``lineqc.edge.tensorrt_engine``). The manifest's
+definition is ``lineqc.edge.manifest.Manifest``; a manifest that does not validate is
+refused naming the field.
 """
 
 from __future__ import annotations
@@ -37,31 +39,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
 
 from lineqc.errors import LineqcError
 from lineqc.versioned import parse_versioned
 
+from .config import format_errors
 from .decision import DecisionPolicy
+from .manifest import SCHEMA_VERSION, Manifest, ModelEntry, Precision
 from .preprocess import PreprocessSpec
 from .signing import load_public_key, sign, verify
 
-SCHEMA_VERSION = 1
 log = logging.getLogger("lineqc.edge.bundle")
 MAX_EXPANSION = 16  # a compressed bundle tar unpacks to at most this times its size
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-REQUIRED = (
-    "schema_version",
-    "model",
-    "classes",
-    "ok_class",
-    "input",
-    "preprocess",
-    "decision",
-    "models",
-    "default_precision",
-    "files",
-)
 
 
 class BundleError(LineqcError):
@@ -100,26 +92,48 @@ def _payload_files(root: Path) -> Iterator[str]:
                 yield rel
 
 
-def manifest_bytes(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The exact bytes signed: sorted keys, no NaN, so one manifest has one encoding."""
+    doc = manifest.to_json()
+    return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-def seal(root: Path, manifest: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
-    """Hash every file of the bundle folder into the manifest, write it and its signature."""
+def seal(root: Path, manifest: Manifest, key: Ed25519PrivateKey) -> Manifest:
+    """Hash every file of the bundle folder into the manifest, write it and its signature;
+    returns the manifest as sealed. Validated again first (an object built with
+    ``model_copy`` is not), so no writer signs a manifest a device would refuse."""
     root = Path(root)
-    doc = dict(manifest, schema_version=SCHEMA_VERSION)
+    doc = manifest.to_json() | {"schema_version": SCHEMA_VERSION}
     doc["files"] = {rel: sha256_file(root / rel) for rel in _payload_files(root)}
-    data = manifest_bytes(doc)
+    sealed = validate_manifest(doc, root / MANIFEST)
+    _check_references(root, sealed)
+    data = manifest_bytes(sealed)
     (root / MANIFEST).write_bytes(data)
     (root / SIGNATURE).write_bytes(sign(data, key))
-    return doc
+    return sealed
+
+
+def validate_manifest(doc: dict[str, Any], where: Path) -> Manifest:
+    """``doc`` as a Manifest, or a BundleError naming ``where`` and each bad field."""
+    try:
+        return Manifest.from_json(doc)
+    except ValidationError as exc:
+        errors = format_errors(exc)
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise BundleError(f"{where}: not a valid manifest: {'; '.join(errors[:5])}{more}") from None
+
+
+def _check_references(root: Path, manifest: Manifest) -> None:
+    unlisted = [rel for rel in manifest.referenced_files() if rel not in manifest.files]
+    if unlisted:
+        raise BundleError(f"{root}: the manifest names file(s) it does not list: {unlisted}")
 
 
 # ---- checks ------------------------------------------------------------------------------
 
 
-def read_verified_manifest(root: Path, pubkey: Ed25519PublicKey) -> dict[str, Any]:
-    """Signature, schema version, required keys and every file hash; returns the manifest."""
+def read_verified_manifest(root: Path, pubkey: Ed25519PublicKey) -> Manifest:
+    """Signature, schema version, the manifest's schema and every file hash; returns it."""
     manifest_path, sig_path = root / MANIFEST, root / SIGNATURE
     if not manifest_path.is_file():
         raise BundleError(f"{root}: no {MANIFEST} (not a model bundle?)")
@@ -132,11 +146,10 @@ def read_verified_manifest(root: Path, pubkey: Ed25519PublicKey) -> dict[str, An
             "another key)"
         )
     doc = parse_versioned(data, str(manifest_path), "schema_version", SCHEMA_VERSION, BundleError)
-    missing = [k for k in REQUIRED if k not in doc]
-    if missing:
-        raise BundleError(f"{manifest_path}: missing key(s) {', '.join(missing)}")
-    check_files(root, doc["files"])
-    return doc
+    manifest = validate_manifest(doc, manifest_path)
+    check_files(root, manifest.files)
+    _check_references(root, manifest)
+    return manifest
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -331,23 +344,23 @@ class Bundle:
     """A verified bundle: its folder and manifest. Nothing else is loaded yet."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def version(self) -> str:
-        return str(self.manifest["model"]["version"])
+        return self.manifest.model.version
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.manifest.classes)
 
     @property
     def ok_class(self) -> str:
-        return str(self.manifest["ok_class"])
+        return self.manifest.ok_class
 
     @property
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_json(self.manifest["preprocess"])
+        return self.manifest.preprocess
 
     @property
     def policy(self) -> DecisionPolicy:
@@ -361,8 +374,8 @@ class Bundle:
         another precision with a warning, as those devices always did."""
         precision = precision or self.default_precision
         entry = self._model_entry(precision)
-        if "decision" in entry:
-            return DecisionPolicy.from_json(entry["decision"])
+        if entry.decision is not None:
+            return entry.decision
         if precision != self.default_precision:
             log.warning(
                 "%s: no decision policy for its %s model (an older bundle); using the one "
@@ -371,47 +384,50 @@ class Bundle:
                 precision,
                 self.default_precision,
             )
-        return DecisionPolicy.from_json(self.manifest["decision"])
+        return self.manifest.decision
 
     def gate_failure(self, precision: str | None = None) -> str | None:
         """Why the model of ``precision`` must not run: its INT8 accuracy gate failed or was
-        skipped at export (None: it may run; FP32 is the reference and always may)."""
+        skipped at export, ``gate_passed`` not true (None: it may run; FP32 is the reference
+        and always may)."""
         precision = precision or self.default_precision
         entry = self._model_entry(precision)
-        if precision != "int8" or entry.get("gate_passed") is True:
+        if precision != "int8" or entry.gate_passed is True:
             return None
-        gate = (self.manifest.get("evaluation") or {}).get("gate") or {}
-        failures = "; ".join(f for f in gate.get("failures", []) if f) or "the gate was skipped"
-        return f"{self.root}: its INT8 model did not pass the accuracy gate at export ({failures})"
+        evaluation = self.manifest.evaluation
+        gate = evaluation.gate if evaluation is not None else None
+        failures = "; ".join(f for f in (gate.failures if gate else []) if f)
+        return (
+            f"{self.root}: its INT8 model did not pass the accuracy gate at export "
+            f"({failures or 'the gate was skipped'})"
+        )
 
     @property
     def has_defect_map(self) -> bool:
         """Whether the models have a ``defect_map`` output beside the logits."""
-        return self.manifest.get("defect_map") is not None
+        return self.manifest.defect_map is not None
 
     @property
-    def default_precision(self) -> str:
-        return str(self.manifest["default_precision"])
+    def default_precision(self) -> Precision:
+        return self.manifest.default_precision
 
-    def _model_entry(self, precision: str | None) -> dict[str, Any]:
+    def _model_entry(self, precision: str | None) -> ModelEntry:
         precision = precision or self.default_precision
-        models = self.manifest["models"]
-        if precision not in models:
-            raise BundleError(f"{self.root}: no {precision} model (has {sorted(models)})")
-        return dict(models[precision])
+        models = self.manifest.models
+        for name, entry in models.items():
+            if name == precision:
+                return entry
+        raise BundleError(f"{self.root}: no {precision} model (has {sorted(models)})")
 
     def model_path(self, precision: str | None = None) -> Path:
         """The ONNX file ONNX Runtime runs for ``precision`` (default: the bundle's)."""
-        return _inside(self.root, self._model_entry(precision)["file"])
+        return _inside(self.root, self._model_entry(precision).file)
 
     def tensorrt_model_path(self, precision: str | None = None) -> Path:
         """The ONNX file TensorRT compiles for ``precision``: its ``tensorrt_file`` if the
         manifest names one (INT8: signed symmetric Q/DQ), else the ONNX Runtime file."""
         entry = self._model_entry(precision)
-        rel = entry.get("tensorrt_file") or entry["file"]
-        if rel not in self.manifest["files"]:
-            raise BundleError(f"{self.root}: {rel} is not among the manifest's files")
-        return _inside(self.root, rel)
+        return _inside(self.root, entry.tensorrt_file or entry.file)
 
     def engine_for(
         self, precision: str, tensorrt_version: str, compute_capability: str, recipe: int
@@ -419,14 +435,14 @@ class Bundle:
         """The bundle's engine of ``precision`` built for exactly this TensorRT version and GPU
         by builder recipe ``recipe`` (``lineqc.edge.tensorrt_engine``), if it has one: an
         engine of another precision is never a stand-in."""
-        for engine in self.manifest.get("engines", []):
-            if (
-                engine.get("precision"),
-                engine["tensorrt_version"],
-                engine["compute_capability"],
-                engine.get("recipe"),
-            ) == (precision, tensorrt_version, compute_capability, recipe):
-                return _inside(self.root, engine["file"])
+        for e in self.manifest.engines:
+            if (e.precision, e.tensorrt_version, e.compute_capability, e.recipe) == (
+                precision,
+                tensorrt_version,
+                compute_capability,
+                recipe,
+            ):
+                return _inside(self.root, e.file)
         return None
 
 
@@ -465,11 +481,11 @@ def load_bundle(
 def _load_folder(
     root: Path, key: Ed25519PublicKey, installed_version: str | None, force: bool
 ) -> Bundle:
-    doc = read_verified_manifest(root, key)
-    for rel in doc["files"]:
+    manifest = read_verified_manifest(root, key)
+    for rel in manifest.files:
         if rel.endswith(".onnx"):
             check_external_data(root, rel)
-    version = str(doc["model"].get("version", ""))
+    version = manifest.model.version
     if (
         installed_version is not None
         and not force
@@ -479,4 +495,4 @@ def _load_folder(
             f"{root}: model version {version} is older than the installed "
             f"{installed_version} (use force to roll back)"
         )
-    return Bundle(root, doc)
+    return Bundle(root, manifest)

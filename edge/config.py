@@ -28,6 +28,7 @@ from pydantic import model_validator as _model_validator
 
 from lineqc.errors import LineqcError
 
+from .manifest import Precision
 from .wire import ID_PATTERN
 
 CONFIG_VERSION = 1
@@ -185,7 +186,7 @@ class CameraConfig(_Strict):
 class ModelConfig(_Strict):
     bundle: ExistingPath = Field(description="signed model bundle: folder or .tar")
     public_key: ExistingFile = Field(description="trusted Ed25519 public key (PREFIX.pub)")
-    precision: Literal["fp32", "int8"] | None = Field(
+    precision: Precision | None = Field(
         default=None, description="model precision (default: the bundle's default)"
     )
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"

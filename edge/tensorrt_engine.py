@@ -15,12 +15,13 @@ import importlib
 import re
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lineqc.errors import LineqcError
 
 if TYPE_CHECKING:  # the CLI imports this module for its choices; keep that light
     from .bundle import Bundle
+    from .manifest import EngineEntry
 
 # Builder flags per precision. The INT8 ONNX carries the Q/DQ nodes the export calibrated
 # (explicit quantization): the INT8 flag lets TensorRT honour them, with no calibrator. Nothing
@@ -77,19 +78,23 @@ def choose_engine(
 
 def engine_record(
     precision: str, source: Path, tensorrt_version: str, compute_capability: str, built_at: str
-) -> dict[str, Any]:
+) -> EngineEntry:
     """The manifest's ``engines`` entry for an engine compiled from ``source``."""
-    return {
-        "file": engine_file_name(precision, tensorrt_version, compute_capability),
-        "precision": precision,
-        "onnx": source.name,  # the bundle file it was compiled from
-        "tensorrt_version": tensorrt_version,
-        "compute_capability": compute_capability,
-        "builder_flags": list(BUILDER_FLAGS[precision]),
-        "recipe": RECIPE,
-        "max_batch": MAX_BATCH,
-        "built_at": built_at,
-    }
+    from .manifest import EngineEntry  # pydantic and the manifest only when one is built
+
+    return EngineEntry.model_validate(
+        {
+            "file": engine_file_name(precision, tensorrt_version, compute_capability),
+            "precision": precision,
+            "onnx": source.name,  # the bundle file it was compiled from
+            "tensorrt_version": tensorrt_version,
+            "compute_capability": compute_capability,
+            "builder_flags": list(BUILDER_FLAGS[precision]),
+            "recipe": RECIPE,
+            "max_batch": MAX_BATCH,
+            "built_at": built_at,
+        }
+    )
 
 
 def load_tensorrt() -> ModuleType:

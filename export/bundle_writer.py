@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lineqc.edge.bundle import MANIFEST, load_bundle, pack_tar, seal
+from lineqc.edge.manifest import EngineEntry, Manifest
 
 from .errors import ExportError
 
@@ -31,37 +32,29 @@ def tar_path_of(bundle: Path) -> Path:
 
 def write_bundle(
     out: Path,
-    models: Mapping[str, Path],
-    manifest: dict[str, Any],
+    manifest: Manifest,
+    sources: Mapping[str, Path],
     key: Ed25519PrivateKey,
     tar: bool = False,
     overwrite: bool = False,
-    tensorrt_models: Mapping[str, Path] | None = None,
-) -> dict[str, Any]:
-    """Copy the model files into ``out``, seal it; returns the signed manifest.
+) -> Manifest:
+    """Copy the files into ``out`` and seal it; returns the signed manifest.
 
-    ``models``: precision -> the ONNX that ONNX Runtime runs (manifest ``file``);
-    ``tensorrt_models``: precision -> the ONNX that TensorRT compiles instead, where there is
-    one (manifest ``tensorrt_file``).
+    ``sources``: bundle file name -> the file to copy there; every file the manifest names
+    (models, TensorRT sources) needs one (the names: ``MODEL_FILES``, ``TENSORRT_FILES``).
     """
     if out.exists() and not overwrite:
         raise ExportError(f"{out}: already exists (use --overwrite to replace it)")
-    tensorrt_models = dict(tensorrt_models or {})
-    if not set(tensorrt_models) <= set(models):
-        extra = sorted(set(tensorrt_models) - set(models))
-        raise ExportError(f"TensorRT source files for precisions without a model: {extra}")
+    missing = sorted(set(manifest.referenced_files()) - set(sources))
+    if missing:
+        raise ExportError(f"the manifest names file(s) with no source to copy: {missing}")
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        doc = dict(manifest)
-        doc["models"] = {p: dict(doc["models"][p], file=MODEL_FILES[p]) for p in models}
-        for precision, src in models.items():
-            shutil.copyfile(src, partial / MODEL_FILES[precision])
-        for precision, src in tensorrt_models.items():
-            doc["models"][precision]["tensorrt_file"] = TENSORRT_FILES[precision]
-            shutil.copyfile(src, partial / TENSORRT_FILES[precision])
-        signed = seal(partial, doc, key)
+        for name, src in sources.items():
+            shutil.copyfile(src, partial / name)
+        signed = seal(partial, manifest, key)
         if out.exists():
             shutil.rmtree(out)
         os.replace(partial, out)
@@ -76,28 +69,25 @@ def write_bundle(
 def add_engine(
     bundle: Path,
     engine: Path,
-    record: dict[str, Any],
+    record: EngineEntry,
     key: Ed25519PrivateKey,
     pubkey: Ed25519PublicKey,
-) -> dict[str, Any]:
+) -> Manifest:
     """Move a built engine into a verified bundle folder and re-sign its manifest.
 
     ``record`` names the engine's file, TensorRT version, compute capability and precision;
     an engine for the same TensorRT version and GPU replaces the earlier one.
     """
     current = load_bundle(bundle, pubkey)  # never re-sign a bundle that fails verification
-    manifest = dict(current.manifest)
-    same = (record["tensorrt_version"], record["compute_capability"], record["precision"])
+    same = (record.tensorrt_version, record.compute_capability, record.precision)
     kept = []
-    for e in manifest.get("engines", []):
-        if (e["tensorrt_version"], e["compute_capability"], e["precision"]) == same:
-            (bundle / e["file"]).unlink(missing_ok=True)
+    for e in current.manifest.engines:
+        if (e.tensorrt_version, e.compute_capability, e.precision) == same:
+            (bundle / e.file).unlink(missing_ok=True)
         else:
             kept.append(e)
-    os.replace(engine, bundle / record["file"])
-    manifest["engines"] = [*kept, record]
-    manifest.pop("files", None)
-    signed = seal(bundle, manifest, key)
+    os.replace(engine, bundle / record.file)
+    signed = seal(bundle, current.manifest.model_copy(update={"engines": [*kept, record]}), key)
     if tar_path_of(bundle).exists():
         pack_tar(bundle, tar_path_of(bundle))
     return signed

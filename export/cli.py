@@ -210,5 +210,9 @@ def _build_engine(args: argparse.Namespace) -> int:
         args.workspace_mb,
         args.timing_cache,
     )
-    print(json.dumps(record, indent=2) if args.json else f"engine: {args.bundle / record['file']}")
+    print(
+        json.dumps(record.to_json(), indent=2)
+        if args.json
+        else f"engine: {args.bundle / record.file}"
+    )
     return 0

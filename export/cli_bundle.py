@@ -1,4 +1,5 @@
-"""`lineqc bundle verify|info BUNDLE`: check a bundle as a device would, or describe it.
+"""`lineqc bundle verify|info BUNDLE`: check a bundle as a device would, or describe it;
+`lineqc bundle schema`: the manifest's JSON Schema (edge/bundle.schema.json).
 
 No torch: this runs anywhere the edge package runs.
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lineqc.edge.bundle import load_bundle
+from lineqc.edge.manifest import SCHEMA_FILE, schema_text
 
 from .bundle_writer import read_manifest_unverified
 
@@ -27,14 +29,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     info.add_argument("bundle", type=Path, help="bundle folder or .tar")
     info.add_argument("--json", action="store_true", help="print the whole manifest")
     info.set_defaults(func=run_info)
+    schema = sub.add_parser("schema", help="print (or --write) the manifest's JSON Schema")
+    schema.add_argument("--write", action="store_true", help=f"write edge/{SCHEMA_FILE.name}")
+    schema.set_defaults(func=run_schema)
 
 
 def run_verify(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle, args.pubkey, args.installed_version, args.force)
     print(
-        f"{args.bundle}: OK (signature valid, {len(bundle.manifest['files'])} files intact, "
-        f"model {bundle.manifest['model']['name']} version {bundle.version})"
+        f"{args.bundle}: OK (signature valid, {len(bundle.manifest.files)} files intact, "
+        f"model {bundle.manifest.model.name} version {bundle.version})"
     )
+    return 0
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    if args.write:
+        SCHEMA_FILE.write_text(schema_text())
+        print(f"wrote {SCHEMA_FILE}")
+    else:
+        print(schema_text(), end="")
     return 0
 
 

@@ -24,6 +24,21 @@ import numpy as np
 from lineqc import __version__
 from lineqc.datasets.manifest import DatasetError, load, manifest_hash
 from lineqc.edge.decision import Rule
+from lineqc.edge.manifest import (
+    PRECISIONS,
+    SCHEMA_VERSION,
+    DatasetInfo,
+    DefectMapSpec,
+    Evaluation,
+    GateSummary,
+    InputSpec,
+    Latency,
+    Manifest,
+    ModelEntry,
+    ModelInfo,
+    OutputSpec,
+    Precision,
+)
 from lineqc.edge.signing import load_private_key
 from lineqc.train import checkpoint
 from lineqc.train.intervals import parts_of
@@ -63,7 +78,7 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the signed manifest.json, as JSON (a lineqc.edge.manifest.Manifest)
     gate: GateResult | None
 
 
@@ -197,7 +212,9 @@ def export_run(
             },
             reps=options.latency_reps,
         )
-        eligible = ["fp32"] + (["int8"] if gate is not None and gate.passed else [])
+        eligible: list[Precision] = (
+            ["fp32", "int8"] if gate is not None and gate.passed else ["fp32"]
+        )
         default = min(eligible, key=lambda p: lat[p]["p50"])
         if gate is not None:
             gate.latency_ms = {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()}
@@ -220,89 +237,94 @@ def export_run(
             for p, out in (("fp32", fp32_out), ("int8", int8_out))
         }
         policy, decision_report = chosen[default]
-        doc = {
-            "model": {
-                "name": meta["model"],
-                "version": options.model_version or time.strftime("%Y%m%d.%H%M%S", time.gmtime()),
-                "run_id": meta.get("run_id"),
-                "epoch": meta.get("epoch"),
-            },
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "created_by": f"lineqc {__version__}",
-            "classes": classes,
-            "ok_class": ok_class,
-            "input": {
-                "name": runtime.INPUT_NAME,
-                "layout": "NCHW",
-                "dtype": "float32",
-                "channels": spec.channels,
-                "height": spec.height,
-                "width": spec.width,
-            },
-            "output": {"name": runtime.OUTPUT_NAME, "kind": "logits", "classes": len(classes)},
-            "defect_map": (
-                {
-                    "output": runtime.DEFECT_MAP,
-                    "kind": "probability",
-                    "layout": "N1HW",
-                    "stride": DefectNet.stride,
-                    "covers": "the model input; lineqc.edge.defect_map.frame_cells crops the "
+        fp32_file, int8_file = bundle_writer.MODEL_FILES["fp32"], bundle_writer.MODEL_FILES["int8"]
+        trt_file = bundle_writer.TENSORRT_FILES["int8"]
+        doc = Manifest(
+            schema_version=SCHEMA_VERSION,
+            model=ModelInfo(
+                name=meta["model"],
+                version=options.model_version or time.strftime("%Y%m%d.%H%M%S", time.gmtime()),
+                run_id=meta.get("run_id"),
+                epoch=meta.get("epoch"),
+            ),
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            created_by=f"lineqc {__version__}",
+            classes=classes,
+            ok_class=ok_class,
+            input=InputSpec(
+                name=runtime.INPUT_NAME,
+                layout="NCHW",
+                dtype="float32",
+                channels=spec.channels,
+                height=spec.height,
+                width=spec.width,
+            ),
+            output=OutputSpec(name=runtime.OUTPUT_NAME, kind="logits", classes=len(classes)),
+            defect_map=(
+                DefectMapSpec(
+                    output=runtime.DEFECT_MAP,
+                    kind="probability",
+                    layout="N1HW",
+                    stride=DefectNet.stride,
+                    covers="the model input; lineqc.edge.defect_map.frame_cells crops the "
                     "frame's cells",
-                }
+                )
                 if runtime.DEFECT_MAP in fp32_out
                 else None
             ),
-            "preprocess": spec.to_json(),
-            "decision": policy.to_json(),  # the default precision's, as older devices read it
-            "dataset": {
-                "manifest_hash": dataset_hash,
-                "training_manifest_hash": meta.get("dataset_manifest_hash"),
-            },
-            "models": {
-                "fp32": {"opset": options.opset, "decision": chosen["fp32"][0].to_json()},
-                "int8": {
-                    "opset": options.opset,
-                    "decision": chosen["int8"][0].to_json(),
-                    "quantization": "explicit Q/DQ; weights int8 per-channel symmetric; "
+            preprocess=spec,
+            decision=policy,  # the default precision's, as older devices read it
+            dataset=DatasetInfo(
+                manifest_hash=dataset_hash,
+                training_manifest_hash=meta.get("dataset_manifest_hash"),
+            ),
+            models={
+                "fp32": ModelEntry(file=fp32_file, opset=options.opset, decision=chosen["fp32"][0]),
+                "int8": ModelEntry(
+                    file=int8_file,
+                    tensorrt_file=trt_file,
+                    opset=options.opset,
+                    decision=chosen["int8"][0],
+                    quantization="explicit Q/DQ; weights int8 per-channel symmetric; "
                     "activations uint8 zero point 128 in file (ONNX Runtime; Relu between Q/DQ "
                     "as LeakyRelu alpha 0), int8 symmetric in tensorrt_file (TensorRT): the "
                     "same quantization grid and function",
-                    "calibration": {
+                    calibration={
                         "method": cal.method,
                         "images": len(calib_records),
                         "seed": options.calib_seed,
                         "split": "train",
                         "strata": "label x session",
                     },
-                    "kept_fp32": gate.kept_fp32 if gate else [],
-                    "qdq_nodes": quantize.qdq_counts(int8_path),
-                    "gate_passed": bool(gate and gate.passed),
-                },
+                    kept_fp32=gate.kept_fp32 if gate else [],
+                    qdq_nodes=quantize.qdq_counts(int8_path),
+                    gate_passed=bool(gate and gate.passed),
+                ),
             },
-            "default_precision": default,
-            "engines": [],
-            "evaluation": {
-                "parity": vars(parity),
-                "int8_tensorrt_vs_onnxruntime": vars(rewrite),
-                "gate": gate.to_json() if gate else None,
-                "decision_on_val": decision_report,  # the default precision's
-                "decision_on_val_by_precision": {p: report for p, (_, report) in chosen.items()},
-                "training_test_metrics": meta.get("test_metrics"),
-            },
-            "latency_ms": {p: {"p50": v["p50"], "p99": v["p99"]} for p, v in lat.items()},
-            "latency_environment": latency.environment(options.threads),
-        }
+            default_precision=default,
+            engines=[],
+            evaluation=Evaluation(
+                parity=vars(parity),
+                int8_tensorrt_vs_onnxruntime=vars(rewrite),
+                gate=GateSummary.model_validate(gate.to_json()) if gate else None,
+                decision_on_val=decision_report,  # the default precision's
+                decision_on_val_by_precision={p: report for p, (_, report) in chosen.items()},
+                training_test_metrics=meta.get("test_metrics"),
+            ),
+            latency_ms={p: Latency(p50=lat[p]["p50"], p99=lat[p]["p99"]) for p in PRECISIONS},
+            latency_environment=latency.environment(options.threads),
+            files={},  # seal's
+        )
         signed = bundle_writer.write_bundle(
             out,
-            {"fp32": fp32_path, "int8": int8_path},
             doc,
+            {fp32_file: fp32_path, int8_file: int8_path, trt_file: trt_path},
             key,
             options.tar,
             options.overwrite,
-            tensorrt_models={"int8": trt_path},
         )
     log(f"signed bundle {out} (default precision {default})")
-    return ExportResult(signed, gate)
+    return ExportResult(signed.to_json(), gate)
 
 
 def write_int8(cal: quantize.Calibrated, trt_path: Path, ort_path: Path, keep: list[str]) -> None:

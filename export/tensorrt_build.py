@@ -16,9 +16,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from lineqc.edge.bundle import load_bundle
+from lineqc.edge.manifest import EngineEntry
 from lineqc.edge.signing import load_private_key, load_public_key
 from lineqc.edge.tensorrt_engine import (
     build_engine,
@@ -40,7 +40,7 @@ def build_into_bundle(
     allow_failed_gate: bool = False,
     workspace_mb: int = 1024,
     timing_cache: Path | None = None,
-) -> dict[str, Any]:
+) -> EngineEntry:
     """Build the ``precision`` engine (default: the bundle's default precision) of a verified
     bundle folder, add it and re-sign the manifest; returns the engine's record.
 
@@ -68,6 +68,6 @@ def build_into_bundle(
     )
     cache = timing_cache or bundle.parent / f"timing.trt{version}.sm{cc.replace('.', '')}.cache"
     with tempfile.TemporaryDirectory(dir=bundle.parent) as tmp:
-        engine = build_engine(source, Path(tmp) / record["file"], precision, cache, workspace_mb)
+        engine = build_engine(source, Path(tmp) / record.file, precision, cache, workspace_mb)
         add_engine(bundle, engine, record, key, pubkey)
     return record

@@ -14,27 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from lineqc.edge.bundle import BundleError, load_bundle, pack_tar, seal
-from lineqc.edge.signing import generate_keys, load_private_key
+from lineqc.edge.bundle import BundleError, load_bundle, pack_tar
+from lineqc.edge.signing import generate_keys
+from tests.edge.bundles import tiny_bundle
 
 HUGE = 64 * 1024**3  # 64 GiB, sparse: a few kilobytes on disk and in the tar
 
 
 @pytest.fixture
 def signed(tmp_path: Path) -> tuple[Path, Path]:
-    """(bundle folder, public key): a real signed bundle, without a model (none is needed
-    to unpack and verify one)."""
+    """(bundle folder, public key): a real signed bundle with a tiny model."""
     private, public = generate_keys(tmp_path / "key")
-    root = tmp_path / "bundle"
-    root.mkdir()
-    (root / "notes.txt").write_text("a payload file, hashed into the manifest\n")
-    manifest = {
-        "model": {"name": "tiny", "version": "1.0"}, "classes": ["ok", "bad"],
-        "ok_class": "ok", "input": {}, "preprocess": {}, "decision": {}, "models": {},
-        "default_precision": "fp32",
-    }  # fmt: skip
-    seal(root, manifest, load_private_key(private))
-    return root, public
+    return tiny_bundle(tmp_path / "bundle", private), public
 
 
 @pytest.fixture
@@ -101,7 +92,7 @@ def test_a_tar_loaded_into_the_temp_folder_leaves_nothing_there(
     bundle_dir, public = signed
     tar = pack_tar(bundle_dir, tmp_path / "bundle.tar")
     bundle = load_bundle(tar, public)
-    assert bundle.root.is_relative_to(temp_folder) and (bundle.root / "notes.txt").is_file()
+    assert bundle.root.is_relative_to(temp_folder) and (bundle.root / "model.fp32.onnx").is_file()
     del bundle
     gc.collect()
     assert list(temp_folder.iterdir()) == []

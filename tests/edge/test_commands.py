@@ -15,6 +15,7 @@ import pytest
 
 from lineqc.edge.bundle import MANIFEST, seal
 from lineqc.edge.commands import CommandGate, CommandRefused, new_command, sign_command
+from lineqc.edge.manifest import Manifest
 from lineqc.edge.runtime import NO_SUCH_BUNDLE
 from lineqc.edge.signing import generate_keys, load_private_key, load_public_key
 from lineqc.edge.wire import dumps
@@ -104,8 +105,7 @@ def _older_bundle(edge: Any, store: Path, version: str) -> Path:
     shutil.copytree(edge.bundle.bundle, old)
     manifest = json.loads((old / MANIFEST).read_text())
     manifest["model"]["version"] = version
-    manifest.pop("files")
-    seal(old, manifest, load_private_key(edge.bundle.private_key))
+    seal(old, Manifest.from_json(manifest), load_private_key(edge.bundle.private_key))
     return old
 
 

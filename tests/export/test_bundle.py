@@ -20,19 +20,20 @@ from lineqc.edge.bundle import (
     load_bundle,
     seal,
 )
+from lineqc.edge.manifest import Manifest
 from lineqc.edge.signing import SigningKeyError, load_private_key, load_public_key, sign
 
 
 def resign(root: Path, private_key: Path, **changes: object) -> None:
     """Edit the manifest and sign it again with the real key (an insider's bundle)."""
     doc = json.loads((root / MANIFEST).read_text())
+    version = changes.pop("schema_version", None)
     doc.update(changes)
-    doc.pop("files")
     key = load_private_key(private_key)
-    seal(root, doc, key)
-    if "schema_version" in changes:  # seal always writes the current schema: overwrite it
+    seal(root, Manifest.from_json(doc), key)
+    if version is not None:  # seal always writes the current schema: overwrite it
         doc = json.loads((root / MANIFEST).read_text())
-        doc["schema_version"] = changes["schema_version"]
+        doc["schema_version"] = version
         data = json.dumps(doc).encode()
         (root / MANIFEST).write_bytes(data)
         (root / SIGNATURE).write_bytes(sign(data, key))
@@ -41,8 +42,8 @@ def resign(root: Path, private_key: Path, **changes: object) -> None:
 def test_intact_bundle_loads(signed_bundle: Path, keys: tuple[Path, Path]) -> None:
     bundle = load_bundle(signed_bundle, keys[1])
     assert bundle.version == "5.0"
-    assert bundle.manifest["schema_version"] == SCHEMA_VERSION
-    assert set(bundle.manifest["files"]) == {
+    assert bundle.manifest.schema_version == SCHEMA_VERSION
+    assert set(bundle.manifest.files) == {
         "model.fp32.onnx",
         "model.int8.onnx",
         "model.int8.tensorrt.onnx",
@@ -145,7 +146,7 @@ def test_external_data_inside_the_bundle_is_allowed(
     onnx.save_model(model, str(path), save_as_external_data=True, location="fp32.weights")
     resign(bundle_copy, keys[0])
     assert external_data_locations(path.read_bytes())  # really external now
-    assert "fp32.weights" in load_bundle(bundle_copy, keys[1]).manifest["files"]
+    assert "fp32.weights" in load_bundle(bundle_copy, keys[1]).manifest.files
 
 
 def test_older_version_is_refused_unless_forced(

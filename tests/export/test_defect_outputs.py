@@ -17,8 +17,9 @@ from lineqc.train.model import ExportHeads
 def test_defect_map_and_anomaly_travel_in_the_bundle(defect_bundle, defect_run) -> None:
     dataset, run = defect_run
     bundle = load_bundle(defect_bundle.bundle, defect_bundle.pubkey)
-    doc = bundle.manifest
-    assert bundle.has_defect_map and doc["defect_map"]["stride"] == 8
+    doc = bundle.manifest.to_json()  # the report sections are for people: plain JSON
+    assert bundle.has_defect_map and bundle.manifest.defect_map
+    assert bundle.manifest.defect_map.stride == 8
     for precision in ("fp32", "int8"):
         graph = onnx.load(str(bundle.model_path(precision))).graph
         assert [o.name for o in graph.output] == list(ORDER)
@@ -27,7 +28,7 @@ def test_defect_map_and_anomaly_travel_in_the_bundle(defect_bundle, defect_run) 
     gate = doc["evaluation"]["gate"]
     assert gate["defect_map"]["mae"] <= gate["limits"]["max_map_mae"]
     assert gate["anomaly"]["auroc_fp32"] is not None and gate["anomaly"]["auroc_int8"] is not None
-    assert doc["decision"]["anomaly_threshold"] is not None
+    assert bundle.manifest.decision.anomaly_threshold is not None
     assert doc["evaluation"]["decision_on_val"]["review_share_anomaly_val"] <= 0.1
 
     # the INT8 file's map and score follow the FP32 model's on the test images

@@ -14,6 +14,7 @@ import torch
 
 from lineqc.edge.backends import BackendError, open_backend
 from lineqc.edge.bundle import load_bundle
+from lineqc.edge.manifest import Manifest
 from lineqc.edge.preprocess import PreprocessSpec, preprocess_batch
 from lineqc.export import onnx_export, quantize, runtime
 from lineqc.export.errors import ExportError, GateFailed
@@ -50,19 +51,22 @@ def test_bundle_models_qdq_and_dynamic_batch(
 def test_manifest_records_gate_latency_thresholds(
     signed_bundle: Path, keys: tuple[Path, Path]
 ) -> None:
-    doc = load_bundle(signed_bundle, keys[1]).manifest
+    manifest = load_bundle(signed_bundle, keys[1]).manifest
+    doc = manifest.to_json()  # the report sections are for people: plain JSON
     gate = doc["evaluation"]["gate"]
     assert gate["passed"] and gate["agreement"] >= 0.99
     assert doc["evaluation"]["parity"]["max_abs_prob_diff"] <= 1e-4
-    lat = doc["latency_ms"]
-    assert set(lat) == {"fp32", "int8"} and all(v["p99"] >= v["p50"] > 0 for v in lat.values())
-    fastest = min(lat, key=lambda p: lat[p]["p50"])  # both passed: the faster is the default
-    assert doc["default_precision"] == fastest
-    decision = doc["decision"]
-    assert decision["temperature"] == 1.5 and set(decision["thresholds"]) == set(doc["classes"])
+    lat = manifest.latency_ms
+    assert set(lat) == {"fp32", "int8"} and all(v.p99 >= v.p50 > 0 for v in lat.values())
+    fastest = min(lat, key=lambda p: lat[p].p50)  # both passed: the faster is the default
+    assert manifest.default_precision == fastest
+    assert manifest.models["int8"].gate_passed is True
+    decision = manifest.decision
+    assert decision.temperature == 1.5 and set(decision.thresholds) == set(manifest.classes)
     assert doc["evaluation"]["decision_on_val"]["review_share_band_val"] <= 0.05
     assert doc["models"]["int8"]["calibration"]["images"] == 64
-    assert doc["dataset"]["manifest_hash"] == doc["dataset"]["training_manifest_hash"]
+    assert manifest.dataset is not None
+    assert manifest.dataset.manifest_hash == manifest.dataset.training_manifest_hash
 
 
 def test_policy_chosen_per_precision(
@@ -71,23 +75,23 @@ def test_policy_chosen_per_precision(
     """Each precision's thresholds are chosen on that model's own outputs, and the device
     applies the ones of the model it runs; a bundle from before reads its one policy."""
     from lineqc.edge.config import DecisionOverrides
-    from lineqc.edge.decision import DecisionPolicy
     from lineqc.edge.runtime import config_policy
     from lineqc.export.thresholds import choose_policy
 
     bundle = load_bundle(signed_bundle, keys[1])
-    doc = bundle.manifest
-    assert doc["decision"] == doc["models"][doc["default_precision"]]["decision"]
-    by_precision = doc["evaluation"]["decision_on_val_by_precision"]
-    assert by_precision[doc["default_precision"]] == doc["evaluation"]["decision_on_val"]
+    manifest = bundle.manifest
+    assert manifest.decision == manifest.models[manifest.default_precision].decision
+    assert manifest.evaluation is not None
+    by_precision = manifest.evaluation.decision_on_val_by_precision or {}
+    assert by_precision[manifest.default_precision] == manifest.evaluation.decision_on_val
     for precision in ("fp32", "int8"):
         out = runtime.outputs(runtime.session(bundle.model_path(precision)), val_split.inputs)
         policy, report = choose_policy(
             out[runtime.OUTPUT_NAME], val_split.labels, bundle.classes, bundle.ok_class,
-            doc["decision"]["temperature"], anomaly=out.get(runtime.ANOMALY),
+            manifest.decision.temperature, anomaly=out.get(runtime.ANOMALY),
         )  # fmt: skip
         stored = bundle.policy_for(precision)
-        assert stored == DecisionPolicy.from_json(doc["models"][precision]["decision"])
+        assert stored == manifest.models[precision].decision
         assert stored.prob_floor == pytest.approx(policy.prob_floor, abs=1e-5)
         assert stored.margin == pytest.approx(policy.margin, abs=1e-5)
         for name, threshold in policy.thresholds.items():
@@ -97,10 +101,12 @@ def test_policy_chosen_per_precision(
     assert bundle.policy_for("fp32") != bundle.policy_for("int8")  # INT8 moves probabilities
     assert config_policy(bundle, DecisionOverrides(), None) == bundle.policy  # the default's
 
-    models = {p: {k: v for k, v in e.items() if k != "decision"} for p, e in doc["models"].items()}
-    older = dataclasses.replace(bundle, manifest=dict(doc, models=models))
+    doc = manifest.to_json()  # a bundle written before model entries had a decision:
+    for entry in doc["models"].values():
+        del entry["decision"]
+    older = dataclasses.replace(bundle, manifest=Manifest.from_json(doc))
     for precision in ("fp32", "int8"):
-        assert older.policy_for(precision) == DecisionPolicy.from_json(doc["decision"])
+        assert older.policy_for(precision) == manifest.decision
 
 
 def test_broken_calibration_fails_the_gate(
@@ -127,8 +133,9 @@ def test_broken_calibration_fails_the_gate(
     export_run(tiny_run, export_dataset, out, keys[0], ExportOptions(**FAST))
     bundle = load_bundle(out, keys[1])
     assert bundle.default_precision == "fp32"
-    assert bundle.manifest["models"]["int8"]["gate_passed"] is False
-    assert bundle.manifest["evaluation"]["gate"]["passed"] is False
+    assert bundle.manifest.models["int8"].gate_passed is False
+    assert bundle.manifest.evaluation and bundle.manifest.evaluation.gate
+    assert bundle.manifest.evaluation.gate.passed is False
     assert bundle.gate_failure("fp32") is None
     assert "top-1 agreement" in str(bundle.gate_failure("int8"))
     with pytest.raises(BackendError, match="did not pass the accuracy gate"):

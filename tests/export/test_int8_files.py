@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lineqc.edge.bundle import load_bundle, sha256_file
 from lineqc.edge.decision import softmax
+from lineqc.edge.manifest import Manifest
 from lineqc.export import onnx_export, quantize, runtime
 from lineqc.export.bundle_writer import TENSORRT_FILES
 from lineqc.export.errors import ExportError
@@ -51,7 +52,8 @@ def test_onnxruntime_file_equals_tensorrt_source_on_real_images(
     ref = runtime.logits(runtime.session(trt_file, optimize=False), x)
     assert got.shape == (len(x), len(bundle.classes))
     np.testing.assert_array_equal(got, ref)
-    check = bundle.manifest["evaluation"]["int8_tensorrt_vs_onnxruntime"]
+    assert bundle.manifest.evaluation is not None
+    check = bundle.manifest.evaluation.int8_tensorrt_vs_onnxruntime or {}
     assert check["n_images"] == len(x) and check["max_abs_prob_diff"] <= check["tolerance"]
     assert check["tolerance"] == quantize.REWRITE_TOLERANCE
     # as devices run it (fused kernels, their own rounding of ties): still the same classes
@@ -116,12 +118,12 @@ def test_bundle_carries_both_files_hashed_and_verifies(
     lineqc, signed_bundle: Path, keys: tuple[Path, Path]
 ) -> None:
     bundle = load_bundle(signed_bundle, keys[1])
-    entry = bundle.manifest["models"]["int8"]
-    assert entry["file"] == "model.int8.onnx"
-    assert entry["tensorrt_file"] == TENSORRT_FILES["int8"] == "model.int8.tensorrt.onnx"
-    assert "tensorrt_file" not in bundle.manifest["models"]["fp32"]
+    entry = bundle.manifest.models["int8"]
+    assert entry.file == "model.int8.onnx"
+    assert entry.tensorrt_file == TENSORRT_FILES["int8"] == "model.int8.tensorrt.onnx"
+    assert "tensorrt_file" not in bundle.manifest.to_json()["models"]["fp32"]
     for rel in ("model.fp32.onnx", "model.int8.onnx", "model.int8.tensorrt.onnx"):
-        assert bundle.manifest["files"][rel] == sha256_file(signed_bundle / rel)
+        assert bundle.manifest.files[rel] == sha256_file(signed_bundle / rel)
     proc = lineqc("bundle", "verify", str(signed_bundle), "--pubkey", str(keys[1]))
     assert proc.returncode == 0 and "3 files intact" in proc.stdout
 
@@ -135,9 +137,9 @@ def test_tensorrt_build_picks_the_tensorrt_source(
     assert bundle.model_path("int8") == signed_bundle / "model.int8.onnx"
     assert bundle.tensorrt_model_path("fp32") == bundle.model_path("fp32")  # no separate file
     # a bundle without tensorrt_file (written before there were two files) compiles `file`
-    models = {p: dict(e) for p, e in bundle.manifest["models"].items()}
-    del models["int8"]["tensorrt_file"]
-    older = dataclasses.replace(bundle, manifest=dict(bundle.manifest, models=models))
+    doc = bundle.manifest.to_json()
+    del doc["models"]["int8"]["tensorrt_file"]
+    older = dataclasses.replace(bundle, manifest=Manifest.from_json(doc))
     assert older.tensorrt_model_path("int8") == signed_bundle / "model.int8.onnx"
     for module in ("export/tensorrt_build.py", "edge/backend_tensorrt.py"):  # no tensorrt here
         source = (Path(__file__).resolve().parents[2] / module).read_text()

@@ -8,12 +8,12 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from lineqc.edge.bundle import Bundle, load_bundle, seal
+from lineqc.edge.manifest import EngineEntry, Manifest
 from lineqc.edge.signing import load_private_key
 from lineqc.edge.tensorrt_engine import (
     BUILDER_FLAGS,
@@ -45,14 +45,15 @@ def test_builder_flags_keep_the_precision_asked_for(tmp_path: Path) -> None:
     src = tmp_path / "model.int8.tensorrt.onnx"
     fp32 = engine_record("fp32", tmp_path / "model.fp32.onnx", "10.3.0", "8.7", "now")
     int8 = engine_record("int8", src, "10.3.0", "8.7", "now")
-    assert fp32["builder_flags"] == [] and int8["builder_flags"] == ["INT8"]
+    assert fp32.builder_flags == [] and int8.builder_flags == ["INT8"]
     assert set(BUILDER_FLAGS) == {"fp32", "int8"}
-    assert int8["file"] == "model.int8.trt10.3.0.sm87.engine" and int8["onnx"] == src.name
-    assert fp32["recipe"] == int8["recipe"] == RECIPE
+    assert int8.file == "model.int8.trt10.3.0.sm87.engine" and int8.onnx == src.name
+    assert fp32.recipe == int8.recipe == RECIPE
 
 
-def _with_engines(bundle: Bundle, *engines: dict[str, Any]) -> Bundle:
-    return dataclasses.replace(bundle, manifest=dict(bundle.manifest, engines=list(engines)))
+def _with_engines(bundle: Bundle, *engines: EngineEntry) -> Bundle:
+    manifest = bundle.manifest.model_copy(update={"engines": list(engines)})
+    return dataclasses.replace(bundle, manifest=manifest)
 
 
 def test_engine_chosen_by_precision(signed_bundle: Path, keys, tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_engine_chosen_by_precision(signed_bundle: Path, keys, tmp_path: Path) -
     shipped = _with_engines(bundle, int8)
 
     path, build = choose_engine(shipped, "int8", "10.3.0", "8.7", cache)
-    assert (path, build) == (signed_bundle / int8["file"], False)
+    assert (path, build) == (signed_bundle / int8.file, False)
     path, build = choose_engine(shipped, "fp32", "10.3.0", "8.7", cache)
     assert build and path.name == "model.fp32.trt10.3.0.sm87.engine"
     assert path.parent.parent == cache  # the device's cache, never the INT8 engine
@@ -74,9 +75,9 @@ def test_engine_chosen_by_precision(signed_bundle: Path, keys, tmp_path: Path) -
         assert build and path.parent.parent == cache
 
     # recipe 1 (before this recipe) built every engine with FP16 allowed: not trusted
-    old = {k: v for k, v in int8.items() if k not in ("recipe", "builder_flags")}
+    old = int8.model_dump(exclude={"recipe", "builder_flags"}) | {"fp16_fallback": True}
     path, build = choose_engine(
-        _with_engines(bundle, dict(old, fp16_fallback=True)), "int8", "10.3.0", "8.7", cache
+        _with_engines(bundle, EngineEntry.model_validate(old)), "int8", "10.3.0", "8.7", cache
     )
     assert build and path.parent == cache / f"{bundle.version}.r{RECIPE}"
 
@@ -93,7 +94,7 @@ def ungated_bundle(signed_bundle: Path, keys, tmp_path: Path) -> Path:
     doc["models"]["int8"]["gate_passed"] = False
     doc["evaluation"]["gate"] = None
     doc["default_precision"] = "fp32"
-    seal(root, doc, load_private_key(keys[0]))
+    seal(root, Manifest.from_json(doc), load_private_key(keys[0]))
     return root
 
 
@@ -148,12 +149,10 @@ def test_build_engine_into_bundle(
         bundle, keys[0], keys[1], precision, timing_cache=tmp_path / "timing.cache"
     )
     assert (tmp_path / "timing.cache").stat().st_size > 0
-    assert record["precision"] == precision
+    assert record.precision == precision
     verified = load_bundle(bundle, keys[1])  # re-signed, engine covered by the hashes
-    engine = verified.engine_for(
-        precision, record["tensorrt_version"], compute_capability(), RECIPE
-    )
-    assert engine is not None and engine.name == record["file"]
+    engine = verified.engine_for(precision, record.tensorrt_version, compute_capability(), RECIPE)
+    assert engine is not None and engine.name == record.file
     backend = TensorRTBackend(engine)
     x = val_split.inputs[:4]
     got = np.concatenate([backend.infer(x[i : i + 1])["logits"] for i in range(len(x))])
