@@ -70,6 +70,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cameras(args: argparse.Namespace) -> int:
+    """The GigE Vision (and other GenICam) cameras Aravis finds: what gige:// and genicam://
+    name in camera.source."""
+    from .gige import list_devices, load_aravis
+    from .sources import SourceError
+
+    try:
+        devices = list_devices(load_aravis())
+    except SourceError as exc:
+        print(f"lineqc edge cameras: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(devices, indent=2))
+    elif not devices:
+        print("no GigE Vision or GenICam camera found (discovery broadcast on every interface)")
+    for d in devices if not args.json else []:
+        uri = f"gige://{d['serial']}" if d["protocol"] == "GigEVision" else f"genicam://{d['id']}"
+        print(f"{uri:28} {d['model']:20} {d['address'] or d['physical_id']:16} id {d['id']}")
+    return 0
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Show what the model would see of one image: shape and per-channel statistics."""
     frame = cv2.imread(str(args.image), cv2.IMREAD_UNCHANGED)
@@ -459,6 +480,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", help="this device's runtime and available inference backends")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("cameras", help="list the GigE Vision / GenICam cameras Aravis finds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cameras)
 
     p = sub.add_parser("preprocess", help="run the preprocessing contract on one image")
     p.add_argument("image", type=Path)

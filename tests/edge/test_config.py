@@ -41,6 +41,7 @@ def test_examples_cover_every_source_kind() -> None:
     assert any(s.startswith(("/dev/video", "v4l2://")) for s in sources)
     assert any(s.startswith("rtsp://") for s in sources)
     assert any(s.startswith("dataset://") for s in sources)
+    assert any(s.startswith("gige://") for s in sources)
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ what is missing."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -375,6 +376,25 @@ def test_incomplete_and_lost_buffers_are_counted(fake_camera: Callable[..., Fake
 
 
 @pytest.mark.slow
+def test_a_camera_that_answers_but_streams_no_complete_frame_says_so(
+    fake_camera: Callable[..., FakeCamera],
+) -> None:
+    camera = fake_camera("--gvsp-lost-ratio", "500")  # half the packets: no frame completes
+    reader = open_reader(_config(camera.serial, fps=50))
+    reader.open()
+    try:
+        with pytest.raises(
+            SourceError,
+            match=r"no complete frame in 1 s \(\d+ incomplete: "
+            r"missing-packets\); the camera answers \(a network problem",
+        ):
+            reader.read()
+        assert reader.counts["timeouts"] == 1 and reader.counts["incomplete_buffers"] >= 10
+    finally:
+        reader.close()
+
+
+@pytest.mark.slow
 def test_unknown_serials_and_bad_settings_say_what_is_wrong(
     aravis: Any, fake_camera: Callable[..., FakeCamera]
 ) -> None:
@@ -382,6 +402,13 @@ def test_unknown_serials_and_bad_settings_say_what_is_wrong(
     with pytest.raises(SourceError, match=rf"no GigE Vision camera .* NOPE .*{camera.serial}"):
         resolve_device(aravis, "gige://NOPE")
     assert resolve_device(aravis, "gige://127.0.0.1") == "127.0.0.1"  # no discovery needed
+    listed = subprocess.run(
+        [sys.executable, "-m", "lineqc", "edge", "cameras", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert {"serial": camera.serial, "address": "127.0.0.1", "protocol": "GigEVision"}.items() <= (
+        next(d for d in json.loads(listed.stdout) if d["serial"] == camera.serial).items()
+    )
     assert resolve_device(aravis, "genicam://Aravis-Fake-X") == "Aravis-Fake-X"
     for genicam, match in [
         ({"features": {"NoSuchFeature": 1}}, "cannot set NoSuchFeature=1: no such feature"),
