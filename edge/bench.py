@@ -1,8 +1,9 @@
 """`lineqc edge bench`: the runtime on frames replayed from memory, against a PyTorch loop.
 
 The runtime runs exactly as on the line (capture thread, preprocessing, backend, decision,
-sampling, outbox and MQTT publishing to a private Mosquitto when one is installed) on frames
-decoded into memory first, so the figures measure the pipeline, not the disk. The baseline
+sampling, outbox and MQTT publishing to a private Mosquitto when one is installed; with
+``--plc`` every decision also written to a loopback PLC) on frames decoded into memory
+first, so the figures measure the pipeline, not the disk. The baseline
 is a plain PyTorch eager loop over the same frames through the same preprocessing: the only
 place on the edge side that imports torch, lazily, and only when the baseline is asked for.
 """
@@ -133,7 +134,11 @@ def run_bench(
     warmup: int = 20,
     distinct: int = 300,
     allow_failed_gate: bool = False,
+    plc: str | None = None,
+    plc_deadline_ms: float = 50.0,
 ) -> dict[str, Any]:
+    """``plc``: ``modbus`` or ``opcua``: every decision is written to a PLC server started on
+    loopback (edge/plcsim.py) and the report has decision->PLC write latency."""
     bundle = load_bundle(bundle_path, pubkey) if pubkey else open_bundle_unverified(bundle_path)
     if precision and precision not in bundle.manifest.models:
         precision = None
@@ -151,6 +156,7 @@ def run_bench(
         port, publishing = int(port_text), f"broker {broker}"
     else:
         host, port, publishing = "127.0.0.1", free_port(), "outbox only (no broker)"
+    sim, actuator = start_plc(plc, plc_deadline_ms)
     cfg = parse_config(
         {
             "device": {"id": "bench", "site": "bench", "line": "bench"},
@@ -167,6 +173,7 @@ def run_bench(
             "outbox": {"path": str(work / "outbox.sqlite")},
             "telemetry": {"interval_s": 3600, "window": max(frames, 16)},
             "shutdown_flush_s": 5,
+            **({"actuator": actuator} if actuator else {}),
         },
         check_files=False,
     )
@@ -181,10 +188,17 @@ def run_bench(
         for _ in range(warmup):
             runtime.backend.infer(x)
         time.sleep(0.5)  # let the publisher connect before the clock starts
+        if sim is not None:
+            runtime.actuator.start()  # and the PLC link
+            deadline = time.monotonic() + 10
+            while runtime.actuator.problem() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
         summary = runtime.run()
     finally:
         if mosquitto is not None:
             mosquitto.stop()
+        if sim is not None:
+            sim.stop()
     lat = summary["latency_ms"]
     frame_ms = 1000.0 / summary["fps"] if summary["fps"] else float("nan")
     infer_ms = lat["infer"]["p50"]
@@ -210,6 +224,8 @@ def run_bench(
         "outbox": summary["outbox"],
         "publisher": summary["publisher"],
     }
+    if plc is not None:
+        report["plc"] = plc_report(plc, plc_deadline_ms, summary["actuator"])
     if baseline:
         report["baseline"] = torch_baseline(
             bundle, images, baseline_frames or min(frames, 200), threads, warmup=5
@@ -221,6 +237,44 @@ def run_bench(
         **({"speedup>=3x": report["speedup"] >= TARGET_SPEEDUP} if baseline else {}),
     }
     return report
+
+
+def start_plc(plc: str | None, deadline_ms: float) -> tuple[Any, dict[str, Any] | None]:
+    """A loopback PLC server and the actuator config that writes to it (None, None: no PLC)."""
+    if plc is None:
+        return None, None
+    common = {"kind": plc, "deadline_ms": deadline_ms, "queue_size": 1024}
+    if plc == "modbus":
+        from .plcsim import ModbusSim
+
+        msim = ModbusSim().start()
+        target = {"host": "127.0.0.1", "port": msim.port, "reject_coil": 0, "id_register": 0}
+        return msim, {**common, "modbus": target}
+    if plc == "opcua":
+        from .plcsim import OpcUaSim
+
+        osim = OpcUaSim().start()
+        nodes = {"url": osim.url, "verdict_node": osim.verdict_node, "id_node": osim.id_node}
+        return osim, {**common, "opcua": nodes}
+    raise ValueError(f"--plc {plc!r}: modbus or opcua")
+
+
+def plc_report(plc: str, deadline_ms: float, actuator: dict[str, Any]) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    package = "pymodbus" if plc == "modbus" else "asyncua"
+    c = actuator["counters"]
+    lat = actuator["latency_ms"].get("plc_write", {})
+    return {
+        "protocol": plc,
+        "server": f"{package} {version(package)} on loopback",
+        "deadline_ms": deadline_ms,
+        "writes_ok": c.get("plc_writes_ok", 0),
+        "writes_late": c.get("plc_writes_late", 0),
+        "deadline_missed": c.get("plc_deadline_missed", 0),
+        "reconnects": c.get("plc_reconnects", 0),
+        "latency_ms": {k: lat.get(k, float("nan")) for k in ("p50", "p95", "p99", "max")},
+    }
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -235,6 +289,14 @@ def format_report(r: dict[str, Any]) -> str:
     ]
     if r.get("gate_failure"):
         lines.append(f"  NOTE: timed although {r['gate_failure']}")
+    if "plc" in r:
+        p = r["plc"]
+        lines.append(
+            f"  decision->PLC      p50 {p['latency_ms']['p50']:.2f} ms  p95 "
+            f"{p['latency_ms']['p95']:.2f} ms  p99 {p['latency_ms']['p99']:.2f} ms  "
+            f"({p['server']}: {p['writes_ok']} confirmed in time, {p['deadline_missed']} "
+            f"missed the {p['deadline_ms']:g} ms deadline)"
+        )
     if "baseline" in r:
         b = r["baseline"]
         lines.append(

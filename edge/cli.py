@@ -311,6 +311,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         baseline=not args.no_baseline,
         baseline_frames=args.baseline_frames,
         allow_failed_gate=args.allow_failed_gate,
+        plc=args.plc,
+        plc_deadline_ms=args.plc_deadline_ms,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -552,6 +554,18 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="time an INT8 model whose accuracy gate failed (the runtime refuses it otherwise)",
     )
     p.add_argument("--baseline-frames", type=int, help="frames for the baseline (default: 200)")
+    p.add_argument(
+        "--plc",
+        choices=("modbus", "opcua"),
+        help="also write every decision to a PLC server started on loopback (pymodbus or "
+        "asyncua) and report decision->PLC write latency (default: no PLC)",
+    )
+    p.add_argument(
+        "--plc-deadline-ms",
+        type=float,
+        default=50.0,
+        help="the actuator's deadline with --plc (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 

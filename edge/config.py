@@ -212,18 +212,76 @@ class DecisionOverrides(_Strict):
     )
 
 
+class ModbusActuatorConfig(_Strict):
+    """Modbus TCP: per decision a coil (1 = reject) then the decision's number in two holding
+    registers (see edge/PLC.md)."""
+
+    host: str = Field(min_length=1, description="the PLC's address")
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=255, description="Modbus unit (device) id")
+    reject_coil: int = Field(ge=0, le=65535, description="coil address: 1 reject, 0 pass")
+    id_register: int = Field(
+        ge=0,
+        le=65534,
+        description="first of two holding registers: the decision number (frame seq + 1, "
+        "unsigned 32-bit, high word first), written after the coil",
+    )
+
+
+class OpcUaActuatorConfig(_Strict):
+    """OPC UA: per decision one Write of the verdict node and the id node (see edge/PLC.md)."""
+
+    url: str = Field(pattern=r"^opc\.tcp://\S+$", description="opc.tcp://HOST:PORT[/PATH]")
+    verdict_node: str = Field(
+        min_length=1,
+        description="node id of the verdict (Boolean: true = reject; an integer: 1/0; "
+        "String: 'reject'/'pass'), e.g. 'ns=3;s=\"QC\".\"Reject\"'",
+    )
+    id_node: str = Field(
+        min_length=1,
+        description="node id of the part id (String: the frame id; an integer: the decision "
+        "number, frame seq + 1)",
+    )
+    username: str | None = None
+    password_file: ExistingFile | None = Field(default=None, description="file with the password")
+
+
 class ActuatorConfig(_Strict):
-    kind: Literal["log", "none", "hook"] = "log"
+    kind: Literal["log", "none", "hook", "modbus", "opcua"] = "log"
     hook: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="kind=hook: 'package.module:factory' returning an actuator (GPIO, PLC)",
     )
+    modbus: ModbusActuatorConfig | None = Field(default=None, description="kind=modbus")
+    opcua: OpcUaActuatorConfig | None = Field(default=None, description="kind=opcua")
+    deadline_ms: float = Field(
+        default=50.0,
+        gt=0,
+        description="modbus/opcua: from the decision to the PLC confirming the write; a "
+        "decision not confirmed by then gets fail_safe",
+    )
+    fail_safe: Literal["reject", "pass"] = Field(
+        default="reject", description="modbus/opcua: what a decision that missed its deadline gets"
+    )
+    timeout_s: float = Field(default=1.0, gt=0, description="modbus/opcua: connect and request")
+    reconnect_min_s: float = Field(default=0.2, gt=0, description="first retry; doubles each")
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    queue_size: int = Field(
+        default=64, ge=1, description="decisions waiting for the PLC; the oldest beyond it miss"
+    )
 
     @_model_validator(mode="after")
-    def _hook_needed(self) -> ActuatorConfig:
+    def _kind_needs(self) -> ActuatorConfig:
         if self.kind == "hook" and not self.hook:
             raise ValueError("kind 'hook' needs hook: 'package.module:factory'")
+        for kind in ("modbus", "opcua"):
+            if self.kind == kind and getattr(self, kind) is None:
+                raise ValueError(f"kind '{kind}' needs its section {kind}:")
+            if self.kind != kind and getattr(self, kind) is not None:
+                raise ValueError(f"section {kind}: given, but kind is '{self.kind}'")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s is above reconnect_max_s")
         return self
 
 

@@ -130,6 +130,7 @@ class Runtime:
             cfg.camera, on_event=self._camera_event, reader_factory=reader_factory
         )
         self._status_dirty = threading.Event()
+        self.actuator.on_change = self._status_dirty.set
         self.frames = 0
         self.problems_seen: set[str] = set()
 
@@ -153,6 +154,8 @@ class Runtime:
             )
         if self.publisher.last_error:
             out.append(f"mqtt: {self.publisher.last_error}")
+        if (actuator := self.actuator.problem()) is not None:
+            out.append(actuator)
         if self.counters["over_budget_recent"]:
             out.append(
                 f"{self.counters['over_budget_recent']} frame(s) over the latency budget of "
@@ -187,7 +190,10 @@ class Runtime:
                 drops[key] = n
         for key, n in self.outbox.counters().items():
             drops[f"outbox_{key}"] = n
-        counters = {**self.sampler.counters, **self.publisher.counters, **self.counters}
+        counters = {
+            **self.sampler.counters, **self.publisher.counters, **self.counters,
+            **self.actuator.counters(),
+        }  # fmt: skip
         counters.pop("over_budget_recent", None)
         return {
             "v": 1,
@@ -199,7 +205,7 @@ class Runtime:
             "fps": rep["fps"],
             "drops": drops,
             "verdicts": rep["verdicts"],
-            "latency_ms": rep["latency_ms"],
+            "latency_ms": {**rep["latency_ms"], **self.actuator.latency()},
             "outbox": self.publisher.stats(),
             "input": rep["input"],
             "counters": {k: int(v) for k, v in counters.items()},
@@ -384,6 +390,7 @@ class Runtime:
             cfg.camera.source,
         )
         self.publisher.start()
+        self.actuator.start()
         self.capture.start()
         self.notifier.ready(self.service_status())
         started = time.perf_counter()
@@ -418,6 +425,7 @@ class Runtime:
             elapsed = time.perf_counter() - started
             self.notifier.stopping(f"stopping: flushing the outbox ({self.outbox.depth} waiting)")
             self.capture.stop()
+            self.actuator.close()  # what is queued is written or misses its deadline
             clean = self.publisher.stop(cfg.shutdown_flush_s)
             self.outbox.close()
         return self.summary(elapsed, ended, clean)
@@ -442,19 +450,16 @@ class Runtime:
         t4 = time.perf_counter()
         cfg = self.cfg
         frame_id = f"{cfg.device.id}-{frame.camera}-{self.run_id}-{frame.seq:07d}"
-        if d.verdict == "defect" or (d.verdict == "uncertain" and cfg.decision.reject_uncertain):
-            self.actuator.reject(
+        reject = d.verdict == "defect" or (
+            d.verdict == "uncertain" and cfg.decision.reject_uncertain
+        )
+        if reject or self.actuator.every_decision:  # a PLC gets passes too; a queue, no wait
+            self.actuator.submit(
                 RejectEvent(
-                    frame_id,
-                    frame.camera,
-                    frame.seq,
-                    frame.ts,
-                    d.verdict,
-                    d.label,
-                    d.confidence,
-                    d.reason,
+                    frame_id, frame.camera, frame.seq, frame.ts, d.verdict, d.label,
+                    d.confidence, d.reason, reject, t4,
                 )
-            )
+            )  # fmt: skip
         why = self.sampler.choose(d)
         latency = (t4 - frame.t_mono) * 1000
         if cfg.mqtt.publish_results:
@@ -516,6 +521,11 @@ class Runtime:
             "capture": self.capture.stats(),
             "sampling": dict(self.sampler.counters),
             "publisher": {k: int(v) for k, v in self.publisher.counters.items()},
+            "actuator": {
+                "kind": self.actuator.kind,
+                "counters": self.actuator.counters(),
+                "latency_ms": self.actuator.latency(),
+            },
             "outbox": {
                 "left": self.outbox.depth,
                 "bytes": self.outbox.bytes,
