@@ -2,8 +2,9 @@
 
 Real magnetic-tile images replayed from memory through the whole pipeline (publishing on,
 to a private Mosquitto), INT8 bundle, batch 1, 2 threads; prints the latency per stage and
-the targets (p99 <= 10 ms, >= 3x the eager loop, overhead < 30%). Same as
-`lineqc edge bench`; this script only supplies the defaults of the demo's layout.
+the targets (p99 <= 10 ms, >= 3x the eager loop, overhead < 30%); ``--plc modbus|opcua``
+adds decision->PLC write latency to a loopback PLC. Same as `lineqc edge bench`; this
+script only supplies the defaults of the demo's layout.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-frames", type=int, default=200)
     p.add_argument("--precision", default="int8")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plc", choices=("modbus", "opcua"), help="also write to a loopback PLC")
+    p.add_argument("--plc-deadline-ms", type=float, default=50.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not (args.bundle / "manifest.json").is_file():
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bundle, args.source, frames=args.frames, precision=args.precision,
         threads=args.threads, baseline_frames=args.baseline_frames,
         allow_failed_gate=True,  # a speed figure; the report says when the gate failed
+        plc=args.plc, plc_deadline_ms=args.plc_deadline_ms,
     )  # fmt: skip
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -226,6 +226,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"outbox: {box['left']} message(s) left"
             + (" (all delivered)" if box["flushed"] else " (delivered at the next start)")
         )
+        plc = summary["actuator"]
+        if plc["counters"]:  # a PLC actuator
+            c, lat = plc["counters"], plc["latency_ms"].get("plc_write")
+            took = f"; decision->PLC p50 {lat['p50']:.2f}, p99 {lat['p99']:.2f} ms" if lat else ""
+            print(
+                f"plc ({plc['kind']}): {c.get('plc_writes_ok', 0)} written in time, "
+                f"{c.get('plc_deadline_missed', 0)} missed the deadline (fail-safe), "
+                f"{c.get('plc_reconnects', 0)} reconnect(s){took}"
+            )
         print(latency_table(summary["latency_ms"]))
     return 0
 

@@ -8,6 +8,7 @@ read back on the server's side, from its own address space.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -15,6 +16,13 @@ from typing import Any, TypeVar
 from .broker import free_port
 
 T = TypeVar("T")
+
+
+def _quiet(name: str) -> None:
+    """The server library's notices (no security policy, listening) are not news here."""
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
 
 
 class _LoopThread:
@@ -50,6 +58,8 @@ class ModbusSim:
     def start(self) -> ModbusSim:
         from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
+
+        _quiet("pymodbus")
 
         def bits() -> list[SimData]:
             return [SimData(0, count=self.size, values=False, datatype=DataType.BITS)]
@@ -122,6 +132,7 @@ class OpcUaSim:
     def start(self) -> OpcUaSim:
         from asyncua import Server, ua
 
+        _quiet("asyncua")
         initial = {"Boolean": False, "String": ""}
 
         async def serve() -> Any:

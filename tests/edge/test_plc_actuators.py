@@ -335,3 +335,21 @@ def test_bench_reports_decision_to_plc_latency(lineqc, edge_bundle, protocol) ->
     assert p["protocol"] == protocol and p["server"].endswith("on loopback")
     assert p["writes_ok"] == r["frames"] == 40 and p["deadline_missed"] == 0, p
     assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p99"] < 1000
+
+
+@pytest.mark.slow
+def test_edge_run_prints_the_plc_figures(tmp_path, edge_bundle, lineqc) -> None:
+    with ModbusSim() as sim:
+        path = device_config(
+            tmp_path, edge_bundle, free_port(),
+            actuator={"kind": "modbus", "deadline_ms": 5000, "modbus": {
+                "host": "127.0.0.1", "port": sim.port, "reject_coil": COIL,
+                "id_register": REGISTER}},
+            shutdown_flush_s=0,
+        )  # fmt: skip
+        proc = lineqc("edge", "run", "--config", str(path), "--max-frames", "20")
+        assert sim.number(REGISTER) == 20
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("plc (modbus)"))
+    assert "written in time" in line and "decision->PLC p50" in line, line
+    written = int(line.split(": ", 1)[1].split()[0])
+    assert 1 <= written <= 20  # the first frames may come before the connection
