@@ -62,6 +62,7 @@ class PlcLink(Protocol):
     """One connection to a PLC, used from the worker's event loop only."""
 
     endpoint: str
+    requests_per_write: int  # each bounded by timeout_s
 
     async def connect(self) -> None: ...
 
@@ -79,6 +80,7 @@ class ModbusLink:
     def __init__(self, cfg: ModbusActuatorConfig, timeout_s: float) -> None:
         self.cfg, self.timeout_s = cfg, timeout_s
         self.endpoint = f"modbus://{cfg.host}:{cfg.port} unit {cfg.unit}"
+        self.requests_per_write = 2
         self.client: Any = None
         _quiet_library_log("pymodbus")
 
@@ -90,10 +92,9 @@ class ModbusLink:
             self.cfg.host, port=self.cfg.port, timeout=self.timeout_s, retries=0,
             reconnect_delay=0,
         )  # fmt: skip
+        self.client = client  # closed by close() if this fails or times out
         if not await client.connect():
-            client.close()
             raise ConnectionError(f"no connection to {self.cfg.host}:{self.cfg.port}")
-        self.client = client
 
     def _checked(self, response: Any, what: str) -> None:
         if response.isError():
@@ -135,6 +136,7 @@ class OpcUaLink:
     def __init__(self, cfg: OpcUaActuatorConfig, timeout_s: float) -> None:
         self.cfg, self.timeout_s = cfg, timeout_s
         self.endpoint = cfg.url
+        self.requests_per_write = 1
         self.client: Any = None
         self.nodes: list[Any] = []
         self.types: list[Any] = []
@@ -142,6 +144,8 @@ class OpcUaLink:
         _quiet_library_log("asyncua")
 
     async def connect(self) -> None:
+        """Connect and read the two nodes' data types; a failure or a timeout part-way leaves
+        the client in ``self.client`` for ``close`` to disconnect."""
         from asyncua import Client
 
         client = Client(self.cfg.url, timeout=self.timeout_s)
@@ -149,26 +153,21 @@ class OpcUaLink:
             client.set_user(self.cfg.username)
         if self.password is not None:
             client.set_password(self.password)
+        self.client, self.nodes, self.types = client, [], []
         await client.connect()
-        try:
-            nodes = [client.get_node(self.cfg.verdict_node), client.get_node(self.cfg.id_node)]
-            types = [await node.read_data_type_as_variant_type() for node in nodes]
-        except Exception:
-            await _quietly(client.disconnect(), self.timeout_s)
-            raise
+        nodes = [client.get_node(self.cfg.verdict_node), client.get_node(self.cfg.id_node)]
+        types = [await node.read_data_type_as_variant_type() for node in nodes]
         verdict_type, id_type = (t.name for t in types)
         if verdict_type not in ("Boolean", "String", *_UA_INTEGERS):
-            await _quietly(client.disconnect(), self.timeout_s)
             raise PlcRefused(
                 f"verdict node {self.cfg.verdict_node} is {verdict_type}: Boolean, an integer "
                 "or String expected"
             )
         if id_type not in ("String", *_UA_INTEGERS):
-            await _quietly(client.disconnect(), self.timeout_s)
             raise PlcRefused(
                 f"id node {self.cfg.id_node} is {id_type}: String or an integer expected"
             )
-        self.client, self.nodes, self.types = client, nodes, types
+        self.nodes, self.types = nodes, types
 
     def values(self, reject: bool, seq: int, frame_id: str) -> list[Any]:
         verdict_type, id_type = self.types
@@ -188,7 +187,7 @@ class OpcUaLink:
     async def write(self, reject: bool, seq: int, frame_id: str) -> None:
         from asyncua import ua
 
-        if self.client is None:
+        if self.client is None or not self.nodes:
             raise ConnectionError("not connected")
         values = [
             ua.DataValue(ua.Variant(value, vtype))
@@ -201,7 +200,7 @@ class OpcUaLink:
                 raise PlcRefused(f"node {node.nodeid.to_string()}: {status.name}")
 
     async def close(self) -> None:
-        client, self.client = self.client, None
+        client, self.client, self.nodes = self.client, None, []
         if client is not None:
             await _quietly(client.disconnect(), self.timeout_s)
 
@@ -246,6 +245,9 @@ class PlcActuator(BaseActuator):
         self.deadline_s = cfg.deadline_ms / 1000
         self.fail_safe = cfg.fail_safe
         self.timeout_s = cfg.timeout_s
+        # A write's own bound: the library times each request out (timeout_s); this only
+        # catches one that hangs beyond them.
+        self.write_limit_s = link.requests_per_write * cfg.timeout_s + 0.5
         self.backoff_min, self.backoff_max = cfg.reconnect_min_s, cfg.reconnect_max_s
         self.queue_size = cfg.queue_size
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -365,7 +367,7 @@ class PlcActuator(BaseActuator):
             return
         self._stopping = True
         self._poke()
-        limit = self.deadline_s + 2 * self.timeout_s + 1 if timeout is None else timeout
+        limit = self.deadline_s + 2 * self.write_limit_s + 1 if timeout is None else timeout
         self._thread.join(limit)
         if self._thread.is_alive():
             log.warning("plc actuator: the worker did not stop within %.1f s", limit)
@@ -475,7 +477,7 @@ class PlcActuator(BaseActuator):
         if late:  # counted at the deadline; the write on the wire still completes or fails
             self._miss(item, "slow")
         try:
-            await asyncio.wait_for(task, self.timeout_s)
+            await asyncio.wait_for(task, self.write_limit_s)
         except PlcRefused as exc:
             self._refused(exc)
             if not late:
@@ -506,7 +508,7 @@ class PlcActuator(BaseActuator):
         try:
             await asyncio.wait_for(
                 self.link.write(self.fail_safe == "reject", event.seq, event.frame_id),
-                self.timeout_s,
+                self.write_limit_s,
             )
         except PlcRefused as exc:
             self._refused(exc)

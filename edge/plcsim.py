@@ -69,7 +69,9 @@ class ModbusSim:
 
         # Four separate blocks, as a PLC has: coils, discrete inputs, holding, input registers.
         async def delay(*request: Any) -> None:
-            if self.delay_s > 0:
+            """Called on each access; the last argument is None unless it writes: one delay
+            per write request (a write also reads back its values), reads not delayed."""
+            if self.delay_s > 0 and request[-1] is not None:
                 await asyncio.sleep(self.delay_s)
 
         device = SimDevice(
