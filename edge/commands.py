@@ -99,7 +99,8 @@ class CommandGate:
             raise CommandRefused("invalid", str(exc)) from None
         if cmd.target != self.target:
             raise CommandRefused("wrong_device", f"command is for {cmd.target}", cmd)
-        if self.max_age_s and abs(now - cmd.ts) > self.max_age_s:
+        # A deploy is desired state, retained for a device that was away: no age window.
+        if self.max_age_s and cmd.cmd != "deploy" and abs(now - cmd.ts) > self.max_age_s:
             raise CommandRefused(
                 "stale",
                 f"command issued {now - cmd.ts:+.0f} s from the device clock (window "

@@ -399,6 +399,27 @@ class CommandsConfig(_Strict):
     )
 
 
+class RolloutConfig(_Strict):
+    """Fleet deploys (edge/WIRE.md, deploy): where the A/B slots live and how a download and
+    a switch are bounded."""
+
+    dir: LocalPath | None = Field(
+        default=None,
+        description="folder of the A/B bundle slots, the download and rollout.json "
+        "(default: bundles/ beside the outbox)",
+    )
+    max_bundle_bytes: int = Field(
+        default=1 << 30, ge=1024, description="a deploy naming a larger bundle tar is refused"
+    )
+    crash_restarts: int = Field(
+        default=3,
+        ge=1,
+        description="starts during a switch's probation that did not end cleanly before the "
+        "device rolls back to the previous slot (a crash loop)",
+    )
+    retry_s: float = Field(default=2.0, gt=0, description="a failed download tries again after")
+
+
 class DeviceConfig(_Strict):
     version: Literal[1] = Field(default=1, description="config format version")
     device: DeviceIds
@@ -411,6 +432,7 @@ class DeviceConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     commands: CommandsConfig = CommandsConfig()
+    rollout: RolloutConfig = RolloutConfig()
     latency_budget_ms: float = Field(default=30.0, gt=0, description="capture to decision")
     shutdown_flush_s: float = Field(
         default=3.0, ge=0, description="on SIGTERM or end of replay: time to flush the outbox"
@@ -437,6 +459,10 @@ class DeviceConfig(_Strict):
     @property
     def command_state(self) -> Path:
         return self.commands.state_file or self.outbox.path.with_name("commands.state.json")
+
+    @property
+    def rollout_dir(self) -> Path:
+        return self.rollout.dir or self.outbox.path.with_name("bundles")
 
     @property
     def bundle_dir(self) -> Path:

@@ -37,12 +37,14 @@ from .outbox import Outbox
 from .outputs import ANOMALY, DEFECT_MAP, LOGITS
 from .preprocess import preprocess
 from .publisher import PendingSample, Publisher
+from .rollout import CONFIG, Refused, Slots
 from .sampling import Sampler
 from .service import NeedsRestart, Notifier, Watchdog, config_changes
 from .signing import load_public_key
 from .sources import Capture, EndOfStream, Reader
 from .telemetry import Telemetry
 from .wire import (
+    Deploy,
     ReloadBundle,
     ReloadConfig,
     SetThresholds,
@@ -108,7 +110,12 @@ class Runtime:
         self.watchdog = Watchdog(self.notifier)
         self.reload_requested = threading.Event()
         self.max_frames = max_frames
-        self.bundle = bundle or load_bundle(cfg.model.bundle, cfg.model.public_key)
+        self._status_dirty = threading.Event()
+        self.slots = Slots(cfg, self._open_backend, self._policy_of, self._status_dirty.set)
+        self.booted = bundle is None  # an explicit bundle (bench, tests) leaves the slots be
+        self.bundle = bundle or self.slots.boot()
+        # during a probation after a switch: what runs if it fails (None: load it from disk)
+        self.previous: tuple[Bundle, DecisionPolicy, Backend] | None = None
         self.policy = config_policy(self.bundle, cfg.decision, cfg.model.precision)
         self.backend: Backend = self._open_backend(self.bundle)
         self.spec = self.bundle.spec
@@ -129,10 +136,12 @@ class Runtime:
         self.capture = Capture(
             cfg.camera, on_event=self._camera_event, reader_factory=reader_factory
         )
-        self._status_dirty = threading.Event()
         self.actuator.on_change = self._status_dirty.set
         self.frames = 0
         self.problems_seen: set[str] = set()
+
+    def _policy_of(self, bundle: Bundle) -> DecisionPolicy:
+        return config_policy(bundle, self.cfg.decision, self.cfg.model.precision)
 
     def _open_backend(self, bundle: Bundle) -> Backend:
         m = self.cfg.model
@@ -177,6 +186,7 @@ class Runtime:
             "problems": problems,
             "last_command": self.last_command,
             "decision": self.policy.to_json(),
+            "rollout": self.slots.report(self.bundle.version),
         }
 
     def _camera_event(self, state: str, detail: str) -> None:
@@ -231,6 +241,12 @@ class Runtime:
                 )
             except CommandRefused as exc:
                 cmd = exc.cmd or cmd
+                if (
+                    exc.reason == "replayed"
+                    and isinstance(cmd, Deploy)
+                    and self.slots.already_have(cmd.seq)
+                ):
+                    continue  # the retained deploy met again at a (re)connect: in hand
                 error = self._refused(exc)
             self.counters["commands"] += 1
             now = time.time()
@@ -258,6 +274,12 @@ class Runtime:
             except ValueError as exc:
                 raise CommandRefused("not_applied", f"set_thresholds: {exc}", cmd) from None
             log.info("decision policy changed by command: %s", self.policy.to_json())
+        elif isinstance(cmd, Deploy):
+            self._check_version(cmd, cmd.version)  # a downgrade is refused before a download
+            try:
+                self.slots.offer(cmd, self.bundle.version)
+            except Refused as exc:
+                raise CommandRefused("not_applied", str(exc), cmd) from None
         elif isinstance(cmd, ReloadConfig):
             why = self.reload_config()
             if why is not None:
@@ -302,7 +324,7 @@ class Runtime:
         old.close()
         log.info("bundle reloaded: %s version %s", bundle.root, bundle.version)
 
-    def _check_version(self, cmd: ReloadBundle, version: str) -> None:
+    def _check_version(self, cmd: ReloadBundle | Deploy, version: str) -> None:
         """A downgrade takes two keys: the device allows it and the signed command names the
         exact version it installs; a ``force`` flag alone never did enough."""
         if cmd.downgrade_to is not None and cmd.downgrade_to != version:
@@ -323,6 +345,60 @@ class Runtime:
                 "downgrade", f"reload_bundle: version {version} is older than the running "
                 f"{self.bundle.version}; a downgrade must name it (downgrade_to)", cmd,
             )  # fmt: skip
+
+    # ---- rollout (rollout.py): between frames ------------------------------------------------
+
+    def _rollout_tick(self) -> None:
+        slots = self.slots
+        deploy = slots.deploy
+        if slots.staged is not None and deploy is not None:
+            if deploy.stage != "shadow":
+                self._switch()
+            else:
+                slots.start_shadow(self.cfg.latency_budget_ms)
+                judged = slots.shadow.judgement() if slots.shadow is not None else None
+                if judged is not None and judged[0]:
+                    log.info("rollout: shadow passed (%s): promoting", judged[1])
+                    self._switch()
+                elif judged is not None:
+                    slots.discard_candidate()
+                    slots.set_phase("shadow_failed", judged[1])
+        if slots.probation is not None and (judged := slots.probation.judgement()) is not None:
+            if judged[0]:
+                if self.previous is not None:
+                    self.previous[2].close()
+                    self.previous = None
+                slots.end_probation(True, judged[1])
+            else:
+                self._roll_back(judged[1])
+
+    def _switch(self) -> None:
+        """Between two frames: the candidate becomes the running model; the old stays open
+        for the probation."""
+        cand = self.slots.staged
+        assert cand is not None
+        self.previous = (self.bundle, self.policy, self.backend)
+        self.bundle, self.policy, self.backend = cand.bundle, cand.policy, cand.backend
+        self.spec = cand.bundle.spec
+        self.slots.switched(self.slots.state.active)
+        log.info("rollout: switched to %s (slot %s)", cand.bundle.version, cand.slot)
+
+    def _roll_back(self, why: str) -> None:
+        if self.previous is None:  # started on probation: the previous slot from disk
+            slot = self.slots.state.previous or CONFIG
+            try:
+                bundle = load_bundle(self.slots.slot_path(slot), self.cfg.model.public_key)
+                self.previous = (bundle, self._policy_of(bundle), self._open_backend(bundle))
+            except (BundleError, BackendError) as exc:
+                log.error("rollout: cannot roll back to slot %s (%s); staying", slot, exc)
+                self.slots.end_probation(True, f"{why}; no previous bundle to go back to")
+                return
+        failed = self.backend
+        self.bundle, self.policy, self.backend = self.previous
+        self.spec, self.previous = self.bundle.spec, None
+        failed.close()
+        self.counters["rollbacks"] += 1
+        self.slots.end_probation(False, why)
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -395,10 +471,14 @@ class Runtime:
         self.notifier.ready(self.service_status())
         started = time.perf_counter()
         next_report = time.monotonic() + cfg.telemetry.interval_s
-        ended = False
+        ended = normal = False
+        if self.booted:
+            self.slots.resume_probation()
+            self.slots.resume(self.bundle.version)
         try:
             while not self.stop_event.is_set():
                 self._handle_commands()
+                self._rollout_tick()
                 if self.reload_requested.is_set():
                     self.reload_config()
                 if time.monotonic() >= next_report:
@@ -421,7 +501,10 @@ class Runtime:
                 self.watchdog.beat(self.frames)
                 if self.max_frames is not None and self.frames >= self.max_frames:
                     break
+            normal = True
         finally:
+            if self.booted and normal:
+                self.slots.clean_stop()  # not after a crash: that counts towards a rollback
             elapsed = time.perf_counter() - started
             self.notifier.stopping(f"stopping: flushing the outbox ({self.outbox.depth} waiting)")
             self.capture.stop()
@@ -505,6 +588,10 @@ class Runtime:
         if latency > cfg.latency_budget_ms:
             self.counters["over_budget"] += 1
             self.counters["over_budget_recent"] += 1
+        if self.slots.shadow is not None:
+            self.slots.shadow.offer(frame.image, d.verdict, d.label)
+        if self.slots.probation is not None:
+            self.slots.probation.record(d.verdict, latency > cfg.latency_budget_ms)
         self.frames += 1
 
     def summary(self, elapsed: float, ended: bool, clean: bool) -> dict[str, Any]:

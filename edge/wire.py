@@ -157,6 +157,7 @@ class Status(_Msg):
     problems: list[str] = Field(default_factory=list)
     last_command: dict[str, Any] | None = None
     decision: dict[str, Any] | None = None  # the policy in force (commands may change it)
+    rollout: dict[str, Any] | None = None  # the A/B slots and the deploy in progress (fleet)
 
 
 class Telemetry(_Msg):
@@ -229,7 +230,35 @@ class ReloadConfig(_Command):
     cmd: Literal["reload_config"]
 
 
-AnyCommand = ReloadBundle | SetThresholds | StatusRequest | ReloadConfig
+class Deploy(_Command):
+    """The fleet's desired bundle for this device, published retained on its ``cmd`` topic:
+    an offline device gets it when it comes back (so no ``max_age_s`` window; ``seq`` alone
+    refuses replays). The device downloads, verifies and stages it in an A/B slot, then
+    shadows it (stage ``shadow``) or switches to it (``canary``, ``all``)."""
+
+    cmd: Literal["deploy"]
+    version: str = Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the bundle tar")
+    size: int = Field(gt=0, description="bytes of the bundle tar: the download's bound")
+    urls: list[str] = Field(min_length=1, max_length=8, description="http(s):// or file://")
+    stage: Literal["shadow", "canary", "all"]
+    downgrade_to: str | None = Field(
+        default=None, max_length=64, description="as reload_bundle: the older version allowed"
+    )
+    # shadow: the candidate beside the active model on a sample of frames, then promotion
+    shadow_share: float = Field(default=0.5, gt=0, le=1, description="frames shadowed")
+    shadow_frames: int = Field(default=50, ge=1, description="shadowed frames before judging")
+    min_agreement: float = Field(default=0.9, ge=0, le=1, description="same verdict share")
+    max_uncertain_delta: float = Field(
+        default=0.2, ge=0, le=1, description="candidate's uncertain share minus the active's"
+    )
+    # after a switch: the probation window and the bounds that roll it back
+    probation_frames: int = Field(default=100, ge=1)
+    max_over_budget_share: float = Field(default=0.2, ge=0, le=1)
+    max_uncertain_share: float = Field(default=0.5, ge=0, le=1)
+
+
+AnyCommand = ReloadBundle | SetThresholds | StatusRequest | ReloadConfig | Deploy
 Command = Annotated[AnyCommand, Field(discriminator="cmd")]
 _COMMAND = TypeAdapter(Command)
 _ENVELOPE = TypeAdapter(SignedCommand)

@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "bundle": ("lineqc.export.cli_bundle", "verify or describe a model bundle"),
     "review": ("lineqc.review.cli", "collect flagged frames, the inspectors' web app, labels out"),
     "retrain": ("lineqc.retrain.cli", "the monthly job: labels in, challenger vs champion"),
+    "fleet": ("lineqc.review.fleet", "publish bundles, deploy them to devices, rollout status"),
 }
 
 
