@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from .config import CameraConfig
-from .sources import Reader, SourceError
+from .sources import GuardedReader, SourceError
 
 log = logging.getLogger("lineqc.edge.gige")
 
@@ -189,11 +189,12 @@ def resolve_device(aravis: Any, uri: str) -> str:
     raise SourceError(f"{uri}: no GigE Vision camera with serial or id {target} (found: {found})")
 
 
-class GenICamReader(Reader):
+class GenICamReader(GuardedReader):
     """One camera through Aravis. ``read`` returns the next complete frame; ``close`` may be
     called from another thread (the read in flight tears the camera down when it returns)."""
 
     def __init__(self, uri: str, cfg: CameraConfig) -> None:
+        super().__init__()
         self.name, self.cfg = uri, cfg
         self.triggered = cfg.genicam.trigger_source is not None
         self.counts: collections.Counter[str] = collections.Counter()
@@ -202,8 +203,6 @@ class GenICamReader(Reader):
         self._stream: Any = None
         self._handler = 0
         self._lost = threading.Event()  # the camera is gone (Aravis's heartbeat, a probe)
-        self._closed = threading.Event()
-        self._lock = threading.Lock()  # held while a read is inside Aravis
         self._last_id: int | None = None
         self.settings: dict[str, Any] = {}  # read back from the camera once opened
 
@@ -301,14 +300,6 @@ class GenICamReader(Reader):
 
     # ---- read -----------------------------------------------------------------------------
 
-    def read(self) -> np.ndarray | None:
-        try:
-            with self._lock:
-                return self._read()
-        finally:
-            if self._closed.is_set():
-                self.close()
-
     def _read(self) -> np.ndarray:
         # self._stream and self._cam, never locals: an exception's traceback keeps the frame's
         # locals, and a camera released with it (on a thread that stops on its way) would
@@ -385,14 +376,6 @@ class GenICamReader(Reader):
             raise SourceError(f"{self.name}: trigger: {exc.message}") from None
 
     # ---- close ----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._closed.set()
-        if self._lock.acquire(blocking=False):  # else the read in flight closes on its way out
-            try:
-                self._teardown()
-            finally:
-                self._lock.release()
 
     def _teardown(self) -> None:
         """Stop acquiring, drop the stream and the camera (which gives up control of it).

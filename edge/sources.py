@@ -10,7 +10,9 @@ The capture thread stamps every frame (camera id, sequence number, monotonic tim
 only the newest one: when inference falls behind, the older frame is dropped and counted.
 A replay without a pace (fps 0) waits for the pipeline instead, so it drops nothing. A source
 that fails, hangs (no frame within ``frame_timeout_s``) or repeats a stale frame is reported
-and reopened with exponential backoff; the end of a replay ends the stream cleanly.
+and reopened with exponential backoff; the end of a replay ends the stream cleanly. A read
+still blocked in a hung driver is abandoned, never released under it (see GuardedReader):
+its reader closes when the read returns, and at most MAX_HUNG_READS are left behind at once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from .config import CameraConfig
 from .imagesize import ImageSizeError, bounded_size
 
 log = logging.getLogger("lineqc.edge.sources")
+# Reads abandoned on hung sources that may still be blocked in their driver at once; at the
+# bound the source does not open again (backing off) until one of them returns.
+MAX_HUNG_READS = 2
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".h264"}
 
@@ -84,6 +89,41 @@ class Reader:
 
     def close(self) -> None:
         """Release the device (may be called from another thread to unblock a read)."""
+
+
+class GuardedReader(Reader):
+    """A reader whose ``read`` blocks inside a driver that must not be released under it
+    (OpenCV's FFmpeg backend segfaults, Aravis too): ``close`` from another thread, while a
+    read is in flight, only marks it closed, and the reading thread tears it down when its
+    read returns. A reader whose read never returns is abandoned, never released under it."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+        self._lock = threading.Lock()  # held while a read is inside the driver
+
+    def read(self) -> np.ndarray | None:
+        try:
+            with self._lock:
+                if self._closed.is_set():
+                    raise SourceError(f"{self.name}: closed")
+                return self._read()
+        finally:
+            if self._closed.is_set():
+                self.close()  # a close that came during the read: done here, once it returned
+
+    def _read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._lock.acquire(blocking=False):  # else the read in flight closes on its way out
+            try:
+                self._teardown()
+            finally:
+                self._lock.release()
+
+    def _teardown(self) -> None:
+        """Release the device; called with no read in flight."""
 
 
 def decode_image(data: bytes) -> np.ndarray | None:
@@ -157,12 +197,13 @@ class ImageListReader(Reader):
             return loaded
 
 
-class CaptureReader(Reader):
-    """OpenCV VideoCapture: cameras (V4L2, GStreamer, RTSP) and video files."""
+class CaptureReader(GuardedReader):
+    """OpenCV VideoCapture: cameras (V4L2, GStreamer, RTSP, HTTP MJPEG) and video files."""
 
     def __init__(
         self, name: str, target: str | int, api: int, replay: bool, cfg: CameraConfig
     ) -> None:
+        super().__init__()
         self.name, self.target, self.api, self.replay, self.cfg = name, target, api, replay, cfg
         self.cap: cv2.VideoCapture | None = None
         self.loop = cfg.loop and replay
@@ -182,9 +223,11 @@ class CaptureReader(Reader):
             ):
                 if value is not None:
                     cap.set(prop, float(value))
-        self.cap = cap
+        with self._lock:
+            self._closed.clear()
+            self.cap = cap
 
-    def read(self) -> np.ndarray | None:
+    def _read(self) -> np.ndarray | None:
         cap = self.cap
         if cap is None:
             raise SourceError(f"{self.name}: not open")
@@ -200,9 +243,10 @@ class CaptureReader(Reader):
             raise SourceError(f"{self.name}: read failed (camera unplugged or stream lost?)")
         return np.asarray(frame)
 
-    def close(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
+    def _teardown(self) -> None:
+        cap, self.cap = self.cap, None
+        if cap is not None:
+            cap.release()
 
 
 def csi_pipeline(sensor: int, cfg: CameraConfig) -> str:
@@ -311,6 +355,7 @@ class Capture:
         self.reopens = 0
         self.frames = 0
         self.bad_frames = 0
+        self.abandoned_reads = 0  # reads the watchdog gave up on (see _watch)
         self.counts: collections.Counter[str] = collections.Counter()  # the readers' own
         self._slot: Frame | None = None
         self._waiting = False  # the consumer is inside get(): a lockstep replay may deliver
@@ -322,7 +367,8 @@ class Capture:
         self._reader: Reader | None = None
         self._last_frame = time.monotonic()
         self._replay = False
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._hung: list[threading.Thread] = []  # abandoned, still blocked in their read
         self._watchdog: threading.Thread | None = None
 
     # ---- consumer side ----------------------------------------------------------------------
@@ -355,6 +401,12 @@ class Capture:
         reader = self._reader
         if reader is not None:
             reader.close()
+        # Wait for a read in flight to return and release its device: one returning into a
+        # finalizing interpreter aborts it (the thread is unwound through OpenCV's C++). One
+        # that does not return within frame_timeout_s is hung, and left behind.
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.cfg.frame_timeout_s)
 
     @property
     def is_replay(self) -> bool:
@@ -370,8 +422,14 @@ class Capture:
             "drops": self.drops,
             "reopens": self.reopens,
             "bad_frames": self.bad_frames,
+            "abandoned_reads": self.abandoned_reads,
+            "hung_reads": self.hung_reads(),
             **dict(sorted(self.counts.items())),
         }
+
+    def hung_reads(self) -> int:
+        """Abandoned reads still blocked in their driver."""
+        return sum(t.is_alive() for t in self._hung)
 
     # ---- producer side ----------------------------------------------------------------------
 
@@ -389,7 +447,7 @@ class Capture:
         t = threading.Thread(
             target=self._run, args=(self._generation,), name="lineqc-capture", daemon=True
         )
-        self._threads = [t]
+        self._thread = t
         self._last_frame = time.monotonic()
         t.start()
 
@@ -406,12 +464,32 @@ class Capture:
                 self._event(
                     "error", f"no frame for {self.cfg.frame_timeout_s:g} s (hung); reopening"
                 )
+                # Abandon the blocked read: its reader is closed when the read returns (in its
+                # own thread, see GuardedReader), a fresh one opens meanwhile, at most
+                # MAX_HUNG_READS of them left behind at once (see _open).
                 reader = self._reader
                 self._reader = None
+                hung = [t for t in self._hung if t.is_alive()]  # only this thread writes it
+                if self._thread is not None and self._thread.is_alive():
+                    hung.append(self._thread)
+                    self.abandoned_reads += 1
+                self._hung = hung
                 if reader is not None:
                     threading.Thread(target=reader.close, daemon=True).start()
                 self.reopens += 1
                 self._spawn()
+
+    def _open(self) -> Reader:
+        hung = self.hung_reads()
+        if hung >= MAX_HUNG_READS:
+            raise SourceError(
+                f"{self.cfg.source}: {hung} reads on hung captures have not returned "
+                f"(at most {MAX_HUNG_READS}); not opening another yet"
+            )
+        reader = self.factory()
+        reader.counts = self.counts
+        reader.open()
+        return reader
 
     def _run(self, generation: int) -> None:
         backoff = self.cfg.reopen_min_s
@@ -421,9 +499,7 @@ class Capture:
         while not self._stop.is_set() and generation == self._generation:
             if reader is None:
                 try:
-                    reader = self.factory()
-                    reader.counts = self.counts
-                    reader.open()
+                    reader = self._open()
                 except (SourceError, cv2.error, OSError) as exc:
                     reader = None
                     self._event("error", f"{exc}; retry in {backoff:.1f} s")

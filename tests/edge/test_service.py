@@ -9,22 +9,17 @@ sending.
 
 from __future__ import annotations
 
-import http.server
-import itertools
 import json
 import os
 import signal
-import socketserver
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 import yaml
 
@@ -40,6 +35,7 @@ from lineqc.edge.service import (
     unit_text,
     verify_unit,
 )
+from tests.cameras import MJPEGCamera
 
 # ---- a notify socket, as systemd binds one -----------------------------------------------------
 
@@ -217,53 +213,6 @@ def test_install_service_checks_the_config_then_writes_the_unit(
 # ---- the real runtime under a notify socket ----------------------------------------------------
 
 
-class MJPEGCamera:
-    """An IP camera's MJPEG stream over HTTP, at about 20 fps; ``pause`` stalls it (the
-    connection stays open and silent, like a hung camera)."""
-
-    def __init__(self, images: list[Path]) -> None:
-        frames = []
-        for p in images:
-            ok, jpeg = cv2.imencode(".jpg", cv2.imread(str(p), cv2.IMREAD_UNCHANGED))
-            assert ok
-            frames.append(jpeg.tobytes())
-        self.flowing = threading.Event()
-        self.flowing.set()
-        camera = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                try:
-                    for jpeg in itertools.cycle(frames):
-                        camera.flowing.wait()
-                        self.wfile.write(
-                            b"--frame\r\nContent-Type: image/jpeg\r\n"
-                            b"Content-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
-                        )
-                        self.wfile.flush()
-                        time.sleep(0.05)
-                except OSError:
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.flowing.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _start(edge, cfg: Path, socket_path: str, log: Path, watchdog_usec: int | None = None):
     env = {"NOTIFY_SOCKET": socket_path}
     if watchdog_usec:
@@ -287,33 +236,47 @@ def _summary(log: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_watchdog_fed_while_frames_flow_and_starved_when_the_camera_stalls(
+def test_watchdog_starved_while_the_camera_hangs_and_fed_again_once_it_resumes(
     edge, broker, notify_socket, tmp_path: Path
 ) -> None:
+    """The hung stream is reopened while OpenCV's read on it is still blocked; when the
+    camera sends again, that read returns (the capture it reads from was released under
+    it before: SIGSEGV) and frames flow from the fresh capture."""
     path, listener = notify_socket
     camera = MJPEGCamera(sorted(edge.bundle.images.rglob("*.png"))[:20])
     try:
-        cfg = edge.config(broker.port, camera.url, camera={"frame_timeout_s": 1.0})
+        cfg = edge.config(
+            broker.port, camera.url, camera={"frame_timeout_s": 1.0, "reopen_max_s": 2.0}
+        )
         log = tmp_path / "runtime.log"
         proc = _start(edge, cfg, path, log, watchdog_usec=1_000_000)  # a ping every ~0.5 s
         assert listener.wait_for(lambda: listener.count("READY") == 1, 60), log.read_text()
         assert listener.wait_for(lambda: listener.count("WATCHDOG") >= 4, 30), log.read_text()
-
-        camera.flowing.clear()  # the camera hangs: capture gets nothing, inference idles
 
         def quiet_for(seconds: float) -> bool:
             pings = listener.with_key("WATCHDOG")
             last = pings[-1][0] if pings else 0.0
             return time.monotonic() - last > seconds
 
-        # 3 s is six ping periods: systemd (WatchdogSec=1) would have restarted it
-        assert listener.wait_for(lambda: quiet_for(3.0), 20), "pings went on with no frames"
-        assert proc.poll() is None  # the process itself runs on; restarting is systemd's
-        # stopped while the camera still hangs (OpenCV's FFMPEG reader is not resumed here:
-        # a read blocked on a capture the reopen released crashes when data comes back)
+        def hangs() -> None:  # capture gets nothing, inference idles
+            camera.pause()
+            # 3 s is six ping periods: systemd (WatchdogSec=1) would have restarted it
+            assert listener.wait_for(lambda: quiet_for(3.0), 20), "pings went on with no frames"
+            assert proc.poll() is None, log.read_text()  # restarting is systemd's
+
+        hangs()
+        pings = listener.count("WATCHDOG")
+        camera.resume()  # the abandoned read returns; frames flow from the fresh capture
+        assert listener.wait_for(lambda: listener.count("WATCHDOG") >= pings + 4, 30), (
+            log.read_text()
+        )
+        hangs()  # and stopped while it hangs, a read still blocked
         edge.terminate(proc, timeout=30)
-        assert proc.returncode == 0, log.read_text()
-        assert "no frame for 1 s (hung); reopening" in log.read_text()
+        text = log.read_text()
+        assert proc.returncode == 0, text  # -11 was the crash
+        assert "no frame for 1 s (hung); reopening" in text
+        capture = _summary(log)["capture"]
+        assert capture["reopens"] >= 2 and capture["abandoned_reads"] >= 2, capture
         assert listener.count("STOPPING") == 1
     finally:
         camera.close()

@@ -5,17 +5,29 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import pytest
 
 from lineqc.edge.config import CameraConfig
-from lineqc.edge.sources import Capture, EndOfStream, Reader, SourceError, open_reader
+from lineqc.edge.sources import (
+    MAX_HUNG_READS,
+    Capture,
+    EndOfStream,
+    GuardedReader,
+    Reader,
+    SourceError,
+    open_reader,
+)
 from tests.bombs import bomb_jpeg
+from tests.cameras import MJPEGCamera
 
 
 def _frames(folder: Path, n: int) -> Path:
@@ -157,6 +169,149 @@ def test_hung_source_is_detected_and_reopened() -> None:
         cap.get(0.1)
     cap.stop()
     assert cap.reopens >= 1 and any("hung" in d for _, d in events)
+
+
+class Wedged(GuardedReader):
+    """A driver that wedges after 3 frames until ``driver`` is set, and must never be torn
+    down while a read is inside it (what OpenCV's FFmpeg backend crashes on)."""
+
+    driver = threading.Event()
+    torn_down: ClassVar[list[str]] = []  # "in-flight" for a teardown under a read
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+        self.inside = False
+
+    def _read(self) -> np.ndarray | None:
+        self.n += 1
+        if self.n > 3:
+            self.inside = True
+            try:
+                Wedged.driver.wait(30)
+            finally:
+                self.inside = False
+        return np.full((8, 8), self.n % 256, np.uint8)
+
+    def _teardown(self) -> None:
+        Wedged.torn_down.append("in-flight" if self.inside else "idle")
+
+
+def test_hung_reads_are_abandoned_never_released_under_the_read_and_bounded() -> None:
+    events = []
+    cfg = CameraConfig(
+        source="wedge://", frame_timeout_s=0.5, reopen_min_s=0.05, reopen_max_s=0.2, stale_frames=0
+    )
+    cap = Capture(cfg, on_event=lambda s, d: events.append((s, d)), reader_factory=Wedged)
+    cap.start()
+    try:
+        most = 0
+        deadline = time.monotonic() + 15
+        while not any("not opening another" in d for _, d in events):
+            assert time.monotonic() < deadline, events
+            cap.get(0.05)
+            most = max(most, cap.hung_reads())
+        time.sleep(1.0)  # backing off at the bound: no further reader opens or hangs
+        assert cap.hung_reads() == MAX_HUNG_READS <= cap.abandoned_reads
+        assert most <= MAX_HUNG_READS and Wedged.torn_down == [], Wedged.torn_down
+
+        Wedged.driver.set()  # the driver comes back: the abandoned reads return
+        deadline = time.monotonic() + 15
+        while cap.hung_reads() or cap.state != "ok":
+            assert time.monotonic() < deadline, (cap.stats(), events[-3:])
+            cap.get(0.05)
+        got = [cap.get(1.0) for _ in range(5)]
+        assert all(f is not None for f in got)  # frames flow from a fresh reader
+        # each abandoned reader was torn down by its own thread once its read returned
+        assert Wedged.torn_down.count("idle") >= MAX_HUNG_READS
+        assert "in-flight" not in Wedged.torn_down
+        assert cap.stats()["abandoned_reads"] >= MAX_HUNG_READS and cap.stats()["hung_reads"] == 0
+    finally:
+        cap.stop()
+        Wedged.driver.set()
+
+
+# A process of its own: the crash this guards against is a SIGSEGV, which would take pytest.
+HUNG_STREAM_CHILD = """
+import json, sys, threading, time
+from lineqc.edge.config import CameraConfig
+from lineqc.edge.sources import Capture
+
+def say(**doc):
+    print(json.dumps(doc), flush=True)
+
+cfg = CameraConfig(id="cam0", source=sys.argv[1], frame_timeout_s=1.0, reopen_min_s=0.2,
+                   reopen_max_s=1.0)
+cap = Capture(cfg, on_event=lambda state, detail: say(state=state, detail=detail))
+cap.start()
+stdin_open = threading.Thread(target=sys.stdin.read)  # the parent closes it: stop
+stdin_open.start()
+while stdin_open.is_alive():
+    frame = cap.get(0.2)
+    if frame is not None:
+        say(frame=frame.seq)
+deadline = time.monotonic() + 20
+while cap.hung_reads() and time.monotonic() < deadline:
+    time.sleep(0.1)
+cap.stop()
+say(stats=cap.stats())
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_opencv_stream_that_resumes_is_reopened_without_crashing(tmp_path: Path) -> None:
+    camera = MJPEGCamera(sorted(_frames(tmp_path / "frames", 10).iterdir()))
+    child = subprocess.Popen(
+        [sys.executable, "-c", HUNG_STREAM_CHILD, camera.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[dict] = []
+    out: list[str] = []
+
+    def collect() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            out.append(line)
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+
+    def wait_for(what, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not what():
+            assert child.poll() is None, f"exit {child.returncode}: {''.join(out)}"
+            assert time.monotonic() < deadline, "".join(out)
+            time.sleep(0.05)
+
+    def frames() -> int:
+        return sum("frame" in d for d in lines)
+
+    try:
+        wait_for(lambda: frames() >= 10)
+        camera.pause()
+        wait_for(lambda: any("(hung); reopening" in d.get("detail", "") for d in lines))
+        time.sleep(1.5)  # the fresh capture is opening on the silent stream
+        before = frames()
+        camera.resume()  # the abandoned read returns: its capture is released, in its thread
+        wait_for(lambda: frames() >= before + 10)
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(60)
+        reader.join(10)
+        assert child.returncode == 0, f"exit {child.returncode}: {''.join(out)}"  # -11: SIGSEGV
+        stats = lines[-1]["stats"]
+        assert stats["abandoned_reads"] >= 1 and stats["reopens"] >= 1, stats
+        assert stats["hung_reads"] == 0, stats  # the abandoned read returned and was closed
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        camera.close()
 
 
 def test_stale_source_is_detected_and_reopened() -> None:
