@@ -25,6 +25,7 @@ Steps, each reported in the status's ``rollout``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,11 +37,12 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -153,38 +155,45 @@ def _fetch(url: str, part: Path, size: int, cancel: threading.Event) -> None:
         have = 0
     if have == size:
         return
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            status = resp.status
-            if status == 200:
-                have = 0  # the server ignores Range: start over
-            elif status != 206:
-                raise DownloadError(f"HTTP {status}")
-            length = resp.headers.get("Content-Length")
-            if length is not None and have + int(length) > size:
-                raise Refused(f"deploy: the bundle is larger than the deploy's {size} bytes")
-            with open(part, "ab" if have else "wb") as out:
-                while have < size:
-                    if cancel.is_set():
-                        raise DownloadError("cancelled")
-                    block = resp.read(min(CHUNK, size - have + 1))
-                    if not block:
-                        break
-                    if have + len(block) > size:
-                        raise Refused(
-                            f"deploy: the bundle is larger than the deploy's {size} bytes"
-                        )
-                    out.write(block)
-                    have += len(block)
-                out.flush()
-                os.fsync(out.fileno())
+        # the part opens after the stream: "ab" only where the server resumes at ``have``
+        with _open_url(url, have) as (resp, have), open(part, "ab" if have else "wb") as out:
+            while have < size:
+                if cancel.is_set():
+                    raise DownloadError("cancelled")
+                block = resp.read(min(CHUNK, size - have + 1))
+                if not block:
+                    break
+                if have + len(block) > size:
+                    raise Refused(f"deploy: the bundle is larger than the deploy's {size} bytes")
+                out.write(block)
+                have += len(block)
+            out.flush()
+            os.fsync(out.fileno())
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise DownloadError(str(getattr(exc, "reason", exc))) from None
     if have < size:
         raise DownloadError(f"connection ended at {have} of {size} bytes (resumed next time)")
+
+
+@contextlib.contextmanager
+def _open_url(url: str, have: int) -> Iterator[tuple[BinaryIO, int]]:
+    """(a stream from byte ``have`` on, or from 0 where the server ignores Range, and
+    where it starts)."""
+    if url.startswith("file://"):
+        with open(urllib.request.url2pathname(urllib.parse.urlsplit(url).path), "rb") as f:
+            f.seek(have)
+            yield f, have
+        return
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        if resp.status == 200:
+            have = 0  # the server ignores Range: start over
+        elif resp.status != 206:
+            raise DownloadError(f"HTTP {resp.status}")
+        yield resp, have
 
 
 # ---- shadow and probation -----------------------------------------------------------------
@@ -403,7 +412,7 @@ class Slots:
     def resume(self, running: str) -> None:
         """After a restart: carry on with a deploy that was under way."""
         st = self.state
-        if st.phase in ("downloading", "staging", "shadow") and st.deploy is not None:
+        if st.phase in ("downloading", "staged", "shadow") and st.deploy is not None:
             self._start(Deploy.model_validate(st.deploy), running)
 
     def clean_stop(self) -> None:

@@ -33,8 +33,9 @@ from tests.fleet_http import StoreServer
 REVIEW_ALL = DecisionPolicy(tuple(CLASSES), "ok", thresholds={"ok": 1.0, "bad": 1.0})
 
 
-def make_bundle(root: Path, key: Path, version: str, policy: DecisionPolicy = POLICY,
-                pad: int = 0) -> Path:  # fmt: skip
+def make_bundle(
+    root: Path, key: Path, version: str, policy: DecisionPolicy = POLICY, pad: int = 0
+) -> Path:
     manifest = tiny_manifest().model_copy(
         update={
             "model": ModelInfo(name="tiny", version=version),
@@ -72,14 +73,17 @@ class Fleet:
         folder.mkdir(exist_ok=True)
         eb = EdgeBundle(self.v1, self.public, self.private, self.images, self.images)
         path = device_config(
-            folder, eb, self.port, f"{self.images}/*.png",
+            folder,
+            eb,
+            self.port,
+            f"{self.images}/*.png",
             device={"id": device, "site": "site1", "line": "line1"},
             camera={"loop": True, "fps": 20},
             model={"bundle": str(self.v1), "public_key": str(self.public), "threads": 1},
             rollout={"retry_s": 0.5},
             latency_budget_ms=1000,
             **sections,
-        )  # fmt: skip
+        )
         return path
 
     def start(self, device: str, **sections: Any) -> subprocess.Popen[str]:
@@ -89,10 +93,24 @@ class Fleet:
 
     def deploy(self, version: str, devices: str, stage: str, *extra: str) -> str:
         return run_lineqc(
-            "fleet", "deploy", "--broker", f"mqtt://127.0.0.1:{self.port}", "--store",
-            str(self.store), "--url", self.http.url, "--bundle", version, "--devices", devices,
-            "--stage", stage, "--key", str(self.private), *extra,
-        ).stdout  # fmt: skip
+            "fleet",
+            "deploy",
+            "--broker",
+            f"mqtt://127.0.0.1:{self.port}",
+            "--store",
+            str(self.store),
+            "--url",
+            self.http.url,
+            "--bundle",
+            version,
+            "--devices",
+            devices,
+            "--stage",
+            stage,
+            "--key",
+            str(self.private),
+            *extra,
+        ).stdout
 
     def signed_deploy(self, device: str, **fields: Any) -> None:
         """A deploy published by hand (not through `fleet deploy`), retained, as an insider."""
@@ -104,8 +122,14 @@ class Fleet:
         target = f"site1/line1/{device}"
         doc = new_command("deploy", target, "by-hand", **fields)
         payload = sign_command(doc, load_private_key(self.private))
-        mqtt_publish.single(f"lineqc/v1/{target}/cmd", payload, qos=1, retain=True,
-                            hostname="127.0.0.1", port=self.port)  # fmt: skip
+        mqtt_publish.single(
+            f"lineqc/v1/{target}/cmd",
+            payload,
+            qos=1,
+            retain=True,
+            hostname="127.0.0.1",
+            port=self.port,
+        )
 
     def entry(self, version: str) -> dict[str, Any]:
         return dict(json.loads((self.store / "index.json").read_text())[version])
@@ -121,11 +145,15 @@ def fleet(tmp_path: Path, broker: Any) -> Iterator[Fleet]:
         cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 255, (48, 64), dtype=np.uint8))
     store = tmp_path / "store"
     v1 = make_bundle(tmp_path / "bundles" / "v1", private, "1.0")
-    for version, policy, pad in (("2.0", POLICY, 300_000), ("3.0", REVIEW_ALL, 0),
-                                 ("0.5", POLICY, 0)):  # fmt: skip
+    for version, policy, pad in (
+        ("2.0", POLICY, 300_000),
+        ("3.0", REVIEW_ALL, 0),
+        ("0.5", POLICY, 0),
+    ):
         folder = make_bundle(tmp_path / "bundles" / version, private, version, policy, pad)
-        run_lineqc("fleet", "publish", str(folder), "--store", str(store),
-                   "--public-key", str(public))  # fmt: skip
+        run_lineqc(
+            "fleet", "publish", str(folder), "--store", str(store), "--public-key", str(public)
+        )
     http = StoreServer(store).start()
     kit = Fleet(tmp_path, private, public, images, v1, store, http, broker.port)
     yield kit
@@ -168,8 +196,9 @@ def test_three_devices_shadow_then_promote_one_away_catches_up(
     away = fleet.procs[2]
     away.send_signal(signal.SIGTERM)  # dev3 leaves; its retained status stays
     assert away.wait(20) == 0
-    out = fleet.deploy("2.0", "site1/line1/*", "shadow", "--shadow-frames", "15",
-                       "--probation-frames", "20")  # fmt: skip
+    out = fleet.deploy(
+        "2.0", "site1/line1/*", "shadow", "--shadow-frames", "15", "--probation-frames", "20"
+    )
     assert out.count("deploy 2.0 (shadow)") == 3, out
     for device in ("dev1", "dev2"):
         done = wait_rollout(sub, device, "done")
@@ -180,8 +209,9 @@ def test_three_devices_shadow_then_promote_one_away_catches_up(
         assert {"agreement", "latency_ms", "uncertain_candidate"} <= set(shadowed[-1])
         assert any(r.get("state") == "probation" for r in seen)
         assert any(r["model_version"] == "2.0" for r in sub.docs("result") if r["device"] == device)
-    assert not [r for r in sub.docs("result") if r["device"] == "dev3" and
-                r["model_version"] == "2.0"]  # fmt: skip
+    assert not [
+        r for r in sub.docs("result") if r["device"] == "dev3" and r["model_version"] == "2.0"
+    ]
     fleet.start("dev3")  # back: the retained deploy reaches it
     assert wait_rollout(sub, "dev3", "done")["active"] == "2.0"
     replies = [r for r in sub.docs("cmd/reply") if r["cmd"] == "deploy"]
@@ -196,8 +226,9 @@ def test_a_bundle_that_sends_everything_to_review_rolls_back(
     sub = subscriber_factory(fleet.port)
     fleet.start("dev1")
     online(sub, "dev1")
-    fleet.deploy("3.0", "site1/line1/dev1", "all", "--probation-frames", "40",
-                 "--max-uncertain-share", "0.3")  # fmt: skip
+    fleet.deploy(
+        "3.0", "site1/line1/dev1", "all", "--probation-frames", "40", "--max-uncertain-share", "0.3"
+    )
     back = wait_rollout(sub, "dev1", "rolled_back")
     assert back["active"] == "1.0" and "uncertain" in back["reason"], back
     versions = [r["model_version"] for r in sub.docs("result")]
@@ -222,31 +253,55 @@ def test_tampered_wrong_hash_and_older_bundles_are_refused(
     assert reply["ok"] is False and "older than the running 1.0" in reply["error"], reply
     # a tar whose bytes are not the ones the deploy names
     good = fleet.entry("2.0")
-    fleet.signed_deploy("dev1", version="2.0", sha256="0" * 64, size=good["size"],
-                        urls=[f"{fleet.http.url}/{good['sha256']}.tar"], stage="all")  # fmt: skip
+    fleet.signed_deploy(
+        "dev1",
+        version="2.0",
+        sha256="0" * 64,
+        size=good["size"],
+        urls=[f"{fleet.http.url}/{good['sha256']}.tar"],
+        stage="all",
+    )
     assert "sha256" in wait_rollout(sub, "dev1", "refused")["reason"]
     # a tampered bundle, stored with its own hash: the signature refuses it
     tampered = fleet.store / "tampered.tar"
-    with tarfile.open(fleet.store / f"{good['sha256']}.tar") as src, \
-            tarfile.open(tampered, "w") as dst:  # fmt: skip
+    with (
+        tarfile.open(fleet.store / f"{good['sha256']}.tar") as src,
+        tarfile.open(tampered, "w") as dst,
+    ):
         for m in src.getmembers():
             data = src.extractfile(m).read()  # type: ignore[union-attr]
             if m.name == "model.fp32.onnx":
                 data = data[:-4] + b"\x00\x00\x80\x3f"
             dst.addfile(m, io.BytesIO(data))
     n = len(statuses(sub, "dev1"))
-    fleet.signed_deploy("dev1", version="2.0", sha256=sha256_file(tampered),
-                        size=tampered.stat().st_size, urls=[f"{fleet.http.url}/tampered.tar"],
-                        stage="all")  # fmt: skip
+    fleet.signed_deploy(
+        "dev1",
+        version="2.0",
+        sha256=sha256_file(tampered),
+        size=tampered.stat().st_size,
+        urls=[f"{fleet.http.url}/tampered.tar"],
+        stage="all",
+    )
     assert sub.wait_for(
-        lambda: any("does not verify" in str((s.get("rollout") or {}).get("reason"))
-                    for s in statuses(sub, "dev1")[n:]), 30,
-    ), rollout_of(sub, "dev1")  # fmt: skip
+        lambda: any(
+            "does not verify" in str((s.get("rollout") or {}).get("reason"))
+            for s in statuses(sub, "dev1")[n:]
+        ),
+        30,
+    ), rollout_of(sub, "dev1")
     assert rollout_of(sub, "dev1")["active"] == "1.0"
     assert {r["model_version"] for r in sub.docs("result")} == {"1.0"}
     # and `fleet publish` refuses it too
-    bad = run_lineqc("fleet", "publish", str(tampered), "--store", str(fleet.store),
-                     "--public-key", str(fleet.public), check=False)  # fmt: skip
+    bad = run_lineqc(
+        "fleet",
+        "publish",
+        str(tampered),
+        "--store",
+        str(fleet.store),
+        "--public-key",
+        str(fleet.public),
+        check=False,
+    )
     assert bad.returncode == 2 and "not published" in bad.stderr
 
 
@@ -296,3 +351,34 @@ def test_probation_judges_its_window() -> None:
         slow.record("ok", over_budget=True)
     judged = slow.judgement()
     assert judged is not None and not judged[0] and "latency" in judged[1]
+
+
+def test_download_resumes_bounds_and_checks_its_bytes(tmp_path: Path) -> None:
+    import hashlib
+    import threading
+
+    from lineqc.edge.rollout import Refused, download
+
+    data = os.urandom(200_000)
+    sha = hashlib.sha256(data).hexdigest()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "b.tar").write_bytes(data)
+    never = threading.Event()
+    part = tmp_path / "b.part"
+    part.write_bytes(data[:70_000])  # what a killed download left: resumed from there
+    download([(tmp_path / "store" / "b.tar").as_uri()], part, len(data), sha, never)
+    assert part.read_bytes() == data
+    http = StoreServer(tmp_path / "store").start()
+    try:
+        part.write_bytes(data[:123_456])
+        download([f"{http.url}/missing.tar", f"{http.url}/b.tar"], part, len(data), sha, never)
+        assert part.read_bytes() == data and http.ranges[-1] == "bytes=123456-"
+        part.unlink()
+        with pytest.raises(Refused, match="larger than the deploy's 100000 bytes"):
+            download([f"{http.url}/b.tar"], part, 100_000, sha, never)
+        part.unlink()
+        with pytest.raises(Refused, match="sha256"):
+            download([f"{http.url}/b.tar"], part, len(data), "0" * 64, never)
+        assert not part.exists()  # never resumed from bytes that are not the named ones
+    finally:
+        http.stop()
