@@ -12,7 +12,7 @@ FOLDS ?= 3
 STAGES := datasets train export edge review retrain
 EXTRAS := edge,train,export,review,dev
 
-.PHONY: setup system-deps test lint typecheck-tree demo demo-data demo-run demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge bench-service clean
+.PHONY: setup system-deps test lint typecheck-tree demo demo-data demo-run demo-inspect demo-retrain bench bench-quality bench-train bench-export bench-edge bench-service bench-rollout clean
 
 ## setup: .venv with every extra for development (torch pinned by constraints.txt), Mosquitto
 setup: $(VENV)/.installed system-deps $(VENV)/.gige
@@ -158,7 +158,7 @@ $(BUNDLE)/manifest.json: $(RUN)/metrics.json $(KEY).key
 	$(BIN)/lineqc export $(RUN) --dataset $(DS) --out $(BUNDLE) --key $(KEY).key --overwrite
 
 ## bench: every benchmark (figures beside a baseline measured in the same run)
-bench: bench-quality bench-train bench-export bench-edge bench-service
+bench: bench-quality bench-train bench-export bench-edge bench-service bench-rollout
 
 # Detection quality on parts no model saw: the recommended recipe against the baseline on
 # FOLDS part-grouped folds of the real data (about 2 hours on a 2-core CPU for 3 folds;
@@ -178,6 +178,10 @@ bench-edge: $(BUNDLE)/manifest.json
 # Running as a service: the watchdog's cost per frame, SIGTERM with a waiting outbox, SIGHUP
 bench-service: $(BUNDLE)/manifest.json
 	$(PY) bench/bench_service.py --bundle $(BUNDLE) --pubkey $(KEY).pub --source "$(DS)/images/**/*"
+
+# Fleet rollout: live latency before and during a shadow, the switch gap, deploy to new model
+bench-rollout: $(BUNDLE)/manifest.json
+	src=$$($(FIND_MT)) && $(PY) bench/bench_rollout.py --bundle $(BUNDLE) --key $(KEY).key --source "$$src/MT_*/Imgs/*.jpg"
 
 clean:
 	rm -rf build $(DATA) $(RUNS) .pytest_cache .mypy_cache .ruff_cache .hypothesis
