@@ -190,6 +190,23 @@ class DatasetInfo(_Part):
     training_manifest_hash: str | None = None
 
 
+class DriftReference(_Part):
+    """The training split's distribution of the drift statistic (``lineqc.edge.drift``):
+    what the review collector scores each camera's recent frames against."""
+
+    statistic: Literal["brightness"] = "brightness"
+    bin_width: float = Field(description="levels per bin; bins start at 0")
+    counts: list[int] = Field(min_length=1, description="frames per bin")
+    frames: int = Field(ge=1)
+    split: str = Field(description="the dataset split it was computed on")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DriftReference:
+        if sum(self.counts) != self.frames or min(self.counts) < 0:
+            raise ValueError(f"counts add up to {sum(self.counts)}, not frames {self.frames}")
+        return self
+
+
 class Manifest(_Part):
     """``manifest.json``. ``files`` is filled in by ``seal`` (pass ``{}`` before sealing)."""
 
@@ -217,6 +234,9 @@ class Manifest(_Part):
     )
     files: dict[str, Sha256] = Field(
         description="relative path -> sha256 of every file but the manifest and its signature"
+    )
+    drift_reference: DriftReference | None = Field(
+        default=None, description="the input statistic on the training split (monitoring)"
     )
 
     @model_validator(mode="after")

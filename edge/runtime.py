@@ -545,12 +545,14 @@ class Runtime:
             )  # fmt: skip
         why = self.sampler.choose(d)
         latency = (t4 - frame.t_mono) * 1000
+        tel = self.telemetry
+        brightness = tel.inputs[frame.camera].add(frame.image)  # drift: sent with the result
         if cfg.mqtt.publish_results:
             result = result_message(
                 frame_id=frame_id, device=cfg.device.id, camera=frame.camera, seq=frame.seq,
                 ts=frame.ts, model_version=self.bundle.version, verdict=d.verdict, label=d.label,
                 confidence=d.confidence, reason=d.reason, latency_ms=latency, sampled=why,
-                anomaly=None if anomaly is None else float(anomaly[0]),
+                anomaly=None if anomaly is None else float(anomaly[0]), brightness=brightness,
             )  # fmt: skip
             self.publisher.submit("result", frame_id, dumps(result))
         if why is not None:
@@ -567,7 +569,6 @@ class Runtime:
                 "sample", frame_id, PendingSample(doc, frame.image, cfg.sampling.jpeg_quality)
             )
         t5 = time.perf_counter()
-        tel = self.telemetry
         tel.record(
             {
                 "queue": (t1 - frame.t_mono) * 1000,
@@ -579,7 +580,6 @@ class Runtime:
                 "total": (t5 - frame.t_mono) * 1000,
             }
         )
-        tel.inputs[frame.camera].add(frame.image)
         tel.frames += 1
         tel.verdicts[d.verdict] += 1
         self.verdicts[d.verdict] += 1

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .drift import subsample
+
 # queue: capture stamp to pickup; capture_to_decision: the latency that matters on the line;
 # total: capture stamp until the frame's messages were handed to the publisher.
 STAGES = ("queue", "preprocess", "infer", "decide", "publish", "capture_to_decision", "total")
@@ -53,15 +55,16 @@ class InputStats:
         self.sum = self.sumsq = self.contrast = 0.0
         self.shape: tuple[int, ...] = ()
 
-    def add(self, image: np.ndarray) -> None:
-        step = max(1, min(image.shape[:2]) // 32)
-        sub = image[::step, ::step].astype(np.float32)
+    def add(self, image: np.ndarray) -> float:
+        """Count one frame; its brightness (the drift statistic, ``drift.frame_brightness``)."""
+        sub = subsample(image)
         m = float(sub.mean())
         self.n += 1
         self.sum += m
         self.sumsq += m * m
         self.contrast += float(sub.std())
         self.shape = image.shape
+        return m
 
     def report(self) -> dict[str, float]:
         if not self.n:

@@ -21,7 +21,7 @@ from lineqc.errors import LineqcError
 from lineqc.versioned import parse_versioned
 
 WIRE_VERSION = 1
-KINDS = ("result", "sample", "status", "telemetry", "cmd", "cmd/reply")
+KINDS = ("result", "sample", "status", "telemetry", "cmd", "cmd/reply", "alert")
 # Site, line, device and camera ids (the device config's): one MQTT topic level each, safe in
 # a file name. A frame id is "<device>-<camera>-<run: hex>-<seq: digits>".
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -90,6 +90,8 @@ class Result(_Msg):
     latency_ms: float
     sampled: Literal["uncertain", "audit"] | None = None
     anomaly: float | None = None  # a model with an anomaly score only
+    # the frame's mean intensity (lineqc.edge.drift.frame_brightness): input drift
+    brightness: float | None = None
 
 
 class SampleImage(BaseModel):
@@ -264,6 +266,23 @@ _COMMAND = TypeAdapter(Command)
 _ENVELOPE = TypeAdapter(SignedCommand)
 
 
+class Alert(_Msg):
+    """An alarm of the review collector's fleet monitoring changing state (firing or
+    resolved), on ``<prefix>/<site>/<line>/<device>/alert``."""
+
+    type: Literal["alert"]
+    site: str
+    line: str
+    device: str
+    camera: str | None = None  # None: the device's alarm, not one camera's
+    alarm: str = Field(description="drift, uncertain_share, latency_p99, false_reject, escape")
+    state: Literal["firing", "resolved"]
+    value: float | None = None
+    threshold: float | None = None
+    ts: float
+    detail: str = ""
+
+
 class CommandReply(_Msg):
     type: Literal["command_reply"]
     device: str
@@ -275,7 +294,7 @@ class CommandReply(_Msg):
 
 
 Message = Annotated[
-    Result | Sample | Status | Telemetry | CommandReply, Field(discriminator="type")
+    Result | Sample | Status | Telemetry | CommandReply | Alert, Field(discriminator="type")
 ]
 _MESSAGE = TypeAdapter(Message)
 
@@ -287,7 +306,9 @@ def _explain(exc: ValidationError) -> str:
     )
 
 
-def parse_message(payload: bytes | str) -> Result | Sample | Status | Telemetry | CommandReply:
+def parse_message(
+    payload: bytes | str,
+) -> Result | Sample | Status | Telemetry | CommandReply | Alert:
     """Any device message, validated; raises WireError naming what is wrong."""
     doc = parse_versioned(payload, "message", "v", WIRE_VERSION, WireError, "wire version")
     try:
@@ -355,6 +376,7 @@ def result_message(
     latency_ms: float,
     sampled: str | None,
     anomaly: float | None = None,
+    brightness: float | None = None,
 ) -> dict[str, Any]:
     doc = {
         "v": WIRE_VERSION,
@@ -374,6 +396,8 @@ def result_message(
     }
     if anomaly is not None:  # a minor addition: only where the model has the score
         doc["anomaly"] = round(anomaly, 6)
+    if brightness is not None:  # a minor addition: input drift (lineqc.edge.drift)
+        doc["brightness"] = round(brightness, 2)
     return doc
 
 

@@ -13,7 +13,11 @@ from tqdm import tqdm
 from lineqc.datasets.labels import label_indices, split_records
 from lineqc.datasets.manifest import DatasetError, Manifest, Record
 from lineqc.datasets.storage import read_image
+from lineqc.edge import drift
+from lineqc.edge.manifest import DriftReference
 from lineqc.edge.preprocess import PreprocessSpec, preprocess
+
+DRIFT_REFERENCE_IMAGES = 5000  # a spread of the split is enough for a 64-bin histogram
 
 
 @dataclass
@@ -42,3 +46,22 @@ def split_inputs(
         raise DatasetError(f"{exc} (the export needs a '{split}' split)") from None
     labels = label_indices(records, meta["classes"], meta["ok_class"], manifest.ok_class)
     return SplitInputs(records, load_inputs(root, records, spec, f"load {split}"), labels)
+
+
+def drift_reference(root: Path, records: Sequence[Record], split: str) -> DriftReference | None:
+    """The drift statistic's histogram on (an even spread of at most
+    DRIFT_REFERENCE_IMAGES of) a split's images, read as the device captures them."""
+    if not records:
+        return None
+    step = max(1, -(-len(records) // DRIFT_REFERENCE_IMAGES))
+    chosen = records[::step]
+    values = [
+        drift.frame_brightness(read_image(root, r))
+        for r in tqdm(chosen, desc="drift reference", leave=False)
+    ]
+    return DriftReference(
+        bin_width=drift.BIN_WIDTH,
+        counts=drift.histogram(values),
+        frames=len(values),
+        split=split,
+    )

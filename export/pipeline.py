@@ -314,6 +314,7 @@ def export_run(
             latency_ms={p: Latency(p50=lat[p]["p50"], p99=lat[p]["p99"]) for p in PRECISIONS},
             latency_environment=latency.environment(options.threads),
             files={},  # seal's
+            drift_reference=data.drift_reference(dataset, manifest.in_split("train"), "train"),
         )
         signed = bundle_writer.write_bundle(
             out,

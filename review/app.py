@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineqc.errors import LineqcError
 
-from . import admin, logs, media
+from . import admin, health, logs, media
 from .auth import (
     SESSION_TTL_S,
     authenticate,
@@ -42,6 +42,7 @@ from .conflicts import ConflictFinder, KnownLabels
 from .frameview import frame_view
 from .guide import Guide
 from .middleware import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
+from .monitor import MonitorConfig, load_config
 from .queue import (
     CHANGE_WINDOW_S,
     Filters,
@@ -84,11 +85,14 @@ def create_app(
     change_window_s: float = CHANGE_WINDOW_S,
     throttle: SignInThrottle | None = None,
     trusted_proxies: Sequence[str] = (),
+    monitor: MonitorConfig | None = None,
 ) -> FastAPI:
     """The app on ``store``; ``guide``: the class guide (default: built-in descriptions and
     examples from the store); ``change_window_s``: how long an answer may be changed;
     ``throttle``: failed sign-ins (default: the standard limits); ``trusted_proxies``: the
-    addresses (or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed."""
+    addresses (or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed;
+    ``monitor``: the collector's monitoring config (its bucket and thresholds, for the
+    line-health page and /metrics)."""
     app = FastAPI(title="lineqc review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.guide = guide if guide is not None else Guide()
@@ -96,6 +100,8 @@ def create_app(
     app.state.conflicts = ConflictFinder(KnownLabels.of(manifest)) if manifest is not None else None
     app.state.change_window_s = change_window_s
     app.state.throttle = throttle if throttle is not None else SignInThrottle()
+    app.state.monitor = monitor if monitor is not None else MonitorConfig()
+    app.state.metrics = health.metrics_registry(store, app.state.monitor)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(SecurityHeaders)  # on every response, errors included
     if trusted_proxies:  # outermost: the client and scheme every other layer sees
@@ -108,6 +114,7 @@ def create_app(
     _add_inspection(app)
     app.include_router(media.router)
     app.include_router(admin.router)
+    app.include_router(health.router)
     return app
 
 
@@ -385,7 +392,13 @@ def serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     config = uvicorn.Config(
-        create_app(store, guide=guide, change_window_s=window, trusted_proxies=proxies),
+        create_app(
+            store,
+            guide=guide,
+            change_window_s=window,
+            trusted_proxies=proxies,
+            monitor=load_config(getattr(args, "monitor_config", None)),
+        ),
         log_level="warning",
         access_log=False,
         proxy_headers=False,  # only create_app's, only from --trusted-proxy addresses

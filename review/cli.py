@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from lineqc.errors import LineqcError
 
@@ -108,6 +109,33 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="exit after S seconds without a message (scripts, tests); default: run forever",
     )
+    p.add_argument(
+        "--monitor-config",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help="fleet monitoring: time bucket, window, bundles with drift references, alarm "
+        "thresholds per line (review/README.md; default: built-in thresholds)",
+    )
+    p.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="store samples only: no result/telemetry/status rollups, no alarms",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=500,
+        metavar="N",
+        help="monitoring messages committed (then acknowledged) together (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        default=0.2,
+        metavar="S",
+        help="commit a smaller batch after S seconds (default: %(default)s)",
+    )
     p.set_defaults(func=_collect)
 
     p = sub.add_parser(
@@ -136,6 +164,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
     _guide_args(p)
+    p.add_argument(
+        "--monitor-config",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help="the collector's monitoring config (bucket, thresholds) for /health and /metrics",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("add-gold", help="mix frames with known labels from a dataset into review")

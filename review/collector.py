@@ -15,6 +15,14 @@ When the store fails (database down, disk full) the message is not acknowledged:
 collector drops the connection, so the broker keeps it in the session, waits until the
 database answers again and reconnects, and the broker sends it again.
 
+Fleet monitoring (``monitor.py``; off with ``--no-monitor``): the collector also reads the
+``result``, ``telemetry`` and ``status`` topics beside ``sample`` and keeps them as rollups.
+Those messages are acknowledged in batches: up to ``--batch`` of them (or what arrived in
+``--batch-wait`` seconds) are summed in memory, committed in one transaction, and only then
+acknowledged; a failed commit drops the batch unacknowledged, and the broker sends it again.
+Every ``evaluate_every_s`` the monitor judges the cameras and publishes each alarm that
+changed state on ``<prefix>/<site>/<line>/<device>/alert`` (QoS 1).
+
 What Mosquitto 2.0 does with shared subscriptions (seen with 2.0.11):
   * unacknowledged QoS 1 messages of a persistent session are sent again (DUP set) when the
     same client id reconnects, shared subscription or not: kill -9 loses nothing;
@@ -66,10 +74,15 @@ from sqlalchemy.exc import DataError
 from lineqc.edge.defect_map import decode_png
 from lineqc.edge.imagesize import ImageSizeError, bounded_size
 from lineqc.edge.wire import (
+    Alert,
     DefectMapImage,
+    Result,
     Sample,
     SampleImage,
+    Status,
+    Telemetry,
     WireError,
+    dumps,
     is_frame_id,
     is_id,
     parse_message,
@@ -78,6 +91,7 @@ from lineqc.edge.wire import (
 from lineqc.errors import LineqcError
 
 from . import logs
+from .monitor import Monitor, Rollups, load_config
 from .store import Frame, Outcome, Store
 
 log = logging.getLogger("lineqc.review.collector")
@@ -94,6 +108,7 @@ MAP_MAX_SIDE = 1024  # a defect map's largest side, as the wire model bounds it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TS_MIN = 946_684_800.0  # 2000-01-01: a capture time before it is a device clock never set
 TS_AHEAD_S = 86_400.0  # a capture time more than a day ahead of ours is a wrong clock
+MONITOR_KINDS = ("result", "telemetry", "status")  # read beside sample for fleet monitoring
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +187,28 @@ def decode_sample(payload: bytes, now: float | None = None) -> tuple[Sample, str
         except WireError as exc:
             msg, map_problem = msg.model_copy(update={"defect_map": None}), str(exc)
     return msg, map_problem
+
+
+def decode_monitored(payload: bytes, kind: str) -> Result | Telemetry | Status:
+    """A ``result``, ``telemetry`` or ``status`` message (as its topic's ``kind`` says) with
+    values the rollups can take; WireError naming what is wrong."""
+    msg = parse_message(payload)
+    if msg.type != kind:
+        raise WireError(f"message: type {msg.type!r} on a {kind} topic")
+    assert isinstance(msg, Result | Telemetry | Status)
+    _check_text("device", msg.device, _LENGTHS["device"])
+    if isinstance(msg, Result):
+        _check_text("model_version", msg.model_version, _LENGTHS["model_version"])
+        if not (is_id(msg.camera) and is_frame_id(msg.frame_id, msg.device, msg.camera)):
+            raise WireError(
+                f"frame_id: {msg.frame_id[:100]!r} is not <device>-<camera>-<run>-<seq>"
+            )
+        if not math.isfinite(msg.latency_ms):
+            raise WireError("latency_ms: not a finite number")
+    if isinstance(msg, Status) and msg.model_version is not None:
+        _check_text("model_version", msg.model_version, _LENGTHS["model_version"])
+    _check_time(msg.ts, time.time())
+    return msg
 
 
 def _check_ids(msg: Sample) -> None:
@@ -309,6 +346,8 @@ class Counts:
     store_errors: int = 0
     maps_dropped: int = 0  # frames stored without their malformed defect map
     conflicts: int = 0  # a stored frame id again, with other content: the first one kept
+    monitored: int = 0  # result, telemetry and status messages committed into rollups
+    alerts: int = 0  # alarm changes published
 
     def line(self) -> str:
         line = (
@@ -318,7 +357,9 @@ class Counts:
         # Only when they happened: the line stays as scripts know it otherwise.
         if self.maps_dropped:
             line += f", defect maps dropped {self.maps_dropped}"
-        return line + (f", conflicts {self.conflicts}" if self.conflicts else "")
+        line += f", conflicts {self.conflicts}" if self.conflicts else ""
+        line += f", monitored {self.monitored}" if self.monitored else ""
+        return line + (f", alerts {self.alerts}" if self.alerts else "")
 
 
 def identity_problem(topic: str, sample: Sample) -> str | None:
@@ -351,10 +392,25 @@ class Collector:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         exit_idle: float | None = None,
+        monitor: Monitor | None = None,
+        batch: int = 500,
+        batch_wait_s: float = 0.2,
     ) -> None:
         self.store = store
         self.broker = broker
         self.subscription = f"$share/{group}/{topic}" if group else topic
+        self.subscriptions = [self.subscription]
+        self.monitor = monitor
+        self.batch, self.batch_wait_s = batch, batch_wait_s
+        if monitor is not None:
+            if self.subscription.endswith("/sample"):  # the same filter for the other kinds
+                base = self.subscription.removesuffix("/sample")
+                self.subscriptions += [f"{base}/{kind}" for kind in MONITOR_KINDS]
+            self.rollups = Rollups(monitor.config.bucket_s)
+        self.unacked: list[tuple[int, int]] = []  # (mid, qos) of the batch not committed yet
+        self.batch_started = 0.0
+        self.alert_roots: dict[str, str] = {}  # device -> its topic root (for its alerts)
+        self.next_evaluation = 0.0
         self.client_id = client_id
         self.exit_idle = exit_idle
         self.counts = Counts()
@@ -390,6 +446,8 @@ class Collector:
         client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        if self.monitor is not None:  # unacknowledged at once: a batch must fit in flight
+            props.ReceiveMaximum = min(65535, max(self.batch, 20))
         # Only records the address; run() connects (and reconnects) itself.
         client.connect_async(
             self.broker.host,
@@ -415,7 +473,7 @@ class Collector:
             "yes" if flags.session_present else "no",
         )
         # Also when the session is present: a broker restarted without persistence forgot it.
-        client.subscribe(self.subscription, options=SubscribeOptions(qos=1))
+        client.subscribe([(sub, SubscribeOptions(qos=1)) for sub in self.subscriptions])
 
     def _on_disconnect(
         self, client: mqtt.Client, _: Any, flags: Any, reason: ReasonCode, props: Any
@@ -434,18 +492,24 @@ class Collector:
             if self.subscription.startswith("$share/"):
                 self.fatal += " (--group '' subscribes without sharing)"
         else:
-            log.info("subscribed to %s (QoS %d)", self.subscription, reasons[0].value)
+            log.info("subscribed to %s (QoS %d)", ", ".join(self.subscriptions), reasons[0].value)
             self.last_activity = time.monotonic()  # --exit-idle counts from here
 
     def _on_message(self, client: mqtt.Client, _: Any, msg: mqtt.MQTTMessage) -> None:
         self.last_activity = time.monotonic()
         if self.store_error is not None:
             return  # not acknowledged: the broker sends it again after the reconnect
+        kind = msg.topic.rsplit("/", 1)[-1]
+        if kind == "alert":  # our own (a wide --topic filter reaches them)
+            client.ack(msg.mid, msg.qos)
+            return
+        if self.monitor is not None and kind in MONITOR_KINDS:
+            self._monitor_message(msg)
+            return
         try:
             self._handle(msg.topic, bytes(msg.payload))
         except Exception as exc:  # the store failed: keep the message with the broker
-            self.counts.store_errors += 1
-            self.store_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self._store_failed(exc)
             return
         client.ack(msg.mid, msg.qos)
 
@@ -472,6 +536,90 @@ class Collector:
             self._conflict(topic, payload, sample)
         else:
             self._stored(topic, sample, map_problem)
+
+    # ---- fleet monitoring: batched into rollups ------------------------------------------
+
+    def _monitor_message(self, msg: mqtt.MQTTMessage) -> None:
+        """Add one result, telemetry or status to the batch (acknowledged at its commit);
+        a malformed one is recorded as a reject and acknowledged at once."""
+        kind = msg.topic.rsplit("/", 1)[-1]
+        payload = bytes(msg.payload)
+        if not payload and kind == "status":  # a retained status cleared: nothing to count
+            self.client.ack(msg.mid, msg.qos)
+            return
+        try:
+            doc = decode_monitored(payload, kind)
+            ids = topic_ids(msg.topic, kind)
+            if ids is None or ids[2] != doc.device:
+                raise WireError(
+                    f"identity mismatch: the message says device {doc.device[:100]!r}, "
+                    f"its topic is {msg.topic[:300]!r}"
+                )
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, WireError) else f"unparseable: {exc!r}"
+            try:
+                self._reject(msg.topic, payload, reason)
+            except Exception as store_exc:
+                self._store_failed(store_exc)
+                return
+            self.client.ack(msg.mid, msg.qos)
+            return
+        site, line, device = ids
+        self.alert_roots[device] = msg.topic.rsplit("/", 1)[0]
+        if isinstance(doc, Result):
+            self.rollups.add_result(site, line, doc)  # a redelivery is not counted again
+        elif isinstance(doc, Telemetry):
+            self.rollups.add_telemetry(site, line, doc)
+        else:
+            self.rollups.add_status(site, line, doc)
+        if not self.unacked:
+            self.batch_started = time.monotonic()
+        self.unacked.append((msg.mid, msg.qos))
+        if len(self.unacked) >= self.batch:
+            self._commit_batch()
+
+    def _commit_batch(self) -> None:
+        """Commit the batch's rollups, then acknowledge its messages."""
+        if not self.unacked:
+            return
+        try:
+            self.rollups.flush(self.store)
+        except Exception as exc:  # not acknowledged: the broker sends them all again
+            self.rollups.discard()
+            self.unacked.clear()
+            self._store_failed(exc)
+            return
+        for mid, qos in self.unacked:
+            self.client.ack(mid, qos)
+        self.counts.monitored += len(self.unacked)
+        self.unacked.clear()
+
+    def _store_failed(self, exc: Exception) -> None:
+        self.counts.store_errors += 1
+        self.store_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    def _evaluate(self) -> None:
+        """Judge the cameras; publish each alarm that changed state on its alert topic."""
+        assert self.monitor is not None
+        try:
+            alerts = self.monitor.evaluate(self.store)
+        except Exception as exc:
+            self._store_failed(exc)
+            return
+        for alert in alerts:
+            self._publish_alert(alert)
+
+    def _publish_alert(self, alert: Alert) -> None:
+        root = self.alert_roots.get(
+            alert.device, f"lineqc/v1/{alert.site}/{alert.line}/{alert.device}"
+        )
+        (log.warning if alert.state == "firing" else log.info)(
+            "alarm %s %s on %s/%s/%s camera %s: %s",
+            alert.alarm, alert.state, alert.site, alert.line, alert.device, alert.camera,
+            alert.detail,
+        )  # fmt: skip
+        self.client.publish(f"{root}/alert", dumps(alert.model_dump()), qos=1)
+        self.counts.alerts += 1
 
     def _stored(self, topic: str, sample: Sample, map_problem: str | None) -> None:
         self.counts.stored += 1
@@ -540,16 +688,30 @@ class Collector:
                         next_connect = now + delay
                     continue
                 rc = self.client.loop(TICK_S)
+                if self.monitor is not None:
+                    self._monitor_tick(time.monotonic())
                 if self.client.is_connected():
                     retry.reset()
                 elif rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     connected_socket = False
                     next_connect = time.monotonic() + retry.next()
+            if self.monitor is not None and self.store_error is None and self.client.is_connected():
+                self._commit_batch()  # what is committed is acknowledged before we leave
+                self._evaluate()
+                self.client.loop(TICK_S)  # the acknowledgements and alerts go out
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._drop_connection()
         return 0
+
+    def _monitor_tick(self, now: float) -> None:
+        if self.unacked and now - self.batch_started >= self.batch_wait_s:
+            self._commit_batch()
+        if now >= self.next_evaluation and self.store_error is None and self.client.is_connected():
+            assert self.monitor is not None
+            self.next_evaluation = now + self.monitor.config.evaluate_every_s
+            self._evaluate()
 
     def _stop(self, signum: int, _: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
@@ -631,6 +793,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise LineqcError("--tls-cert and --tls-key go together (the client certificate)")
     if args.exit_idle is not None and args.exit_idle <= 0:
         raise LineqcError(f"--exit-idle {args.exit_idle}: must be more than 0 seconds")
+    if args.batch < 1:
+        raise LineqcError(f"--batch {args.batch}: must be 1 or more messages")
+    if not args.batch_wait >= 0:
+        raise LineqcError(f"--batch-wait {args.batch_wait}: must be 0 or more seconds")
 
 
 def run_collector(args: argparse.Namespace) -> int:
@@ -655,9 +821,12 @@ def run_collector(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             exit_idle=args.exit_idle,
+            monitor=None if args.no_monitor else Monitor(load_config(args.monitor_config)),
+            batch=args.batch,
+            batch_wait_s=args.batch_wait,
         )
         where = make_url(store.url)  # str() hides a password
-        log.info("collecting %s from %s into %s", collector.subscription, broker, where)
+        log.info("collecting %s from %s into %s", ", ".join(collector.subscriptions), broker, where)
         code = collector.run()
     finally:
         store.close()

@@ -11,7 +11,8 @@ once per ``frame_id`` (the devices deliver at least once).
 Tables: ``frames`` (one flagged or gold frame), ``users``, ``sessions`` (web sign-ins),
 ``reviews`` (one inspector's current answer for one frame), ``review_history`` (the answers
 they replaced), ``adjudications`` (the final word on a disagreement), ``rejects`` (malformed
-messages the collector counted, without the payload) and ``settings``.
+messages the collector counted, without the payload) and ``settings``; fleet monitoring's
+``monitor_*`` tables (rollups per camera and device, device states, drift baselines, alarms).
 """
 
 from __future__ import annotations
@@ -175,6 +176,107 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+# ---- fleet monitoring (monitor.py): rollups, not every message --------------------------
+
+
+class Rollup(Base):
+    """One camera's results in one time bucket (of one model version): counts, a latency
+    histogram (log bins, ``monitor.latency_bin``) and the drift statistic's histogram."""
+
+    __tablename__ = "monitor_rollups"
+    __table_args__ = (UniqueConstraint("device", "camera", "model_version", "bucket"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(String(100))
+    line: Mapped[str] = mapped_column(String(100), index=True)
+    device: Mapped[str] = mapped_column(String(100))
+    camera: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(100))
+    bucket: Mapped[int] = mapped_column(BigInteger, index=True)  # start, Unix seconds
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    ok: Mapped[int] = mapped_column(Integer, default=0)
+    defect: Mapped[int] = mapped_column(Integer, default=0)
+    uncertain: Mapped[int] = mapped_column(Integer, default=0)
+    audited: Mapped[int] = mapped_column(Integer, default=0)
+    latency: Mapped[dict[str, int]] = mapped_column(JSON)  # log bin -> frames
+    brightness: Mapped[list[int]] = mapped_column(JSON)  # drift.BINS counts
+    brightness_n: Mapped[int] = mapped_column(Integer, default=0)
+    drift_psi: Mapped[float | None] = mapped_column(Float)  # scored while this was the latest
+    drift_ref: Mapped[str | None] = mapped_column(String(32))  # bundle | first_frames
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class DeviceRollup(Base):
+    """One device's telemetry reports in one time bucket."""
+
+    __tablename__ = "monitor_device_rollups"
+    __table_args__ = (UniqueConstraint("device", "bucket"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(String(100))
+    line: Mapped[str] = mapped_column(String(100), index=True)
+    device: Mapped[str] = mapped_column(String(100))
+    bucket: Mapped[int] = mapped_column(BigInteger, index=True)
+    reports: Mapped[int] = mapped_column(Integer, default=0)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    fps: Mapped[float] = mapped_column(Float, default=0.0)  # the last report's
+    drops: Mapped[int] = mapped_column(Integer, default=0)
+    outbox_depth_max: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class DeviceState(Base):
+    """Each device's latest ``status``."""
+
+    __tablename__ = "monitor_devices"
+
+    device: Mapped[str] = mapped_column(String(100), primary_key=True)
+    site: Mapped[str] = mapped_column(String(100))
+    line: Mapped[str] = mapped_column(String(100), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str | None] = mapped_column(String(100))
+    ok_class: Mapped[str | None] = mapped_column(String(100))
+    problems: Mapped[list[str]] = mapped_column(JSON)
+    ts: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class DriftBaseline(Base):
+    """A camera's own first frames on a model version: the drift reference where the
+    bundle carries none (fixed once complete)."""
+
+    __tablename__ = "monitor_references"
+    __table_args__ = (UniqueConstraint("device", "camera", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device: Mapped[str] = mapped_column(String(100))
+    camera: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(100))
+    counts: Mapped[list[int]] = mapped_column(JSON)
+    frames: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Alarm(Base):
+    """One alarm's current state (camera '' for a device's own)."""
+
+    __tablename__ = "monitor_alarms"
+    __table_args__ = (UniqueConstraint("device", "camera", "alarm"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(String(100))
+    line: Mapped[str] = mapped_column(String(100), index=True)
+    device: Mapped[str] = mapped_column(String(100))
+    camera: Mapped[str] = mapped_column(String(100))
+    alarm: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # firing | ok
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text)
+    since: Mapped[float] = mapped_column(Float)  # of the current state
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 DEFAULT_SETTINGS: dict[str, Any] = {

@@ -30,7 +30,12 @@ from lineqc.review.store import (
     set_setting,
 )
 
-PRE_HISTORY = [t for name, t in Base.metadata.tables.items() if name != "review_history"]
+# The tables as they were before migrations began: no review_history, no monitoring.
+PRE_HISTORY = [
+    t
+    for name, t in Base.metadata.tables.items()
+    if name != "review_history" and not name.startswith("monitor_")
+]
 
 
 def schema_diff(db: str) -> list[object]:
@@ -56,7 +61,7 @@ def test_a_new_database_gets_the_newest_revision_and_the_models_schema(
     db_url: str, tmp_path: Path
 ) -> None:
     Store(db_url, tmp_path / "images").close()
-    assert revision(db_url) == head() == "0001"
+    assert revision(db_url) == head() == "0002"
     assert schema_diff(db_url) == []
 
 
@@ -81,6 +86,44 @@ def test_a_database_from_before_migrations_is_adopted_with_its_rows(
     finally:
         store.close()
     assert revision(db_url) == head()
+    assert schema_diff(db_url) == []
+
+
+def test_a_database_at_the_first_revision_gets_the_monitoring_tables_with_its_rows(
+    db_url: str, tmp_path: Path, make_sample: Callable[..., Sample]
+) -> None:
+    """0001 -> 0002: a review store from before fleet monitoring keeps its frames and gains
+    the monitor_* tables, as the models define them."""
+    from alembic import command
+
+    from lineqc.review import migrate
+
+    engine = sqlalchemy.create_engine(normalize_url(db_url))
+    with engine.connect() as conn:
+        command.upgrade(migrate._config(conn), "0001")
+        conn.commit()
+    engine.dispose()
+    assert revision(db_url) == "0001"
+    engine = sqlalchemy.create_engine(normalize_url(db_url))
+    with engine.begin() as conn:  # a frame in 0001's tables
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO frames (frame_id, why, device, site, line, camera, seq, ts, "
+                "model_version, classes, probabilities, verdict, predicted, confidence, "
+                "received_at, required_reviews) VALUES ('dev1-cam0-1-1', 'audit', 'dev1', "
+                "'site1', 'line1', 'cam0', 1, 1.0, 'm1', '[\"ok\"]', '[1.0]', 'ok', 'ok', "
+                "1.0, 1.0, 1)"
+            )
+        )
+    engine.dispose()
+    store = Store(db_url, tmp_path / "images")
+    try:
+        assert {"monitor_rollups", "monitor_alarms"} <= set(inspect(store.engine).get_table_names())
+        with store.session() as s:
+            assert s.scalar(select(Frame.frame_id)) == "dev1-cam0-1-1"
+    finally:
+        store.close()
+    assert revision(db_url) == head() == "0002"
     assert schema_diff(db_url) == []
 
 
