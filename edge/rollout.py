@@ -443,6 +443,11 @@ class Slots:
             self.state.queued = deploy.model_dump()
             self.save()
             return
+        if deploy.version == running:  # e.g. a canary, then the whole line: nothing to fetch
+            self.discard_candidate()
+            self.state.deploy, self.state.candidate = deploy.model_dump(), None
+            self.set_phase("done", f"already running {running}")
+            return
         self._start(deploy, running)
 
     def _start(self, deploy: Deploy, running: str) -> None:

@@ -382,3 +382,25 @@ def test_download_resumes_bounds_and_checks_its_bytes(tmp_path: Path) -> None:
         assert not part.exists()  # never resumed from bytes that are not the named ones
     finally:
         http.stop()
+
+
+def test_a_deploy_of_the_running_version_fetches_nothing(
+    fleet: Fleet, subscriber_factory: Any
+) -> None:
+    sub = subscriber_factory(fleet.port)
+    fleet.start("dev1")
+    online(sub, "dev1")
+    fleet.deploy("2.0", "site1/line1/dev1", "canary", "--probation-frames", "10")
+    assert wait_rollout(sub, "dev1", "done")["active"] == "2.0"
+    fetched = len(fleet.http.ranges)
+    n = len(statuses(sub, "dev1"))
+    fleet.deploy("2.0", "site1/line1/*", "all")  # the rest of the line, this one included
+    assert sub.wait_for(
+        lambda: any(
+            (s.get("rollout") or {}).get("reason") == "already running 2.0"
+            for s in statuses(sub, "dev1")[n:]
+        ),
+        20,
+    ), rollout_of(sub, "dev1")
+    assert len(fleet.http.ranges) == fetched
+    assert rollout_of(sub, "dev1")["active_slot"] in ("a", "b")
