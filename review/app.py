@@ -39,6 +39,7 @@ from .auth import (
     start_session,
 )
 from .conflicts import ConflictFinder, KnownLabels
+from .fleet_page import router as fleet_router
 from .frameview import frame_view
 from .guide import Guide
 from .middleware import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
@@ -112,6 +113,7 @@ def create_app(
     _add_error_pages(app)
     _add_sign_in(app)
     _add_inspection(app)
+    app.include_router(fleet_router)
     app.include_router(media.router)
     app.include_router(admin.router)
     app.include_router(health.router)

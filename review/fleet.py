@@ -6,6 +6,9 @@ Any static HTTP server (with Range, for resumed downloads) can serve that folder
 ``deploy`` signs one ``deploy`` command per selected device (edge/WIRE.md) and publishes it
 retained, QoS 1, on the device's ``cmd`` topic, so a device that is away gets it when it
 reconnects. ``status`` prints each device's rollout from the retained status messages.
+``watch`` keeps the fleet table of the review store (``fleet_devices``, and every step in
+``fleet_events``) from the devices' status and command replies; ``deploy --db`` records what
+it sent there too. The web app shows the table to admins (``fleet_page.py``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineqc.edge.bundle import BundleError, load_bundle, pack_tar, sha256_file
 from lineqc.edge.commands import new_command, sign_command
 from lineqc.edge.signing import load_private_key
 from lineqc.edge.wire import is_id, topic_ids
 from lineqc.errors import LineqcError
+
+if TYPE_CHECKING:
+    from .store import Store
 
 INDEX = "index.json"
 
@@ -161,6 +167,111 @@ def deploy(
     return ids
 
 
+# ---- the fleet table ---------------------------------------------------------------------
+
+
+def _row(s: Any, target: str, now: float) -> Any:
+    from .store import FleetDevice
+
+    row = s.get(FleetDevice, target)
+    if row is None:
+        row = FleetDevice(target=target, updated_at=now)
+        s.add(row)
+    return row
+
+
+def record_deploy(store: Store, target: str, cmd_id: str, version: str, stage: str) -> None:
+    """What ``deploy`` sent to ``target``."""
+    from .store import FleetEvent
+
+    now = time.time()
+    with store.session() as s:
+        row = _row(s, target, now)
+        row.desired, row.stage, row.deploy_id, row.reply = version, stage, cmd_id, None
+        row.updated_at = now
+        s.add(
+            FleetEvent(
+                target=target, kind="deploy", state=stage, version=version, detail=cmd_id, ts=now
+            )
+        )
+
+
+def record_message(store: Store, target: str, kind: str, doc: dict[str, Any]) -> None:
+    """A device's ``status`` or ``cmd/reply`` into the fleet table; a change of its rollout
+    state (or reason), and every deploy reply, is also an event."""
+    from .store import FleetEvent
+
+    now = time.time()
+    with store.session() as s:
+        row = _row(s, target, now)
+        if kind == "status":
+            r = doc.get("rollout") or {}
+            row.state = doc.get("state")
+            row.active = r.get("active", doc.get("model_version"))
+            row.active_slot, row.candidate = r.get("active_slot"), r.get("candidate")
+            if r and (r.get("state"), r.get("reason")) != (row.rollout, row.reason):
+                s.add(
+                    FleetEvent(
+                        target=target,
+                        kind="rollout",
+                        state=r.get("state"),
+                        version=r.get("candidate") or row.active,
+                        detail=r.get("reason"),
+                        ts=now,
+                    )
+                )
+            if r:
+                row.rollout, row.reason = r.get("state"), r.get("reason")
+        elif kind == "cmd/reply" and doc.get("cmd") == "deploy":
+            row.reply = "accepted" if doc.get("ok") else str(doc.get("error"))
+            s.add(
+                FleetEvent(
+                    target=target,
+                    kind="reply",
+                    state="ok" if doc.get("ok") else "refused",
+                    version=row.desired,
+                    detail=row.reply,
+                    ts=now,
+                )
+            )
+        else:
+            return
+        row.updated_at = now
+
+
+def watch(host: str, port: int, prefix: str, store: Store, stop: threading.Event) -> int:
+    """Keep the fleet table from the broker until ``stop``; returns the messages stored."""
+    import queue
+
+    inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    client = _mqtt_client(host, port)
+    client.on_message = lambda c, ud, msg: inbox.put((msg.topic, bytes(msg.payload)))
+    subscribed = [f"{prefix}/+/+/+/status", f"{prefix}/+/+/+/cmd/reply"]
+    client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in subscribed])
+    client.subscribe([(t, 1) for t in subscribed])
+    stored = 0
+    try:
+        while not stop.is_set():
+            try:
+                name, payload = inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            kind = "cmd/reply" if name.endswith("/cmd/reply") else "status"
+            ids = topic_ids(name, kind)
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                continue
+            if ids is None or not isinstance(doc, dict):
+                continue
+            record_message(store, "/".join(ids), kind, doc)
+            stored += 1
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return stored
+
+
 # ---- the command line ----------------------------------------------------------------------
 
 
@@ -205,10 +316,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         "max_uncertain_share": args.max_uncertain_share,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
+    store = _open_store(args.db) if args.db else None
     for target, cmd_id in zip(
         targets, deploy(host, port, args.topic_prefix, targets, args.key, fields), strict=True
     ):
         print(f"{target}: deploy {entry['version']} ({args.stage}) as {cmd_id}")
+        if store is not None:
+            record_deploy(store, target, cmd_id, entry["version"], args.stage)
     return 0
 
 
@@ -227,6 +341,25 @@ def status_rows(statuses: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _open_store(db: str) -> Store:
+    from .store import Store
+
+    return Store(db)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+
+    host, port = _broker(args.broker)
+    store, stop = _open_store(args.db), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    print(f"fleet table of {args.db} kept from {host}:{port}", flush=True)
+    stored = watch(host, port, args.topic_prefix, store, stop)
+    print(f"{stored} message(s) stored")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -289,7 +422,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--min-agreement", type=float)
     p.add_argument("--probation-frames", type=int)
     p.add_argument("--max-uncertain-share", type=float)
+    p.add_argument("--db", help="also record the deploys in this review store's fleet table")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("watch", help="keep the review store's fleet table from the broker")
+    broker_args(p)
+    p.add_argument("--db", required=True, help="the review store (as lineqc review serve)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="each device's active and candidate bundle, rollout state")
     broker_args(p)

@@ -171,6 +171,40 @@ class Reject(Base):
     received_at: Mapped[float] = mapped_column(Float)
 
 
+class FleetDevice(Base):
+    """Each device's rollout as the server sees it (``fleet.py``): the last deploy sent to
+    it, and the latest its status and command replies said."""
+
+    __tablename__ = "fleet_devices"
+
+    target: Mapped[str] = mapped_column(String(200), primary_key=True)  # site/line/device
+    state: Mapped[str | None] = mapped_column(String(16))  # online, degraded, offline, ...
+    active: Mapped[str | None] = mapped_column(String(64))
+    active_slot: Mapped[str | None] = mapped_column(String(16))
+    candidate: Mapped[str | None] = mapped_column(String(64))
+    rollout: Mapped[str | None] = mapped_column(String(32))  # the device's rollout state
+    reason: Mapped[str | None] = mapped_column(Text)
+    desired: Mapped[str | None] = mapped_column(String(64))  # the version deployed to it
+    stage: Mapped[str | None] = mapped_column(String(16))
+    deploy_id: Mapped[str | None] = mapped_column(String(64))
+    reply: Mapped[str | None] = mapped_column(Text)  # "accepted" or the refusal
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class FleetEvent(Base):
+    """Every step of every rollout: deploys sent, replies, rollout state changes."""
+
+    __tablename__ = "fleet_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # deploy, reply, rollout
+    state: Mapped[str | None] = mapped_column(String(32))
+    version: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    ts: Mapped[float] = mapped_column(Float)
+
+
 class Setting(Base):
     __tablename__ = "settings"
 

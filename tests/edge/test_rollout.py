@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from lineqc.edge.bundle import seal, sha256_file
 from lineqc.edge.decision import DecisionPolicy
@@ -351,6 +353,81 @@ def test_probation_judges_its_window() -> None:
         slow.record("ok", over_budget=True)
     judged = slow.judgement()
     assert judged is not None and not judged[0] and "latency" in judged[1]
+
+
+def test_the_fleet_table_and_page_follow_a_rollout(
+    fleet: Fleet, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from lineqc.review.app import create_app
+    from lineqc.review.auth import add_user
+    from lineqc.review.store import FleetDevice, FleetEvent, Store
+
+    db = f"sqlite:///{tmp_path / 'review.sqlite'}"
+    sub = subscriber_factory(fleet.port)
+    fleet.start("dev1")
+    online(sub, "dev1")
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lineqc",
+            "fleet",
+            "watch",
+            "--broker",
+            f"mqtt://127.0.0.1:{fleet.port}",
+            "--db",
+            db,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    fleet.procs.append(watcher)
+    fleet.deploy("3.0", "site1/line1/dev1", "all", "--probation-frames", "40", "--db", db)
+    wait_rollout(sub, "dev1", "rolled_back")
+    store = Store(db)
+
+    def row() -> FleetDevice | None:
+        with store.session() as s:
+            found = s.get(FleetDevice, "site1/line1/dev1")
+            s.expunge_all()
+            return found
+
+    assert sub.wait_for(lambda: (r := row()) is not None and r.rollout == "rolled_back", 20)
+    device = row()
+    assert device is not None
+    assert (device.active, device.desired, device.stage, device.reply) == (
+        "1.0",
+        "3.0",
+        "all",
+        "accepted",
+    )
+    with store.session() as s:
+        steps = [(e.kind, e.state) for e in s.scalars(select(FleetEvent).order_by(FleetEvent.id))]
+    assert steps.index(("deploy", "all")) < steps.index(("reply", "ok")), steps
+    assert [st for k, st in steps if k == "rollout"][-2:] == ["probation", "rolled_back"], steps
+    watcher.send_signal(signal.SIGTERM)
+    assert watcher.wait(20) == 0
+    add_user(store, "boss", "a long enough password", admin=True)
+    add_user(store, "ann", "a long enough password")
+    app = create_app(store)
+    for name, code in (("ann", 403), ("boss", 200)):
+        client = TestClient(app, headers={"accept": "text/html"})
+        page = client.get("/login")
+        csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+        client.post(
+            "/login",
+            data={"name": name, "password": "a long enough password", "csrf": csrf},
+            follow_redirects=False,
+        )
+        response = client.get("/fleet")
+        assert response.status_code == code
+    text = response.text
+    assert 'data-device="site1/line1/dev1"' in text and "rolled_back" in text
+    assert "uncertain share" in text  # the reason
+    store.close()
 
 
 def test_download_resumes_bounds_and_checks_its_bytes(tmp_path: Path) -> None:

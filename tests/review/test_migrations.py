@@ -34,7 +34,7 @@ from lineqc.review.store import (
 PRE_HISTORY = [
     t
     for name, t in Base.metadata.tables.items()
-    if name != "review_history" and not name.startswith("monitor_")
+    if name != "review_history" and not name.startswith(("monitor_", "fleet_"))
 ]
 
 
@@ -61,7 +61,7 @@ def test_a_new_database_gets_the_newest_revision_and_the_models_schema(
     db_url: str, tmp_path: Path
 ) -> None:
     Store(db_url, tmp_path / "images").close()
-    assert revision(db_url) == head() == "0002"
+    assert revision(db_url) == head() == "0003"
     assert schema_diff(db_url) == []
 
 
@@ -123,7 +123,7 @@ def test_a_database_at_the_first_revision_gets_the_monitoring_tables_with_its_ro
             assert s.scalar(select(Frame.frame_id)) == "dev1-cam0-1-1"
     finally:
         store.close()
-    assert revision(db_url) == head() == "0002"
+    assert revision(db_url) == head() == "0003"
     assert schema_diff(db_url) == []
 
 
