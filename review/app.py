@@ -87,13 +87,15 @@ def create_app(
     throttle: SignInThrottle | None = None,
     trusted_proxies: Sequence[str] = (),
     monitor: MonitorConfig | None = None,
+    bundle_store: Path | None = None,
 ) -> FastAPI:
     """The app on ``store``; ``guide``: the class guide (default: built-in descriptions and
     examples from the store); ``change_window_s``: how long an answer may be changed;
     ``throttle``: failed sign-ins (default: the standard limits); ``trusted_proxies``: the
     addresses (or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed;
     ``monitor``: the collector's monitoring config (its bucket and thresholds, for the
-    line-health page and /metrics)."""
+    line-health page and /metrics); ``bundle_store``: the folder of ``lineqc fleet publish``,
+    served to devices at /bundles/<sha256>.tar."""
     app = FastAPI(title="lineqc review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.guide = guide if guide is not None else Guide()
@@ -102,6 +104,7 @@ def create_app(
     app.state.change_window_s = change_window_s
     app.state.throttle = throttle if throttle is not None else SignInThrottle()
     app.state.monitor = monitor if monitor is not None else MonitorConfig()
+    app.state.bundle_store = bundle_store
     app.state.metrics = health.metrics_registry(store, app.state.monitor)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(SecurityHeaders)  # on every response, errors included
@@ -400,6 +403,7 @@ def serve(args: argparse.Namespace) -> int:
             change_window_s=window,
             trusted_proxies=proxies,
             monitor=load_config(getattr(args, "monitor_config", None)),
+            bundle_store=getattr(args, "bundle_store", None),
         ),
         log_level="warning",
         access_log=False,

@@ -171,6 +171,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="the collector's monitoring config (bucket, thresholds) for /health and /metrics",
     )
+    p.add_argument(
+        "--bundle-store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="serve the bundle tars of lineqc fleet publish --store DIR to devices at "
+        "/bundles/<sha256>.tar (with Range; no sign-in: they are signed)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("add-gold", help="mix frames with known labels from a dataset into review")

@@ -481,3 +481,55 @@ def test_a_deploy_of_the_running_version_fetches_nothing(
     ), rollout_of(sub, "dev1")
     assert len(fleet.http.ranges) == fetched
     assert rollout_of(sub, "dev1")["active_slot"] in ("a", "b")
+
+
+def test_the_review_server_serves_the_store_with_range(fleet: Fleet, tmp_path: Path) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from lineqc.edge.rollout import download
+
+    entry = fleet.entry("2.0")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lineqc",
+            "review",
+            "serve",
+            "--db",
+            f"sqlite:///{tmp_path / 'r.sqlite'}",
+            "--port",
+            "0",
+            "--bundle-store",
+            str(fleet.store),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    fleet.procs.append(server)
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    url = line.split("review app: ")[1].strip().rstrip("/")
+    tar = fleet.store / f"{entry['sha256']}.tar"
+    part = tmp_path / "b.part"
+    part.write_bytes(tar.read_bytes()[:100_000])  # resumed with Range from the review server
+    download(
+        [f"{url}/bundles/{entry['sha256']}.tar"],
+        part,
+        entry["size"],
+        entry["sha256"],
+        threading.Event(),
+    )
+    assert part.read_bytes() == tar.read_bytes()
+    ranged = urllib.request.Request(
+        f"{url}/bundles/{entry['sha256']}.tar", headers={"Range": "bytes=100000-"}
+    )
+    with urllib.request.urlopen(ranged) as resp:
+        assert resp.status == 206 and resp.read() == tar.read_bytes()[100_000:]
+    for name in ("0" * 64 + ".tar", "index.json", "..%2Findex.json"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}/bundles/{name}")
+        assert err.value.code == 404
