@@ -1,0 +1,138 @@
+"""The collector's throughput (`python bench/bench_monitor.py`): result messages per second
+with batch commits beside one commit per message (``--batch 1``, the baseline) in the same
+run, and samples per second (each committed on its own: image fsync, then the row).
+
+One real collector (the ``Collector`` class `lineqc review collect` runs, in a thread of
+this process) against a private Mosquitto with the messages already queued for its
+session; timed from its start until the store holds them all (every message committed,
+and acknowledged after its commit), on SQLite (WAL, synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import paho.mqtt.publish as mqtt_publish
+from sqlalchemy import func, select
+
+from lineqc.edge.broker import Mosquitto
+from lineqc.edge.wire import dumps, image_part, result_message, sample_message
+from lineqc.review.collector import BrokerUrl, Collector
+from lineqc.review.monitor import Monitor, MonitorConfig
+from lineqc.review.store import Frame, Rollup, Store
+
+ROOT = "lineqc/v1/site1/line1/dev1"
+
+
+def results(n: int) -> list[bytes]:
+    now, out = time.time(), []
+    for i in range(n):
+        doc = result_message(
+            frame_id=f"dev1-cam0-1-{i}", device="dev1", camera="cam0", seq=i, ts=now + i * 0.01,
+            model_version="1.0", verdict="ok", label="ok", confidence=0.99, reason=None,
+            latency_ms=5.0 + i % 7, sampled=None, brightness=100.0 + i % 20,
+        )  # fmt: skip
+        out.append(dumps(doc))
+    return out
+
+
+def samples(n: int, jpeg: bytes) -> list[bytes]:
+    out = []
+    for i in range(n):
+        doc = sample_message(
+            why="uncertain", frame_id=f"dev1-cam0-2-{i}", device="dev1", site="site1",
+            line="line1", camera="cam0", seq=i, ts=time.time(), model_version="1.0",
+            classes=["ok", "scratch"], probabilities=[0.5, 0.5], verdict="uncertain",
+            label="ok", confidence=0.5, reason="ambiguous",
+        )  # fmt: skip
+        doc["image"] = image_part(jpeg + i.to_bytes(4, "big"), 64, 48, 90, 1.0)
+        out.append(dumps(doc))
+    return out
+
+
+def collector(store: Store, port: int, batch: int, exit_idle: float) -> Collector:
+    return Collector(
+        store, BrokerUrl("127.0.0.1", port, False), topic="lineqc/v1/+/+/+/sample", group="",
+        client_id="bench", exit_idle=exit_idle, monitor=Monitor(MonitorConfig()), batch=batch,
+    )  # fmt: skip
+
+
+def stored(store: Store, kind: str) -> int:
+    with store.session() as s:
+        if kind == "result":
+            return int(s.scalar(select(func.coalesce(func.sum(Rollup.frames), 0))) or 0)
+        return int(s.scalar(select(func.count()).select_from(Frame)) or 0)
+
+
+def timed(db: str, port: int, payloads: list[bytes], kind: str, batch: int, work: Path) -> float:
+    """Messages per second: queued for the session, then collected until all are stored."""
+    store = Store(db, work / "images")
+    collector(store, port, batch, 0.3).run()  # opens the persistent session
+    msgs = [{"topic": f"{ROOT}/{kind}", "payload": p, "qos": 1} for p in payloads]
+    mqtt_publish.multiple(msgs, hostname="127.0.0.1", port=port, protocol=mqtt.MQTTv5)
+    c = collector(store, port, batch, 1.0)
+    done: list[float] = []
+
+    def watch() -> None:  # the collector runs on the main thread (it sets signal handlers)
+        while stored(store, kind) < len(payloads):
+            time.sleep(0.02)
+        done.append(time.perf_counter())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    t0 = time.perf_counter()
+    watcher.start()
+    c.run()  # until 1 s without a message
+    watcher.join(5)
+    if not done:
+        raise SystemExit(f"collector stopped with {stored(store, kind)} of {len(payloads)}")
+    elapsed = done[0] - t0
+    store.close()
+    return len(payloads) / elapsed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=int, default=5000)
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=500)
+    args = p.parse_args()
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".jpg", (np.indices((48, 64)).sum(0) * 2 % 256).astype(np.uint8))
+    assert ok
+    jpeg = buf.tobytes()  # trailing bytes after EOI keep each image distinct and decodable
+    rates: dict[str, list[float]] = {"results, batch 1": [], f"results, batch {args.batch}": []}
+    rates["samples"] = []
+    with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
+        broker = Mosquitto(folder=Path(tmp) / "broker", extra="max_queued_messages 100000")
+        with broker:
+            for run in range(args.runs):
+                for name, kind, batch, payloads in (
+                    ("results, batch 1", "result", 1, results(args.results)),
+                    (f"results, batch {args.batch}", "result", args.batch, results(args.results)),
+                    ("samples", "sample", args.batch, samples(args.samples, jpeg)),
+                ):
+                    work = Path(tmp) / f"{run}-{kind}-{batch}"
+                    work.mkdir()
+                    db = str(work / "review.db")
+                    rates[name].append(timed(db, broker.port, payloads, kind, batch, work))
+    print(f"collector throughput, {args.runs} runs (median, min-max), SQLite:", file=sys.stderr)
+    for name, values in rates.items():
+        print(
+            f"  {name:>20}: {statistics.median(values):8.0f} msg/s "
+            f"({min(values):.0f}-{max(values):.0f})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
