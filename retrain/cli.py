@@ -9,6 +9,8 @@ from pathlib import Path
 
 from lineqc.train.config import add_overrides_argument
 
+from .checks import MIN_SUPPORT
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="dataset folder (manifest)")
@@ -63,8 +65,16 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--tolerance",
         type=float,
         default=0.0,
-        help="a check passes when the challenger is at most this much below the champion "
-        "(0: at least as good; default: %(default)s)",
+        help="a check is worse when the whole 95%% interval of the challenger's difference "
+        "lies below minus this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-support",
+        type=int,
+        default=MIN_SUPPORT,
+        metavar="N",
+        help="images a check must rest on to be judged (for a class's recall: images of that "
+        "class; default: %(default)s)",
     )
     parser.add_argument(
         "--runs",
@@ -88,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .job import RetrainOptions, retrain, side_by_side_text
 
+    if args.min_support < 1:
+        raise LineqcError(f"--min-support {args.min_support}: must be 1 or more")
     if args.tolerance < 0:
         raise LineqcError(f"--tolerance {args.tolerance}: must be 0 or more")
     if args.recent_days <= 0:
@@ -101,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=list(args.overrides),
         recent_days=args.recent_days,
         tolerance=args.tolerance,
+        min_support=args.min_support,
         runs=list(args.runs),
         device=args.device,
         batch_size=args.batch_size,

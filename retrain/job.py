@@ -12,10 +12,14 @@ preprocessing, on each slice:
   challenger's choice of epoch and its temperature, a slight advantage that is accepted:
   reviewed frames placed in train cannot be judged at all.
 
--> compare: overall macro-F1, recall of each class present, and macro-F1 of each capture
-session and source (device/camera) slice. The challenger is promoted only on evidence:
-at least as good as the champion (minus ``tolerance``, default 0) on every check of every
-evaluated slice, and better on at least one -> export a signed bundle (``lineqc.export``,
+- ``recent_audit``: those of them the device sampled at random among its confident decisions,
+  a slice not chosen because the champion was unsure of it.
+
+-> compare (``checks.py``): overall macro-F1, recall of each class present, and macro-F1 of
+each capture session and source (device/camera) slice, each as the paired difference with
+its interval over parts and its support. The challenger is promoted only on evidence:
+credibly worse on no check of any evaluated slice and credibly better on at least one ->
+export a signed bundle (``lineqc.export``,
 its INT8 gate included) into ``OUT/bundle`` when promoted or forced and a key is given ->
 ``OUT/comparison.json`` and ``OUT/comparison.md`` say what was decided and why, with both
 models' figures side by side (95% intervals over parts) on the same images.
@@ -44,12 +48,12 @@ from lineqc.datasets.lineage import Since, since
 from lineqc.errors import LineqcError
 from lineqc.train.config import TrainConfig, apply_override, from_dict
 
+from .checks import MIN_SUPPORT, Check, Decision, compare, decide
+
 if TYPE_CHECKING:
-    from lineqc.train.evaluate import SplitResult
+    pass
 
 SLICES = ("test", "recent_reviewed")
-SLICE_KINDS = ("session", "source")  # the sliced metrics compared per value
-EPSILON = 1e-9  # float noise: equal metrics must compare as equal
 IDENTICAL_TOLERANCE = 1e-5  # logits this close on every image: the same model retrained
 
 
@@ -179,9 +183,20 @@ def recent_reviewed(since: datetime) -> Callable[[mf.Record], bool]:
     return accept
 
 
+def recent_audit(since: datetime) -> Callable[[mf.Record], bool]:
+    """The recent reviewed rows the device sampled at random among its confident decisions
+    (``why: audit``): a slice not chosen because the champion was unsure of it."""
+    reviewed = recent_reviewed(since)
+    return lambda record: reviewed(record) and record.extra.get("why") == "audit"
+
+
 def slice_selectors(since: datetime) -> dict[str, tuple[str, Callable[[mf.Record], bool] | None]]:
     """slice name -> (split, row filter) for ``evaluate_run``."""
-    return {"test": ("test", None), "recent_reviewed": ("all", recent_reviewed(since))}
+    return {
+        "test": ("test", None),
+        "recent_reviewed": ("all", recent_reviewed(since)),
+        "recent_audit": ("all", recent_audit(since)),
+    }
 
 
 def slice_size(manifest: mf.Manifest, split: str, where: Callable[[mf.Record], bool] | None) -> int:
@@ -189,167 +204,6 @@ def slice_size(manifest: mf.Manifest, split: str, where: Callable[[mf.Record], b
         r.label is not None and (split == "all" or r.split == split) and (where is None or where(r))
         for r in manifest
     )
-
-
-# ---- comparison ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    slice: str  # test | recent_reviewed
-    what: str  # "macro-F1", "recall of class scratch", "macro-F1 of source dev1/cam0"
-    champion: float
-    challenger: float
-    ok: bool
-
-    @property
-    def delta(self) -> float:
-        return self.challenger - self.champion
-
-    def sentence(self, tolerance: float) -> str:
-        verb = "rose" if self.delta > 0 else "fell" if self.delta < 0 else "stayed"
-        return (
-            f"{self.slice}: {self.what} {verb} {self.champion:.3f} -> {self.challenger:.3f} "
-            f"({self.delta:+.3f}; tolerance {tolerance:g})"
-        )
-
-
-def _values(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The compared numbers of one evaluation: what -> value (None: not measurable)."""
-    out: dict[str, float | None] = {"macro-F1": metrics.get("macro_f1")}
-    for name, s in metrics["slices"]["class"].items():
-        if s["support"] > 0:  # recall of a class absent from the slice means nothing
-            out[f"recall of class {name}"] = s["recall"]
-    for kind in SLICE_KINDS:
-        for value, s in metrics["slices"].get(kind, {}).items():
-            # One value covering every image repeats the overall macro-F1.
-            if s["n"] < metrics["n"] and s["n"] > s["n_unknown_label"]:
-                out[f"macro-F1 of {kind} {value}"] = s["macro_f1"]
-    return out
-
-
-def compare(
-    slice_name: str, champion: dict[str, Any], challenger: dict[str, Any], tolerance: float
-) -> tuple[list[Check], list[str]]:
-    """Checks of one slice, and what could not be compared (a class one model lacks)."""
-    a, b = _values(champion), _values(challenger)
-    checks, skipped = [], []
-    for what in sorted(a.keys() | b.keys(), key=lambda w: (w != "macro-F1", w)):
-        va, vb = a.get(what), b.get(what)
-        if va is None or vb is None:
-            skipped.append(f"{slice_name}: {what} (measurable for only one model)")
-            continue
-        checks.append(Check(slice_name, what, va, vb, vb >= va - tolerance - EPSILON))
-    return checks, skipped
-
-
-VERDICTS = {
-    "promoted": "PROMOTED: the challenger is better on some check and worse on none",
-    "worse": "the challenger is worse on some slice",
-    "no-better": "no evidence: the challenger is better on no check",
-    "nothing-compared": "nothing to compare",
-    "identical": "the challenger is the champion again (the same predictions on every image)",
-    "not-retrained": "no new training rows since the champion",
-}
-
-
-@dataclass
-class Decision:
-    promoted: bool
-    forced: bool
-    reasons: list[str]
-    kind: str = "promoted"  # a key of VERDICTS
-
-    @property
-    def compared(self) -> bool:
-        return self.kind not in ("nothing-compared", "not-retrained")
-
-    @property
-    def export(self) -> bool:
-        """A bundle is made of a promoted or forced challenger, never of the champion again."""
-        return (self.promoted or self.forced) and self.kind not in ("identical", "not-retrained")
-
-    @property
-    def verdict(self) -> str:
-        why = VERDICTS[self.kind]
-        if self.promoted:
-            return why
-        if self.kind == "not-retrained":
-            return f"NOT RETRAINED: {why}"
-        if self.forced and self.export:
-            return f"FORCED: {why}; exported anyway"
-        return f"KEPT CHAMPION: {why}"
-
-
-def decide(
-    checks: list[Check],
-    evaluated: list[str],
-    tolerance: float,
-    force: bool,
-    identical: bool = False,
-) -> Decision:
-    """Promoted only on evidence: worse on no check, better on at least one, not the same
-    model (``identical``: the same predictions on every evaluated image)."""
-    if identical:
-        reasons = [
-            "the challenger's outputs equal the champion's on every evaluated image: the same "
-            "model, so nothing is promoted or signed (not even with --force)"
-        ]
-        return Decision(False, force, reasons, "identical")
-    if not checks:
-        reasons = [
-            "nothing to compare on: no frozen test split and no recent reviewed frames"
-            if not evaluated
-            else f"no comparable metric on {', '.join(evaluated)}"
-        ]
-        return Decision(False, force, reasons, "nothing-compared")
-    worse = [c for c in checks if not c.ok]
-    if worse:
-        reasons = [f"worse on {len(worse)} of {len(checks)} checks:"]
-        reasons += [c.sentence(tolerance) for c in worse]
-        return Decision(False, force, reasons, "worse")
-    better = [c for c in checks if c.delta > EPSILON]
-    if not better:
-        reasons = [
-            f"equal on all {len(checks)} checks over {', '.join(evaluated)} (tolerance "
-            f"{tolerance:g}): no evidence that the challenger improves on the champion"
-        ]
-        return Decision(False, force, reasons, "no-better")
-    reasons = [
-        f"better on {len(better)} and at least as good on all {len(checks)} checks over "
-        f"{', '.join(evaluated)} (tolerance {tolerance:g}):"
-    ]
-    reasons += [c.sentence(tolerance) for c in better]
-    return Decision(True, force, reasons)
-
-
-def paired_difference(champion: SplitResult, challenger: SplitResult) -> dict[str, Any] | None:
-    """The challenger's macro-F1 minus the champion's on the same images, with a 95%
-    interval that resamples parts (both models judged on each resample); None when the
-    models' classes differ."""
-    from lineqc.train import intervals as ci
-    from lineqc.train.metrics import confusion_matrix, macro_f1
-
-    classes = champion.metrics.get("classes")
-    if not classes or classes != challenger.metrics.get("classes") or not len(champion.labels):
-        return None
-    labels, n = champion.labels, len(classes)
-    known = labels >= 0
-    preds = [r.logits.argmax(axis=1) for r in (champion, challenger)]
-
-    def delta(rows: np.ndarray) -> dict[str, float | None]:
-        rows = rows[known[rows]]
-        a, b = (macro_f1(confusion_matrix(labels[rows], p[rows], n)) for p in preds)
-        return {"delta": b - a}
-
-    clusters = ci.cluster_ids(ci.parts_of(champion.records), len(labels))
-    every = np.arange(len(labels))
-    return {
-        "macro_f1": delta(every)["delta"],
-        "interval": ci.intervals(delta, clusters)["delta"],
-        "images": len(labels),
-        "parts": int(np.unique(clusters).size),
-    }
 
 
 # ---- the job ------------------------------------------------------------------------------
@@ -364,7 +218,8 @@ class RetrainOptions:
     gate: bool = True  # False: INT8 written ungated, FP32 the default (`lineqc export --no-gate`)
     overrides: list[str] = field(default_factory=list)
     recent_days: float = 30.0
-    tolerance: float = 0.0
+    tolerance: float = 0.0  # a check is worse when its whole interval is below -tolerance
+    min_support: int = MIN_SUPPORT  # images a check must rest on to be judged
     runs: list[Path] = field(default_factory=list)  # where a bundle's source run is looked up
     device: str = "cpu"  # evaluation device
     batch_size: int = 64
@@ -417,18 +272,28 @@ def _identical(results: dict[str, dict[str, Any]]) -> bool:
     )
 
 
-def _slices_json(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The evaluations as comparison.json keeps them: metrics, and the paired difference."""
+def _slices_json(
+    results: dict[str, dict[str, Any]], checks: list[Check]
+) -> dict[str, dict[str, Any]]:
+    """The evaluations as comparison.json keeps them: metrics, and the paired difference of
+    macro-F1 (challenger minus champion, both models on each resample of parts)."""
     out: dict[str, dict[str, Any]] = {}
     for name, s in results.items():
         if "skipped" in s:
             out[name] = s
             continue
+        overall = next((c for c in checks if c.slice == name and c.what == "macro-F1"), None)
         out[name] = {
             "n": s["n"],
             "champion": s["champion"].metrics,
             "challenger": s["challenger"].metrics,
-            "macro_f1_difference": paired_difference(s["champion"], s["challenger"]),
+            "macro_f1_difference": overall
+            and {
+                "macro_f1": overall.delta,
+                "interval": overall.interval,
+                "images": overall.support,
+                "parts": overall.parts,
+            },
         }
     return out
 
@@ -523,16 +388,18 @@ def retrain(
     results = _evaluate(
         {"champion": champion.run, "challenger": challenger_dir}, dataset, recent_since, options
     )
-    slices = _slices_json(results)
     checks: list[Check] = []
     not_compared: list[str] = []
-    for name, s in slices.items():
-        if "skipped" not in s:
-            c, skipped = compare(name, s["champion"], s["challenger"], options.tolerance)
+    for name, r in results.items():
+        if "skipped" not in r:
+            c, skipped = compare(
+                name, r["champion"], r["challenger"], options.tolerance, options.min_support
+            )
             checks += c
             not_compared += skipped
+    slices = _slices_json(results, checks)
     evaluated = [f"{name} (n={s['n']})" for name, s in slices.items() if "skipped" not in s]
-    decision = decide(checks, evaluated, options.tolerance, options.force, _identical(results))
+    decision = decide(checks, evaluated, options.force, _identical(results), options.min_support)
     doc["not_compared"] = not_compared
     exported = _export_bundle(challenger_dir, dataset, out, decision, options)
     return _finish(out, doc, decision, checks, slices, exported)
@@ -570,6 +437,7 @@ def _head(
         "recent_days": options.recent_days,
         "recent_since": recent_since.isoformat(timespec="seconds"),
         "tolerance": options.tolerance,
+        "min_support": options.min_support,
         "not_compared": [],
     }
 
@@ -586,7 +454,7 @@ def _finish(
     bundle, bundle_path, exit_code = exported
     doc.update(
         slices=slices,
-        checks=[{**asdict(c), "delta": c.delta} for c in checks],
+        checks=[{**asdict(c), "delta": c.delta, "ok": c.ok} for c in checks],
         decision={
             "promoted": decision.promoted,
             "forced": decision.forced,
@@ -666,8 +534,11 @@ def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
         f"- Dataset: `{doc['dataset']}`, manifest `{doc['dataset_manifest_hash'][:16]}`; "
         f"{doc['since_champion']['sentence']}",
         f"- Bundle: {doc['bundle']['path'] or doc['bundle']['reason']}",
-        f"- Tolerance {doc['tolerance']:g}; recent reviewed frames: captured since "
-        f"{doc['recent_since']} and not trained on (split val or none)",
+        f"- A check is judged on {doc['min_support']} images or more; worse when its 95% "
+        f"interval lies below -{doc['tolerance']:g}, better when above 0. Recent reviewed "
+        f"frames: captured since {doc['recent_since']} and not trained on (split val or "
+        "none); recent audit frames: those of them sampled at random among confident "
+        "decisions",
     ]
     labels = doc.get("export_labels")
     if labels:
@@ -691,13 +562,15 @@ def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
                 c.what,
                 fmt_value(c.champion),
                 fmt_value(c.challenger),
-                f"{c.delta:+.3f}",
-                "ok" if c.ok else "WORSE",
+                c.difference,
+                str(c.support),
+                c.outcome.upper() if c.outcome in ("worse", "better") else c.outcome,
             ]
             for c in checks
             if c.slice == name
         ]
-        lines.append(md_table(rows, ["check", "champion", "challenger", "delta", ""]))
+        head = ["check", "champion", "challenger", "difference [95%]", "images", "outcome"]
+        lines.append(md_table(rows, head))
     if doc["not_compared"]:
         lines += ["", "Not compared: " + "; ".join(doc["not_compared"])]
     return "\n".join(lines) + "\n"

@@ -23,8 +23,6 @@ from lineqc.edge.signing import generate_keys
 from lineqc.retrain.job import (
     RetrainError,
     RetrainOptions,
-    compare,
-    decide,
     recent_reviewed,
     resolve_champion,
     retrain,
@@ -137,11 +135,14 @@ def test_forced_retrain_compares_on_both_slices_and_writes_a_verified_bundle(
     assert {("test", "macro-F1"), ("recent_reviewed", "macro-F1")} <= whats
     assert any(w.startswith("macro-F1 of session ") for _, w in whats)  # test: 3 sessions
     assert any(w.startswith("recall of class ") for _, w in whats)
-    assert all(c["ok"] == (c["challenger"] >= c["champion"]) for c in checks)
+    # Each check: a paired difference with its interval over parts and its support.
+    assert all(c["ok"] == (c["outcome"] != "worse") and c["support"] > 0 for c in checks)
+    judged = [c for c in checks if c["outcome"] != "few"]
+    assert all(c["support"] >= doc["min_support"] and c["interval"] for c in judged)
 
     decision = doc["decision"]
     assert decision["forced"] is True and decision["reasons"]
-    better = any(c["challenger"] > c["champion"] for c in checks)
+    better = any(c["outcome"] == "better" for c in checks)
     assert decision["promoted"] == (all(c["ok"] for c in checks) and better)
     assert proc.returncode == 0 and decision["verdict"] in proc.stdout
     # Both models side by side on the same images, with intervals, in the report and output.
@@ -206,52 +207,22 @@ def test_a_worse_challenger_is_refused_and_no_bundle_written(
         "path": None,
         "reason": "the challenger was not promoted (--force exports it anyway)",
     }
+    # Its macro-F1 fell; on a test split this small (24 images) the drop may or may not be
+    # credible, and the champion stays either way.
+    overall = next(c for c in doc["checks"] if (c["slice"], c["what"]) == ("test", "macro-F1"))
+    assert overall["delta"] < 0 and overall["outcome"] in ("worse", "same")
     worse = [c for c in doc["checks"] if not c["ok"]]
-    assert worse and doc["decision"]["reasons"][0].startswith(f"worse on {len(worse)} of")
-    assert any(" fell " in r for r in doc["decision"]["reasons"][1:])
+    assert all(c["interval"][1] < 0 and c["outcome"] == "worse" for c in worse)
+    if worse:
+        assert doc["decision"]["reasons"][0].startswith(f"credibly worse on {len(worse)} of")
+        assert any(" fell " in r for r in doc["decision"]["reasons"][1:])
+        assert "WORSE" in (out / "comparison.md").read_text()
+    else:
+        assert doc["decision"]["kind"] == "no-better"
     assert doc["slices"]["recent_reviewed"] == {
         "n": 0,
         "skipped": "no labelled images in this slice",
     }  # no --db: no reviewed frames
-    assert "WORSE" in (out / "comparison.md").read_text()
-
-    # The same evaluations with a tolerance wide enough to forgive every drop: promoted.
-    test = doc["slices"]["test"]
-    checks, _ = compare("test", test["champion"], test["challenger"], tolerance=1.0)
-    assert decide(checks, ["test"], 1.0, force=False).promoted
-
-
-def test_compare_checks_every_slice_and_skips_what_one_model_cannot_measure(
-    champion: Path,
-) -> None:
-    metrics = json.loads((champion / "metrics.json").read_text())
-    checks, skipped = compare("test", metrics, metrics, tolerance=0.0)
-    assert checks and all(c.ok and c.delta == 0 for c in checks) and not skipped
-    whats = {c.what for c in checks}
-    present = [n for n, s in metrics["slices"]["class"].items() if s["support"]]
-    assert {f"recall of class {n}" for n in present} <= whats
-    assert {f"macro-F1 of session {s}" for s in metrics["slices"]["session"]} <= whats
-    assert not any("of source" in w for w in whats)  # one source: the overall figure again
-    same = decide(checks, ["test"], 0.0, force=False)  # equal everywhere: no evidence
-    assert not same.promoted and same.verdict.startswith("KEPT CHAMPION: no evidence")
-    better = json.loads(json.dumps(metrics))
-    better["macro_f1"] += 0.01
-    checks_better, _ = compare("test", metrics, better, tolerance=0.0)
-    assert decide(checks_better, ["test"], 0.0, force=False).promoted
-    twin = decide(checks_better, ["test"], 0.0, force=True, identical=True)
-    assert not twin.promoted and not twin.export and "champion again" in twin.verdict
-
-    worse = json.loads(json.dumps(metrics))
-    worse["macro_f1"] -= 0.02
-    del worse["slices"]["class"][present[0]]  # a class the challenger does not know
-    checks, skipped = compare("test", metrics, worse, tolerance=0.01)
-    (failed,) = [c for c in checks if not c.ok]
-    assert failed.what == "macro-F1" and failed.delta == pytest.approx(-0.02)
-    assert skipped == [f"test: recall of class {present[0]} (measurable for only one model)"]
-    decision = decide(checks, ["test"], 0.01, force=True)
-    assert not decision.promoted and decision.forced and "fell" in decision.reasons[1]
-    nothing = decide([], [], 0.0, force=False)
-    assert not nothing.promoted and nothing.verdict == "KEPT CHAMPION: nothing to compare"
 
 
 def test_cli_refuses_a_used_out_folder_and_a_champion_that_is_no_model(
