@@ -187,7 +187,7 @@ VERDICTS = {
 
 
 @dataclass
-class Decision:
+class GateDecision:
     promoted: bool
     forced: bool
     reasons: list[str]
@@ -220,7 +220,7 @@ def decide(
     force: bool,
     identical: bool = False,
     min_support: int = MIN_SUPPORT,
-) -> Decision:
+) -> GateDecision:
     """Promoted only on evidence: credibly worse on no check, credibly better on at least
     one, not the same model (``identical``: the same predictions on every evaluated image)."""
     if identical:
@@ -228,14 +228,14 @@ def decide(
             "the challenger's outputs equal the champion's on every evaluated image: the same "
             "model, so nothing is promoted or signed (not even with --force)"
         ]
-        return Decision(False, force, reasons, "identical")
+        return GateDecision(False, force, reasons, "identical")
     if not checks:
         reasons = [
             "nothing to compare on: no frozen test split and no recent reviewed frames"
             if not evaluated
             else f"no comparable figure on {', '.join(evaluated)}"
         ]
-        return Decision(False, force, reasons, "nothing-compared")
+        return GateDecision(False, force, reasons, "nothing-compared")
     by = {o: [c for c in checks if c.outcome == o] for o in OUTCOMES}
     judged = len(checks) - len(by["few"])
     few = (
@@ -245,16 +245,16 @@ def decide(
     )
     if by["worse"]:
         reasons = [f"credibly worse on {len(by['worse'])} of {judged} judged checks{few}:"]
-        return Decision(False, force, reasons + [c.sentence() for c in by["worse"]], "worse")
+        return GateDecision(False, force, reasons + [c.sentence() for c in by["worse"]], "worse")
     if not by["better"]:
         reasons = [
             f"on all {judged} judged checks over {', '.join(evaluated)} the 95% interval of "
             f"the difference holds 0 (within noise){few}: no evidence that the challenger "
             "improves on the champion"
         ]
-        return Decision(False, force, reasons, "no-better")
+        return GateDecision(False, force, reasons, "no-better")
     reasons = [
         f"credibly better on {len(by['better'])} and credibly worse on none of {judged} judged "
         f"checks over {', '.join(evaluated)}{few}:"
     ]
-    return Decision(True, force, reasons + [c.sentence() for c in by["better"]])
+    return GateDecision(True, force, reasons + [c.sentence() for c in by["better"]])

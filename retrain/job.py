@@ -48,7 +48,7 @@ from lineqc.datasets.lineage import Since, since
 from lineqc.errors import LineqcError
 from lineqc.train.config import TrainConfig, apply_override, from_dict
 
-from .checks import MIN_SUPPORT, Check, Decision, compare, decide
+from .checks import MIN_SUPPORT, Check, GateDecision, compare, decide
 
 if TYPE_CHECKING:
     pass
@@ -229,7 +229,7 @@ class RetrainOptions:
 @dataclass
 class RetrainResult:
     comparison: dict[str, Any]
-    decision: Decision
+    decision: GateDecision
     bundle: Path | None
     exit_code: int
 
@@ -317,7 +317,7 @@ def _export_reviewed(dataset: Path, options: RetrainOptions) -> dict[str, Any] |
 
 
 def _export_bundle(
-    challenger_dir: Path, dataset: Path, out: Path, decision: Decision, options: RetrainOptions
+    challenger_dir: Path, dataset: Path, out: Path, decision: GateDecision, options: RetrainOptions
 ) -> tuple[dict[str, Any], Path | None, int]:
     """(the comparison's "bundle" entry, the bundle, exit code)."""
     if not decision.export:
@@ -376,7 +376,7 @@ def retrain(
             f"{change.sentence()}: with the same rows and the same recipe there is nothing new "
             "to learn from, so no challenger was trained (--force trains one anyway)"
         ]
-        decision = Decision(False, False, reasons, "not-retrained")
+        decision = GateDecision(False, False, reasons, "not-retrained")
         exported = _export_bundle(challenger_dir, dataset, out, decision, options)
         return _finish(out, doc, decision, [], {}, exported)
 
@@ -445,7 +445,7 @@ def _head(
 def _finish(
     out: Path,
     doc: dict[str, Any],
-    decision: Decision,
+    decision: GateDecision,
     checks: list[Check],
     slices: dict[str, dict[str, Any]],
     exported: tuple[dict[str, Any], Path | None, int],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import ConfigError, add_overrides_argument, load_config
+from .config import TrainConfigError, add_overrides_argument, load_config
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     config = args.config
     if config is None:
         if not args.resume:
-            raise ConfigError("--config is required (except with --resume)")
+            raise TrainConfigError("--config is required (except with --resume)")
         config = args.out / "config.yaml"
     cfg = load_config(config, args.overrides)
     from .loop import train  # torch and timm load here, after the config is known to be good

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lineqc.errors import LineqcError
 
 
-class ConfigError(LineqcError):
+class TrainConfigError(LineqcError):
     """A config file or override that cannot be used; the message names the key."""
 
 
@@ -179,27 +179,27 @@ def apply_override(doc: dict[str, Any], assignment: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
+        raise TrainConfigError(f"--set {assignment!r}: expected key=value")
     parts = key.strip().split(".")
     node = doc
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(
+            raise TrainConfigError(
                 f"--set {assignment!r}: '{'.'.join(parts[: i + 1])}' is not a section"
             )
         node = child
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({exc})") from None
+        raise TrainConfigError(f"--set {assignment!r}: value is not valid YAML ({exc})") from None
 
 
 def from_dict(doc: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(doc)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
+        raise TrainConfigError(_format_error(exc, source)) from None
 
 
 def add_overrides_argument(parser: argparse.ArgumentParser, help: str) -> None:
@@ -214,13 +214,13 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> TrainConfig:
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        raise TrainConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise TrainConfigError(f"{path}: not valid YAML ({exc})") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+        raise TrainConfigError(f"{path}: the top level must be a mapping of config keys")
     for assignment in overrides:
         apply_override(doc, assignment)
     return from_dict(doc, str(path))

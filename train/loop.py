@@ -34,7 +34,7 @@ from lineqc.errors import LineqcError
 from . import checkpoint, report
 from .augment import build_train_transform
 from .calibration import fit_temperature
-from .config import ConfigError, TrainConfig, differing_keys, from_dict, save_config
+from .config import TrainConfig, TrainConfigError, differing_keys, from_dict, save_config
 from .copy_paste import CopyPaste, Donor
 from .data import EpochBatches, FrameStore, TrainImages, eval_inputs
 from .evaluate import (
@@ -89,7 +89,7 @@ def choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | No
     if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
         return None
     if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision 'fp16' needs a GPU; use 'fp32' or 'bf16' on CPU")
+        raise TrainConfigError("precision 'fp16' needs a GPU; use 'fp32' or 'bf16' on CPU")
     if cfg.precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
@@ -104,7 +104,7 @@ def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[torch.nn.Module]
     found = [n for n in names if n and any(n == p or n.startswith(p + ".") for p in prefixes)]
     unknown = [p for p in prefixes if p not in names]
     if unknown:
-        raise ConfigError(f"optim.freeze: no module named {', '.join(unknown)} in the model")
+        raise TrainConfigError(f"optim.freeze: no module named {', '.join(unknown)} in the model")
     for name in found:
         for param in names[name].parameters(recurse=False):
             param.requires_grad_(False)
@@ -339,7 +339,7 @@ class Trainer:
             if y != self.ok_index and r.mask_path
         ]
         if not donors:
-            raise ConfigError(
+            raise TrainConfigError(
                 "augment.copy_paste needs defect rows with masks in the train split; "
                 f"{self.dataset} has none"
             )

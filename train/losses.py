@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, LossConfig
+from .config import LossConfig, TrainConfigError
 
 
 class FocalLoss(nn.Module):
@@ -56,7 +56,7 @@ def build_loss(cfg: LossConfig, class_counts: Sequence[int]) -> nn.Module:
         weights = balanced_weights(class_counts)
     elif cfg.class_weights is not None:
         if len(cfg.class_weights) != len(class_counts):
-            raise ConfigError(
+            raise TrainConfigError(
                 f"loss.class_weights has {len(cfg.class_weights)} values for "
                 f"{len(class_counts)} classes"
             )
@@ -65,7 +65,7 @@ def build_loss(cfg: LossConfig, class_counts: Sequence[int]) -> nn.Module:
         weights = None
     if cfg.name == "focal":
         if cfg.label_smoothing:
-            raise ConfigError("loss.label_smoothing applies to 'ce' only, not 'focal'")
+            raise TrainConfigError("loss.label_smoothing applies to 'ce' only, not 'focal'")
         return FocalLoss(cfg.gamma, weights)
     return nn.CrossEntropyLoss(
         weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),

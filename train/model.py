@@ -19,7 +19,7 @@ from lineqc.edge.preprocess import PreprocessSpec
 
 from . import pretrained_sources
 from .anomaly import PatchMemory
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig, TrainConfigError
 
 IMAGENET_GRAY = ((0.449,), (0.226,))  # ImageNet mean/std averaged over RGB
 MAP_CHANNELS = 64
@@ -176,13 +176,13 @@ def build_model(
     classifier of another width, for hub and local weights alike; named sources do the same.
     """
     if not timm.is_model(name):
-        raise ConfigError(f"model '{name}' is not a timm model name (see timm.list_models())")
+        raise TrainConfigError(f"model '{name}' is not a timm model name (see timm.list_models())")
     kwargs: dict[str, Any] = dict(model_kwargs or {})
     named = isinstance(pretrained, str) and pretrained in pretrained_sources.NAMED
     if isinstance(pretrained, str) and not named:
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise ConfigError(
+            raise TrainConfigError(
                 f"pretrained: weights file {path} does not exist (named sources: "
                 f"{', '.join(sorted(pretrained_sources.NAMED))})"
             )
@@ -196,7 +196,7 @@ def build_model(
             **kwargs,
         )
     except TypeError as exc:  # an unknown model_kwargs entry
-        raise ConfigError(f"model_kwargs for '{name}': {exc}") from None
+        raise TrainConfigError(f"model_kwargs for '{name}': {exc}") from None
     if named:
         assert isinstance(pretrained, str)
         pretrained_sources.load_named(pretrained, name, model, in_chans)
@@ -240,4 +240,4 @@ def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
             flatfield_sigma=cfg.flatfield_sigma,
         )
     except ValueError as exc:
-        raise ConfigError(f"preprocessing: {exc}") from None
+        raise TrainConfigError(f"preprocessing: {exc}") from None

