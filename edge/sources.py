@@ -56,7 +56,7 @@ class EndOfStream(Exception):
 
 
 @dataclass(frozen=True)
-class Frame:
+class CapturedFrame:
     camera: str
     seq: int
     t_mono: float  # time.perf_counter() at capture: latencies are measured from here
@@ -357,7 +357,7 @@ class Capture:
         self.bad_frames = 0
         self.abandoned_reads = 0  # reads the watchdog gave up on (see _watch)
         self.counts: collections.Counter[str] = collections.Counter()  # the readers' own
-        self._slot: Frame | None = None
+        self._slot: CapturedFrame | None = None
         self._waiting = False  # the consumer is inside get(): a lockstep replay may deliver
         self._cond = threading.Condition()
         self._ended = False
@@ -380,7 +380,7 @@ class Capture:
         )
         self._watchdog.start()
 
-    def get(self, timeout: float) -> Frame | None:
+    def get(self, timeout: float) -> CapturedFrame | None:
         """The newest frame, or None after ``timeout``; raises EndOfStream after a replay."""
         with self._cond:
             if self._slot is None and not self._ended:
@@ -558,14 +558,18 @@ class Capture:
             )
 
     def _put(self, image: np.ndarray, origin: str | None, lockstep: bool) -> None:
-        frame = Frame(self.cfg.id, self._seq, time.perf_counter(), time.time(), image, origin)
+        frame = CapturedFrame(
+            self.cfg.id, self._seq, time.perf_counter(), time.time(), image, origin
+        )
         self._seq += 1
         self.frames += 1
         with self._cond:
             if lockstep:  # a triggered camera: capture when the pipeline asks for a frame
                 while (self._slot is not None or not self._waiting) and not self._stop.is_set():
                     self._cond.wait(0.1)
-                frame = Frame(frame.camera, frame.seq, time.perf_counter(), frame.ts, image, origin)
+                frame = CapturedFrame(
+                    frame.camera, frame.seq, time.perf_counter(), frame.ts, image, origin
+                )
             elif self._slot is not None:
                 self.drops += 1
             self._slot = frame

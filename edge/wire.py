@@ -162,7 +162,7 @@ class Status(_Msg):
     rollout: dict[str, Any] | None = None  # the A/B slots and the deploy in progress (fleet)
 
 
-class Telemetry(_Msg):
+class TelemetryMessage(_Msg):
     type: Literal["telemetry"]
     device: str
     ts: float
@@ -294,7 +294,7 @@ class CommandReply(_Msg):
 
 
 Message = Annotated[
-    Result | Sample | Status | Telemetry | CommandReply | Alert, Field(discriminator="type")
+    Result | Sample | Status | TelemetryMessage | CommandReply | Alert, Field(discriminator="type")
 ]
 _MESSAGE = TypeAdapter(Message)
 
@@ -308,7 +308,7 @@ def _explain(exc: ValidationError) -> str:
 
 def parse_message(
     payload: bytes | str,
-) -> Result | Sample | Status | Telemetry | CommandReply | Alert:
+) -> Result | Sample | Status | TelemetryMessage | CommandReply | Alert:
     """Any device message, validated; raises WireError naming what is wrong."""
     doc = parse_versioned(payload, "message", "v", WIRE_VERSION, WireError, "wire version")
     try:

@@ -80,7 +80,7 @@ from lineqc.edge.wire import (
     Sample,
     SampleImage,
     Status,
-    Telemetry,
+    TelemetryMessage,
     WireError,
     dumps,
     is_frame_id,
@@ -189,13 +189,13 @@ def decode_sample(payload: bytes, now: float | None = None) -> tuple[Sample, str
     return msg, map_problem
 
 
-def decode_monitored(payload: bytes, kind: str) -> Result | Telemetry | Status:
+def decode_monitored(payload: bytes, kind: str) -> Result | TelemetryMessage | Status:
     """A ``result``, ``telemetry`` or ``status`` message (as its topic's ``kind`` says) with
     values the rollups can take; WireError naming what is wrong."""
     msg = parse_message(payload)
     if msg.type != kind:
         raise WireError(f"message: type {msg.type!r} on a {kind} topic")
-    assert isinstance(msg, Result | Telemetry | Status)
+    assert isinstance(msg, Result | TelemetryMessage | Status)
     _check_text("device", msg.device, _LENGTHS["device"])
     if isinstance(msg, Result):
         _check_text("model_version", msg.model_version, _LENGTHS["model_version"])
@@ -568,7 +568,7 @@ class Collector:
         self.alert_roots[device] = msg.topic.rsplit("/", 1)[0]
         if isinstance(doc, Result):
             self.rollups.add_result(site, line, doc)  # a redelivery is not counted again
-        elif isinstance(doc, Telemetry):
+        elif isinstance(doc, TelemetryMessage):
             self.rollups.add_telemetry(site, line, doc)
         else:
             self.rollups.add_status(site, line, doc)

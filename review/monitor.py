@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from lineqc.edge import drift
 from lineqc.edge.manifest import Manifest
-from lineqc.edge.wire import Alert, Result, Status, Telemetry
+from lineqc.edge.wire import Alert, Result, Status, TelemetryMessage
 from lineqc.errors import LineqcError
 
 from .consensus import frame_states
@@ -334,7 +334,7 @@ class Rollups:
         self.pending += 1
         return True
 
-    def add_telemetry(self, site: str, line: str, t: Telemetry) -> None:
+    def add_telemetry(self, site: str, line: str, t: TelemetryMessage) -> None:
         key = (t.device, self._bucket(t.ts))
         b = self.devices.get(key) or self.devices.setdefault(key, _DeviceBucket(site, line))
         b.reports += 1

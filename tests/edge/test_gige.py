@@ -34,7 +34,7 @@ from lineqc.edge.gige import (
     resolve_device,
     to_image,
 )
-from lineqc.edge.sources import Capture, Frame, Reader, SourceError, open_reader
+from lineqc.edge.sources import Capture, CapturedFrame, Reader, SourceError, open_reader
 
 FAKE_CAMERA = "arv-fake-gv-camera-0.8"
 LOCK = Path("/tmp/lineqc-test-fake-gige.lock")  # one fake camera on 127.0.0.1 at a time
@@ -256,7 +256,7 @@ class Recorded:
             assert time.monotonic() < deadline, (self.cap.stats(), self.events[-3:])
             time.sleep(0.05)
 
-    def frames(self, seconds: float) -> list[Frame]:
+    def frames(self, seconds: float) -> list[CapturedFrame]:
         out = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
