@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 import paho.mqtt.publish as mqtt_publish
@@ -27,6 +28,9 @@ from lineqc.edge.wire import dumps, image_part, result_message, sample_message
 from lineqc.review.collector import BrokerUrl, Collector
 from lineqc.review.monitor import Monitor, MonitorConfig
 from lineqc.review.store import Frame, Rollup, Store
+
+if TYPE_CHECKING:  # paho declares the message list type for type checkers only
+    from paho.mqtt.publish import MessagesList
 
 ROOT = "lineqc/v1/site1/line1/dev1"
 
@@ -75,7 +79,7 @@ def timed(db: str, port: int, payloads: list[bytes], kind: str, batch: int, work
     """Messages per second: queued for the session, then collected until all are stored."""
     store = Store(db, work / "images")
     collector(store, port, batch, 0.3).run()  # opens the persistent session
-    msgs = [{"topic": f"{ROOT}/{kind}", "payload": p, "qos": 1} for p in payloads]
+    msgs: MessagesList = [(f"{ROOT}/{kind}", p, 1, False) for p in payloads]
     mqtt_publish.multiple(msgs, hostname="127.0.0.1", port=port, protocol=mqtt.MQTTv5)
     c = collector(store, port, batch, 1.0)
     done: list[float] = []
