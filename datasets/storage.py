@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lineqc.edge.preprocess import decode_image
+
 from .manifest import DatasetError, Record
 
 CANONICAL_EXTENSION = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp"}
@@ -21,14 +23,11 @@ def mask_relpath(sha256: str) -> str:
 
 
 def decode(data: bytes, name: str) -> np.ndarray:
-    """Bytes of a validated image -> uint8 array as OpenCV gives it (HxW gray or HxWx3 BGR)."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    """Bytes of a validated image -> uint8 array (HxW gray or HxWx3 BGR), decoded as the
+    device decodes (``lineqc.edge.preprocess.decode_image``)."""
+    image = decode_image(data)
     if image is None:
         raise DatasetError(f"{name}: OpenCV cannot decode this image")
-    if image.dtype == np.uint16:  # 16-bit PNGs: keep the high byte
-        image = (image // 256).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
 
 

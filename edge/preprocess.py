@@ -77,6 +77,21 @@ class PreprocessSpec:
         return cls(**fields)
 
 
+def decode_image(data: bytes) -> np.ndarray | None:
+    """Bytes of an image file -> uint8 gray or BGR as OpenCV gives it, the one decoding the
+    dataset, training and the device's replay share (None: not a decodable 8/16-bit image)."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None
+    if image.dtype == np.uint16:  # 16-bit: keep the high byte (as lineqc.datasets does)
+        image = (image // 256).astype(np.uint8)
+    if image.dtype != np.uint8:
+        return None
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
 def to_model_colour(frame: np.ndarray, channels: int) -> np.ndarray:
     """Convert a gray, BGR or BGRA uint8 frame to the model's channel layout (HxWxC)."""
     if frame.ndim == 2:

@@ -54,7 +54,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from .config import DeviceConfig
 from .outbox import Outbox, OutMessage
 from .sampling import encode_sample
-from .wire import dumps, topic
+from .wire import dumps, status_message, topic
 
 log = logging.getLogger("lineqc.edge.publisher")
 PACKET_OVERHEAD = 512  # fixed header, topic, properties: kept free below the packet limit
@@ -146,8 +146,7 @@ class Publisher:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
             client.tls_insecure_set(m.tls.insecure)
-        will = {"v": 1, "type": "status", "device": self.cfg.device.id, "ts": 0.0}
-        will["state"] = "offline"
+        will = status_message(device=self.cfg.device.id, state="offline", ts=0.0)
         client.will_set(topic(self.root, "status"), dumps(will), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

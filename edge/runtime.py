@@ -53,6 +53,7 @@ from .wire import (
     dumps,
     result_message,
     sample_message,
+    status_message,
 )
 
 log = logging.getLogger("lineqc.edge.runtime")
@@ -174,20 +175,18 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         problems = self.problems()
-        return {
-            "v": 1,
-            "type": "status",
-            "device": self.cfg.device.id,
-            "ts": round(time.time(), 3),
-            "state": "degraded" if problems else "online",
-            "model_version": self.bundle.version,
-            "camera": self.capture.stats(),
-            "outbox": self.outbox.stats(),
-            "problems": problems,
-            "last_command": self.last_command,
-            "decision": self.policy.to_json(),
-            "rollout": self.slots.report(self.bundle.version),
-        }
+        return status_message(
+            device=self.cfg.device.id,
+            state="degraded" if problems else "online",
+            ts=time.time(),
+            model_version=self.bundle.version,
+            camera=self.capture.stats(),
+            outbox=self.outbox.stats(),
+            problems=problems,
+            last_command=self.last_command,
+            decision=self.policy.to_json(),
+            rollout=self.slots.report(self.bundle.version),
+        )
 
     def _camera_event(self, state: str, detail: str) -> None:
         self._status_dirty.set()

@@ -38,6 +38,7 @@ from lineqc.errors import LineqcError
 
 from .config import CameraConfig
 from .imagesize import ImageSizeError, bounded_size
+from .preprocess import decode_image
 
 log = logging.getLogger("lineqc.edge.sources")
 # Reads abandoned on hung sources that may still be blocked in their driver at once; at the
@@ -124,20 +125,6 @@ class GuardedReader(Reader):
 
     def _teardown(self) -> None:
         """Release the device; called with no read in flight."""
-
-
-def decode_image(data: bytes) -> np.ndarray | None:
-    """Bytes of an image file -> uint8 gray or BGR, decoded exactly as training decodes them."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        return None
-    if image.dtype == np.uint16:  # 16-bit: keep the high byte (as lineqc.datasets does)
-        image = (image // 256).astype(np.uint8)
-    if image.dtype != np.uint8:
-        return None
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
 
 
 def read_regular_file(path: Path) -> bytes:

@@ -361,6 +361,22 @@ def signed_command(data: bytes, signature: bytes) -> dict[str, Any]:
 # ---- builders (the device side) -----------------------------------------------------------
 
 
+def status_message(*, device: str, state: str, ts: float, **fields: Any) -> dict[str, Any]:
+    """A status message (published retained); ``fields`` are Status's optional ones. The
+    Last Will is ``status_message(device=..., state="offline", ts=0.0)``."""
+    unknown = sorted(set(fields) - set(Status.model_fields))
+    if unknown:
+        raise ValueError(f"status message: unknown field(s) {unknown}")
+    return {
+        "v": WIRE_VERSION,
+        "type": "status",
+        "device": device,
+        "ts": round(ts, 3),
+        "state": state,
+        **fields,
+    }
+
+
 def result_message(
     *,
     frame_id: str,
