@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -37,6 +34,7 @@ from .calibration import fit_temperature
 from .config import TrainConfig, TrainConfigError, differing_keys, from_dict, save_config
 from .copy_paste import CopyPaste, Donor
 from .data import EpochBatches, FrameStore, TrainImages, eval_inputs
+from .devices import choose_device, choose_precision, init_distributed
 from .evaluate import (
     frame_batches,
     predict,
@@ -46,104 +44,15 @@ from .evaluate import (
     tensor_batches,
 )
 from .intervals import parts_of
-from .losses import build_loss
+from .losses import build_loss, map_loss
 from .metrics import anomaly_figures, evaluate, summary
 from .model import DefectNet, build_model, class_logits, preprocess_spec
+from .optim import freeze, lr_factor, param_groups
 from .tracking import MlflowRun, environment, git_commit
 
 
 class RunError(LineqcError):
     """A run folder that cannot be started or resumed."""
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def choose_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device != "auto":
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, chosen once per run (None: fp32)."""
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
-        return None
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise TrainConfigError("precision 'fp16' needs a GPU; use 'fp32' or 'bf16' on CPU")
-    if cfg.precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-
-
-def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[torch.nn.Module]:
-    """Stop gradients to parameters whose names start with one of ``prefixes``; returns the
-    frozen modules, whose BatchNorm statistics ``train_epoch`` keeps fixed too."""
-    if not prefixes:
-        return []
-    names = dict(model.named_modules())
-    found = [n for n in names if n and any(n == p or n.startswith(p + ".") for p in prefixes)]
-    unknown = [p for p in prefixes if p not in names]
-    if unknown:
-        raise TrainConfigError(f"optim.freeze: no module named {', '.join(unknown)} in the model")
-    for name in found:
-        for param in names[name].parameters(recurse=False):
-            param.requires_grad_(False)
-    return [names[p] for p in prefixes]
-
-
-def map_loss(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, pos_weight: float
-) -> torch.Tensor:
-    """Pixel-wise BCE of the defect map against the mask grid, averaged over each image's
-    cells, then over the images that have a mask (``weight`` 1)."""
-    if not bool(weight.any()):
-        return logits.sum() * 0.0
-    per_cell = F.binary_cross_entropy_with_logits(
-        logits.float(),
-        target,
-        pos_weight=torch.tensor(pos_weight, device=logits.device),
-        reduction="none",
-    )
-    per_image = per_cell.flatten(1).mean(1)
-    return (per_image * weight).sum() / weight.sum()
-
-
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warmup to 1, then cosine decay to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm weights (1-d parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def _seed_for(*parts: int) -> int:

@@ -71,3 +71,20 @@ def build_loss(cfg: LossConfig, class_counts: Sequence[int]) -> nn.Module:
         weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),
         label_smoothing=cfg.label_smoothing,
     )
+
+
+def map_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, pos_weight: float
+) -> torch.Tensor:
+    """Pixel-wise BCE of the defect map against the mask grid, averaged over each image's
+    cells, then over the images that have a mask (``weight`` 1)."""
+    if not bool(weight.any()):
+        return logits.sum() * 0.0
+    per_cell = F.binary_cross_entropy_with_logits(
+        logits.float(),
+        target,
+        pos_weight=torch.tensor(pos_weight, device=logits.device),
+        reduction="none",
+    )
+    per_image = per_cell.flatten(1).mean(1)
+    return (per_image * weight).sum() / weight.sum()
