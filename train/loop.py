@@ -250,7 +250,7 @@ class Trainer:
         if not donors:
             raise TrainConfigError(
                 "augment.copy_paste needs defect rows with masks in the train split; "
-                f"{self.dataset} has none"
+                f"{self.dataset} has none (train without it: --set augment.copy_paste=0)"
             )
         return CopyPaste(donors, self.cfg.augment.copy_paste)
 
