@@ -16,13 +16,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lineqc.atomic import atomic_write_text
 from lineqc.errors import LineqcError
 
 SCHEMA_VERSION = 1
@@ -160,30 +159,6 @@ def save(root: Path | str, manifest: Manifest) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_path(root), render(manifest))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` durably: a reader sees the old file or the new one,
-    and after a power cut the new one (file and folder entry fsynced)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def manifest_hash(root: Path | str) -> str:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from lineqc.atomic import atomic_write_text
 from lineqc.errors import LineqcError
 
 from .signing import sign, verify
@@ -72,16 +71,9 @@ class CommandGate:
     def _store(self, seq: int) -> None:
         """Atomically: a crash leaves the old counter or the new one, never a torn file."""
         self.state.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".commands.", dir=self.state.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"last_seq": seq, "stored": round(time.time(), 3)}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(
+            self.state, json.dumps({"last_seq": seq, "stored": round(time.time(), 3)})
+        )
         self.last_seq = seq
 
     def admit(self, payload: bytes, now: float) -> AnyCommand:

@@ -33,7 +33,6 @@ import os
 import queue
 import random
 import shutil
-import tempfile
 import threading
 import time
 import urllib.error
@@ -46,6 +45,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from lineqc.atomic import atomic_write_text
 from lineqc.errors import LineqcError
 
 from .backends import Backend
@@ -104,21 +104,7 @@ class SlotState:
     def write(self, path: Path) -> None:
         """Atomically: a crash leaves the old pointer or the new one, never a torn file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".rollout.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.__dict__, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        atomic_write_text(path, json.dumps(self.__dict__, indent=1, sort_keys=True))
 
 
 # ---- download -----------------------------------------------------------------------------

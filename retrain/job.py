@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lineqc.atomic import atomic_write_text
 from lineqc.datasets import manifest as mf
 from lineqc.datasets.lineage import Since, since
 from lineqc.errors import LineqcError
@@ -464,8 +465,8 @@ def _finish(
         },
         bundle=bundle,
     )
-    mf.atomic_write_text(out / "comparison.json", json.dumps(doc, indent=2) + "\n")
-    mf.atomic_write_text(out / "comparison.md", comparison_markdown(doc, checks))
+    atomic_write_text(out / "comparison.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / "comparison.md", comparison_markdown(doc, checks))
     return RetrainResult(doc, decision, bundle_path, exit_code)
 
 

@@ -44,7 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from lineqc.datasets.manifest import atomic_write_bytes
+from lineqc.atomic import atomic_write_bytes
 from lineqc.edge.wire import Sample
 from lineqc.errors import LineqcError
 

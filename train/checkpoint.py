@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lineqc.datasets.manifest import atomic_write_text
+from lineqc.atomic import atomic_write_text
 from lineqc.edge.preprocess import PreprocessSpec
 from lineqc.errors import LineqcError
 
