@@ -18,10 +18,13 @@ EXTRAS := edge,train,export,review,dev
 setup: $(VENV)/.installed system-deps $(VENV)/.gige
 
 # Reinstalled only when the package metadata or the pins change: a second run takes seconds.
+# pip -qq: errors only. A machine whose pip config names index folders it lacks gets one
+# warning per package at -q, a page that hides what matters.
+PIP := $(PY) -m pip install -qq
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 # Debian packages the tests use: Mosquitto (the MQTT tests start their own brokers),
@@ -54,7 +57,7 @@ system-deps:
 # Without them it is left out, and the GigE Vision tests skip saying so.
 $(VENV)/.gige: $(VENV)/.installed | system-deps
 	@if pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; then \
-	  $(PY) -m pip install --quiet -c constraints.txt -e '.[gige]' && touch $@ || \
+	  $(PIP) -c constraints.txt -e '.[gige]' && touch $@ || \
 	    echo "PyGObject did not build: the GigE Vision source and its tests are unavailable"; \
 	else \
 	  echo "PyGObject not installed (needs libgirepository1.0-dev, libcairo2-dev, pkg-config)"; \
