@@ -36,11 +36,10 @@ from lineqc.datasets.labels import label_indices, split_records
 from lineqc.datasets.manifest import Record, load, manifest_hash
 from lineqc.datasets.prepare import magnetic_tile_dataset
 from lineqc.edge.bundle import Bundle, load_bundle
-from lineqc.edge.decision import decide_batch, softmax
+from lineqc.edge.decision import softmax
 from lineqc.edge.signing import generate_keys
-from lineqc.export import runtime
-from lineqc.export.data import load_inputs
 from lineqc.export.errors import GateFailed
+from lineqc.export.judge import decide_records
 from lineqc.export.pipeline import ExportOptions, export_run
 from lineqc.train.config import load_config
 from lineqc.train.crossval import LEFT_OUT, FoldPredictions, fold_views, pooled
@@ -172,18 +171,14 @@ def _same_training(previous: dict[str, Any], cache_key: dict[str, Any]) -> bool:
 
 
 def judge(bundle: Bundle, precision: str, view: Path, records: list[Record]) -> dict[str, Any]:
-    """What the bundle's model of ``precision`` and its policy make of ``records``: the
-    device's preprocessing, ONNX Runtime, the decision with the anomaly rule (if any)."""
-    inputs = load_inputs(view, records, bundle.spec, f"load {len(records)} images")
-    sess = runtime.session(bundle.model_path(precision))
-    out = runtime.outputs(sess, inputs, desc=f"{precision}")
-    logits, scores = out[runtime.OUTPUT_NAME], out.get(runtime.ANOMALY)
-    decisions = decide_batch(logits, bundle.policy, scores)
+    """What the bundle's model of ``precision`` and that model's policy make of ``records``,
+    as a device runs them (``lineqc.export.judge``), as JSON lists."""
+    decided = decide_records(bundle, precision, view, records)
     return {
-        "probs": softmax(logits, bundle.policy.temperature).tolist(),
-        "verdicts": [d.verdict for d in decisions],
-        "reasons": [d.reason for d in decisions],
-        "anomaly": None if scores is None else scores.tolist(),
+        "probs": softmax(decided.logits, bundle.policy_for(precision).temperature).tolist(),
+        "verdicts": decided.verdicts,
+        "reasons": [d.reason for d in decided.decisions],
+        "anomaly": None if decided.anomaly is None else decided.anomaly.tolist(),
     }
 
 

@@ -1,15 +1,19 @@
 """The retrain gate: challenger against champion, check by check, on the same images.
 
 Each check is one figure (macro-F1, a class's recall, macro-F1 of one capture session or
-source) measured for both models on the same rows of a slice. What decides is not the two
+source) measured for both models on the same rows of a slice. Models judged as deployed
+(bundles with their decision policies, ``lineqc.export.judge``) add the policy's figures,
+where lower is better: the share of OK frames rejected, of defects passed as OK, and of
+frames sent to review. What decides is not the two
 point values but the paired difference, challenger minus champion, with its 95% interval
 from resampling parts (both models judged on every resample), and the support the figure
 rests on. A check is
 
 - ``few``: fewer than ``min_support`` images (for a class's recall: images of that class),
   or no interval: too little to judge, listed and not counted;
-- ``worse``: the whole interval lies below ``-tolerance``;
-- ``better``: the whole interval lies above 0;
+- ``worse``: the whole interval lies below ``-tolerance`` (above ``tolerance`` for a figure
+  where lower is better);
+- ``better``: the whole interval lies above 0 (below 0 where lower is better);
 - ``same``: otherwise, a difference within noise.
 
 The challenger is promoted when no check is worse and at least one is better. On slices of a
@@ -28,13 +32,24 @@ import numpy as np
 from lineqc.train import intervals as ci
 
 if TYPE_CHECKING:  # torch: imported when a comparison runs, not for `lineqc --help`
+    from lineqc.export.judge import Judged
     from lineqc.train.evaluate import SplitResult
+
+    Evaluated = SplitResult | Judged  # a checkpoint's evaluation, or a bundle's as deployed
 
 SLICE_KINDS = ("session", "source")  # the sliced figures compared per value
 MIN_SUPPORT = 20  # images a check must rest on to be judged
 OUTCOMES = ("better", "worse", "same", "few")
 
 Figures = Callable[[np.ndarray], dict[str, float | None]]
+
+# The decision policy's figures (models judged with their policies only): the share of the
+# rows each rests on whose verdict is the one named. Lower is better for all three.
+POLICY_FIGURES = {
+    "OK frames rejected": "defect",  # rests on the OK frames
+    "defects passed as OK": "ok",  # on the defect frames
+    "frames sent to review": "uncertain",  # on every frame
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class Check:
     parts: int  # distinct parts among them
     interval: tuple[float, float] | None  # challenger - champion, paired 95% over parts
     outcome: str  # one of OUTCOMES
+    lower_is_better: bool = False  # a policy figure (POLICY_FIGURES)
 
     @property
     def delta(self) -> float:
@@ -70,7 +86,7 @@ class Check:
         )
 
 
-def _figures(result: SplitResult) -> tuple[Figures, dict[str, np.ndarray]]:
+def _figures(result: Evaluated) -> tuple[Figures, dict[str, np.ndarray]]:
     """A function computing every figure of one model on some rows, and the rows (of all)
     each figure rests on."""
     from lineqc.train.metrics import macro_f1
@@ -91,6 +107,18 @@ def _figures(result: SplitResult) -> tuple[Figures, dict[str, np.ndarray]]:
         for value in values:
             basis[f"macro-F1 of {kind} {value}"] = every[known & (keys == value)]
 
+    from lineqc.export.judge import Judged
+
+    hits: dict[str, np.ndarray] = {}
+    if isinstance(result, Judged):  # a model judged with its policy
+        ok_rows = labels == result.ok_index
+        given = np.asarray(result.verdicts, dtype=object)
+        for (what, verdict), rows in zip(
+            POLICY_FIGURES.items(), (ok_rows, ~ok_rows, np.ones_like(ok_rows)), strict=True
+        ):
+            basis[what] = every[rows]
+            hits[what] = given == verdict
+
     def figures(rows: np.ndarray) -> dict[str, float | None]:
         # A resample repeats parts: each row counts as often as it was drawn.
         weight = np.bincount(rows, minlength=len(labels)).astype(float)
@@ -99,6 +127,8 @@ def _figures(result: SplitResult) -> tuple[Figures, dict[str, np.ndarray]]:
             w = weight[base]
             if not w.any():
                 out[what] = None
+            elif what in hits:
+                out[what] = float(w @ hits[what][base] / w.sum())
             elif what.startswith("recall of class "):
                 out[what] = float(w @ (preds[base] == labels[base]) / w.sum())
             else:
@@ -112,8 +142,8 @@ def _figures(result: SplitResult) -> tuple[Figures, dict[str, np.ndarray]]:
 
 def compare(
     slice_name: str,
-    champion: SplitResult,
-    challenger: SplitResult,
+    champion: Evaluated,
+    challenger: Evaluated,
     tolerance: float = 0.0,
     min_support: int = MIN_SUPPORT,
 ) -> tuple[list[Check], list[str]]:
@@ -158,17 +188,24 @@ def compare(
                 support,
                 int(np.unique(clusters[basis_a[what]]).size),
                 interval,
-                outcome(interval, support, tolerance, min_support),
+                outcome(interval, support, tolerance, min_support, what in POLICY_FIGURES),
+                what in POLICY_FIGURES,
             )
         )
     return checks, skipped
 
 
 def outcome(
-    interval: Sequence[float] | None, support: int, tolerance: float, min_support: int
+    interval: Sequence[float] | None,
+    support: int,
+    tolerance: float,
+    min_support: int,
+    lower_is_better: bool = False,
 ) -> str:
     if interval is None or support < min_support:
         return "few"
+    if lower_is_better:  # judged as the improvement, champion minus challenger
+        interval = (-interval[1], -interval[0])
     if interval[1] < -tolerance:
         return "worse"
     if interval[0] > 0:
@@ -183,6 +220,7 @@ VERDICTS = {
     "nothing-compared": "nothing to compare",
     "identical": "the challenger is the champion again (the same predictions on every image)",
     "not-retrained": "no new training rows since the champion",
+    "gate-failed": "the challenger's INT8 model failed the accuracy gate: it cannot be deployed",
 }
 
 
@@ -195,12 +233,16 @@ class GateDecision:
 
     @property
     def compared(self) -> bool:
-        return self.kind not in ("nothing-compared", "not-retrained")
+        return self.kind not in ("nothing-compared", "not-retrained", "gate-failed")
 
     @property
     def export(self) -> bool:
         """A bundle is made of a promoted or forced challenger, never of the champion again."""
-        return (self.promoted or self.forced) and self.kind not in ("identical", "not-retrained")
+        return (self.promoted or self.forced) and self.kind not in (
+            "identical",
+            "not-retrained",
+            "gate-failed",
+        )
 
     @property
     def verdict(self) -> str:

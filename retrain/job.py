@@ -2,8 +2,13 @@
 
 Steps: export the review store's final labels into the dataset (``export_labels``; only
 with a database) -> train a challenger with the champion's config into ``OUT/challenger``
--> evaluate champion and challenger, both as FP32 checkpoints through the device's
-preprocessing, on each slice:
+-> evaluate champion and challenger on each slice as the line runs them, when the champion
+is named by its deployed bundle and a ``--key`` is given: the challenger is exported first
+(``lineqc export``, INT8 gate included) into a candidate bundle, and both bundles' default
+models (INT8 when it passed the gate) with their own decision policies are judged
+(``lineqc.export.judge``), which adds the policy's figures (OK frames rejected, defects
+passed as OK, frames sent to review). Otherwise both as FP32 checkpoints through the
+device's preprocessing (argmax), and ``comparison.json`` says why (``compared_as``):
 
 - ``test``: the frozen test split (the long-run yardstick).
 - ``recent_reviewed``: rows labelled by inspectors, captured within the last N days, that
@@ -19,8 +24,8 @@ preprocessing, on each slice:
 each capture session and source (device/camera) slice, each as the paired difference with
 its interval over parts and its support. The challenger is promoted only on evidence:
 credibly worse on no check of any evaluated slice and credibly better on at least one ->
-export a signed bundle (``lineqc.export``,
-its INT8 gate included) into ``OUT/bundle`` when promoted or forced and a key is given ->
+the candidate becomes ``OUT/bundle`` (a challenger compared as a checkpoint is exported
+now) when promoted or forced and a key is given; an unpromoted candidate is deleted ->
 ``OUT/comparison.json`` and ``OUT/comparison.md`` say what was decided and why, with both
 models' figures side by side (95% intervals over parts) on the same images.
 
@@ -34,6 +39,7 @@ is the champion again, whatever ``force`` says).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +58,7 @@ from lineqc.train.config import TrainConfig, apply_override, from_dict
 from .checks import MIN_SUPPORT, Check, GateDecision, compare, decide
 
 if TYPE_CHECKING:
-    pass
+    from lineqc.edge.bundle import Bundle
 
 SLICES = ("test", "recent_reviewed")
 IDENTICAL_TOLERANCE = 1e-5  # logits this close on every image: the same model retrained
@@ -240,11 +246,13 @@ def _check_out(out: Path) -> None:
         raise RetrainError(f"--out {out}: not empty; each retrain gets a fresh folder")
 
 
-def _evaluate(
-    runs: dict[str, Path], dataset: Path, since_: datetime, options: RetrainOptions
-) -> dict[str, dict[str, Any]]:
-    """slice -> {"n", "champion": SplitResult, "challenger": SplitResult} (or "skipped": why)."""
-    from lineqc.train.evaluate import evaluate_run
+Evaluate = Callable[[str, list[mf.Record]], Any]  # (who, records) -> an evaluation
+
+
+def _evaluate(dataset: Path, since_: datetime, evaluate: Evaluate) -> dict[str, dict[str, Any]]:
+    """slice -> {"n", "champion": result, "challenger": result} (or "skipped": why), both
+    models evaluated by ``evaluate`` on the same labelled rows of each slice."""
+    from lineqc.datasets.labels import split_records
 
     manifest = mf.load(dataset)
     out: dict[str, dict[str, Any]] = {}
@@ -254,13 +262,38 @@ def _evaluate(
             out[name] = {"n": 0, "skipped": "no labelled images in this slice"}
             log(f"{name}: no images, not evaluated")
             continue
+        records = [r for r in split_records(manifest, split, dataset) if where is None or where(r)]
         out[name] = {"n": n}
-        for who, run in runs.items():
+        for who in ("champion", "challenger"):
             log(f"evaluating the {who} on {name} ({n} images)")
-            out[name][who] = evaluate_run(
-                run, dataset, split, options.batch_size, options.device, where
-            )
+            out[name][who] = evaluate(who, records)
     return out
+
+
+def _as_checkpoints(runs: dict[str, Path], dataset: Path, options: RetrainOptions) -> Evaluate:
+    """Each model as its FP32 checkpoint through the device's preprocessing (argmax)."""
+    from lineqc.train.evaluate import evaluate_run
+
+    def evaluate(who: str, records: list[mf.Record]) -> Any:
+        ids = {r.id for r in records}
+        return evaluate_run(
+            runs[who], dataset, "all", options.batch_size, options.device, lambda r: r.id in ids
+        )
+
+    return evaluate
+
+
+def _as_deployed(bundles: dict[str, Bundle], dataset: Path) -> Evaluate:
+    """Each model as its devices run it: the bundle's default precision (INT8 when it passed
+    the gate) with the decision policy chosen for that model."""
+    from lineqc.export.judge import judge
+
+    dataset_ok = mf.load(dataset).ok_class
+
+    def evaluate(who: str, records: list[mf.Record]) -> Any:
+        return judge(bundles[who], dataset, records, dataset_ok)
+
+    return evaluate
 
 
 def _identical(results: dict[str, dict[str, Any]]) -> bool:
@@ -317,10 +350,75 @@ def _export_reviewed(dataset: Path, options: RetrainOptions) -> dict[str, Any] |
     return summary.to_json()
 
 
+def _why_not_deployed(champion: Champion, options: RetrainOptions) -> str | None:
+    """Why the two models are compared as FP32 checkpoints rather than as deployed (None:
+    as deployed, the champion's bundle against the challenger's candidate bundle)."""
+    if champion.bundle is None:
+        return "the champion was named by its run, not by its deployed bundle"
+    if options.key is None:
+        return "no --key: no candidate bundle of the challenger can be made"
+    return None
+
+
+def _export_candidate(
+    challenger_dir: Path, dataset: Path, out: Path, options: RetrainOptions
+) -> tuple[Path | None, str | None]:
+    """The challenger exported as ``lineqc export`` does (INT8 gate included) into
+    ``out/candidate``: (its folder, None), or (None, why the gate refused it)."""
+    from lineqc.export.errors import GateFailed
+    from lineqc.export.pipeline import ExportOptions, export_run
+
+    assert options.key is not None
+    log(f"exporting the challenger's candidate bundle to {out / 'candidate'}")
+    try:
+        export_run(
+            challenger_dir,
+            dataset,
+            out / "candidate",
+            options.key,
+            ExportOptions(gate=options.gate),
+        )
+    except GateFailed as failed:
+        return None, f"the INT8 gate failed, no bundle written:\n{failed.result.table()}"
+    return out / "candidate", None
+
+
+def _bundle_entry(bundle: Path) -> dict[str, Any]:
+    from lineqc.export.bundle_writer import read_manifest_unverified
+
+    doc = read_manifest_unverified(bundle)
+    gate = (doc.get("evaluation") or {}).get("gate")
+    return {
+        "exported": True,
+        "path": str(bundle),
+        "model_version": doc["model"]["version"],
+        "default_precision": doc["default_precision"],
+        "gate": gate,
+    }
+
+
+def _keep_candidate(
+    candidate: Path | None, refused: str | None, out: Path, decision: GateDecision
+) -> tuple[dict[str, Any], Path | None, int]:
+    """(the comparison's "bundle" entry, the bundle, exit code): a promoted or forced
+    candidate becomes ``out/bundle``; any other is deleted, so nothing unpromoted stays signed."""
+    if candidate is None:
+        return {"exported": False, "path": None, "reason": refused}, None, 1
+    if not decision.export:
+        shutil.rmtree(candidate)
+        reason = {
+            "identical": "the challenger is the champion again: its candidate bundle was deleted",
+        }.get(decision.kind, "the challenger was not promoted: its candidate bundle was deleted")
+        return {"exported": False, "path": None, "reason": reason}, None, 0
+    candidate.replace(out / "bundle")
+    return _bundle_entry(out / "bundle"), out / "bundle", 0
+
+
 def _export_bundle(
     challenger_dir: Path, dataset: Path, out: Path, decision: GateDecision, options: RetrainOptions
 ) -> tuple[dict[str, Any], Path | None, int]:
-    """(the comparison's "bundle" entry, the bundle, exit code)."""
+    """(the comparison's "bundle" entry, the bundle, exit code) when the models were
+    compared as checkpoints: the challenger is exported only once promoted or forced."""
     if not decision.export:
         reason = {
             "identical": "the challenger is the champion again: nothing to sign",
@@ -330,25 +428,8 @@ def _export_bundle(
     if options.key is None:
         reason = "no --key given: nothing signed, no bundle written"
         return {"exported": False, "path": None, "reason": reason}, None, 0
-    from lineqc.export.errors import GateFailed
-    from lineqc.export.pipeline import ExportOptions, export_run
-
-    log(f"exporting the challenger to {out / 'bundle'}")
-    try:
-        exported = export_run(
-            challenger_dir, dataset, out / "bundle", options.key, ExportOptions(gate=options.gate)
-        )
-    except GateFailed as failed:
-        reason = f"the INT8 gate failed, no bundle written:\n{failed.result.table()}"
-        return {"exported": False, "path": None, "reason": reason}, None, 1
-    entry = {
-        "exported": True,
-        "path": str(out / "bundle"),
-        "model_version": exported.manifest["model"]["version"],
-        "default_precision": exported.manifest["default_precision"],
-        "gate": exported.gate.to_json() if exported.gate else None,
-    }
-    return entry, out / "bundle", 0
+    candidate, refused = _export_candidate(challenger_dir, dataset, out, options)
+    return _keep_candidate(candidate, refused, out, decision)
 
 
 def retrain(
@@ -359,10 +440,11 @@ def retrain(
     _check_out(out)
     champion = resolve_champion(champion_path, options.runs)
     cfg = challenger_config(champion.config, options.overrides)
+    pubkey = None
     if options.key is not None:
         from lineqc.edge.signing import load_private_key
 
-        load_private_key(options.key)  # a bad key fails now, not after the training
+        pubkey = load_private_key(options.key).public_key()  # a bad key fails now
     out.mkdir(parents=True, exist_ok=True)
     now = options.now or datetime.now(timezone.utc)
     recent_since = now - timedelta(days=options.recent_days)
@@ -386,9 +468,33 @@ def retrain(
     log(f"training the challenger ({cfg.model}, {cfg.epochs} epochs) into {challenger_dir}")
     train(cfg, dataset, challenger_dir)
     doc["challenger"]["run_id"] = _run_id(challenger_dir)
-    results = _evaluate(
-        {"champion": champion.run, "challenger": challenger_dir}, dataset, recent_since, options
-    )
+    why_not = _why_not_deployed(champion, options)
+    candidate: Path | None = None
+    if why_not is None:
+        from lineqc.edge.bundle import load_bundle
+
+        assert champion.bundle is not None and pubkey is not None
+        candidate, refused = _export_candidate(challenger_dir, dataset, out, options)
+        if candidate is None:
+            decision = GateDecision(False, options.force, [str(refused)], "gate-failed")
+            return _finish(
+                out, doc, decision, [], {}, _keep_candidate(None, refused, out, decision)
+            )
+        bundles = {
+            "champion": load_bundle(champion.bundle, pubkey),
+            "challenger": load_bundle(candidate, pubkey),
+        }
+        doc["compared_as"] = "deployed: " + "; ".join(
+            f"{who} {b.version} ({b.default_precision}, its decision policy)"
+            for who, b in bundles.items()
+        )
+        evaluate = _as_deployed(bundles, dataset)
+    else:
+        doc["compared_as"] = f"FP32 checkpoints, argmax ({why_not})"
+        runs = {"champion": champion.run, "challenger": challenger_dir}
+        evaluate = _as_checkpoints(runs, dataset, options)
+    log(f"comparing as {doc['compared_as']}")
+    results = _evaluate(dataset, recent_since, evaluate)
     checks: list[Check] = []
     not_compared: list[str] = []
     for name, r in results.items():
@@ -402,7 +508,10 @@ def retrain(
     evaluated = [f"{name} (n={s['n']})" for name, s in slices.items() if "skipped" not in s]
     decision = decide(checks, evaluated, options.force, _identical(results), options.min_support)
     doc["not_compared"] = not_compared
-    exported = _export_bundle(challenger_dir, dataset, out, decision, options)
+    if candidate is not None:
+        exported = _keep_candidate(candidate, None, out, decision)
+    else:
+        exported = _export_bundle(challenger_dir, dataset, out, decision, options)
     return _finish(out, doc, decision, checks, slices, exported)
 
 
@@ -439,6 +548,7 @@ def _head(
         "recent_since": recent_since.isoformat(timespec="seconds"),
         "tolerance": options.tolerance,
         "min_support": options.min_support,
+        "compared_as": None,
         "not_compared": [],
     }
 
@@ -534,6 +644,7 @@ def comparison_markdown(doc: dict[str, Any], checks: list[Check]) -> str:
         f"overrides: {', '.join(doc['challenger']['overrides']) or 'none'}",
         f"- Dataset: `{doc['dataset']}`, manifest `{doc['dataset_manifest_hash'][:16]}`; "
         f"{doc['since_champion']['sentence']}",
+        f"- Compared as: {doc['compared_as']}",
         f"- Bundle: {doc['bundle']['path'] or doc['bundle']['reason']}",
         f"- A check is judged on {doc['min_support']} images or more; worse when its 95% "
         f"interval lies below -{doc['tolerance']:g}, better when above 0. Recent reviewed "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lineqc.datasets import manifest as mf
+from lineqc.export.judge import Judged
 from lineqc.retrain.checks import compare, decide
 from lineqc.retrain.job import recent_audit, recent_reviewed
 from lineqc.train.evaluate import SplitResult
@@ -126,3 +127,42 @@ def test_the_audit_slice_holds_recent_random_audits_only() -> None:
     since = now - timedelta(days=30)
     assert [r.id for r in base if recent_reviewed(since)(r)] == ["r0", "r1"]
     assert [r.id for r in base if recent_audit(since)(r)] == ["r0"]
+
+
+def judged(records: list[mf.Record], verdicts: list[str]) -> Judged:
+    """A model judged with its policy: argmax right everywhere, the verdicts as given."""
+    base = result(records, with_errors(records, np.array([], dtype=int)))
+    return Judged(base.metrics, records, base.labels, base.logits, verdicts, ok_index=0)
+
+
+def test_deployed_models_are_also_judged_on_their_policies_where_lower_is_better() -> None:
+    records = rows(300)
+    truth = ["ok" if r.label == "ok" else "defect" for r in records]
+    # The champion sends every third frame to review; the challenger decides all but 10.
+    champion = judged(records, ["uncertain" if i % 3 == 0 else v for i, v in enumerate(truth)])
+    challenger = judged(records, ["uncertain" if i % 30 == 0 else v for i, v in enumerate(truth)])
+    checks, _ = compare("test", champion, challenger)
+    by = {c.what: c for c in checks}
+    review = by["frames sent to review"]
+    assert review.lower_is_better and review.champion == 100 / 300
+    assert review.challenger == 10 / 300 and review.delta < 0 and review.outcome == "better"
+    assert by["OK frames rejected"].support == 100 and by["OK frames rejected"].outcome == "same"
+    assert by["defects passed as OK"].support == 200
+    assert not by["macro-F1"].lower_is_better and by["macro-F1"].outcome == "same"
+    assert decide(checks, ["test"], force=False).promoted
+
+    # The other way round: more frames to review is credibly worse, and blocks promotion.
+    backwards, _ = compare("test", challenger, champion)
+    assert {c.what: c for c in backwards}["frames sent to review"].outcome == "worse"
+    assert decide(backwards, ["test"], force=False).kind == "worse"
+
+    # OK frames rejected on the challenger: a rise there is worse even though it "rose".
+    leaky_verdicts = [
+        "defect" if r.label == "ok" and i % 2 else v
+        for i, (r, v) in enumerate(zip(records, truth, strict=True))
+    ]
+    leaky = judged(records, leaky_verdicts)
+    rejects = {c.what: c for c in compare("test", judged(records, truth), leaky)[0]}
+    assert (
+        rejects["OK frames rejected"].delta > 0 and rejects["OK frames rejected"].outcome == "worse"
+    )

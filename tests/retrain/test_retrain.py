@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 
 from lineqc.datasets import manifest as mf
+from lineqc.datasets.labels import split_records
 from lineqc.datasets.synth import candidates
+from lineqc.edge.bundle import load_bundle
 from lineqc.edge.signing import generate_keys
+from lineqc.export.judge import decide_records
 from lineqc.retrain.job import (
     RetrainError,
     RetrainOptions,
@@ -140,6 +143,9 @@ def test_forced_retrain_compares_on_both_slices_and_writes_a_verified_bundle(
     judged = [c for c in checks if c["outcome"] != "few"]
     assert all(c["support"] >= doc["min_support"] and c["interval"] for c in judged)
 
+    # Named by its run, the champion has no deployed bundle to judge: checkpoints, said so.
+    assert doc["compared_as"].startswith("FP32 checkpoints, argmax (the champion was named by")
+
     decision = doc["decision"]
     assert decision["forced"] is True and decision["reasons"]
     better = any(c["outcome"] == "better" for c in checks)
@@ -177,6 +183,49 @@ def test_a_bundle_champion_resolves_to_its_source_run(
     assert resolve_champion(alone, runs=[out]).run == resolved.run
     with pytest.raises(RetrainError, match="neither a training run folder"):
         resolve_champion(tmp_path)
+
+
+def test_a_deployed_champion_is_compared_as_deployed_with_its_policy(
+    forced: tuple[Path, Path, subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+    synth_dataset: Path,
+    keys: tuple[Path, Path],
+) -> None:
+    """Named by its bundle, the champion is judged as its devices run it, against the
+    challenger's candidate bundle: the default precision's model with its own policy."""
+    _, forced_out, _ = forced
+    deployed = load_bundle(forced_out / "bundle", keys[1])
+    dataset = Path(shutil.copytree(synth_dataset, tmp_path / "ds"))
+    out = tmp_path / "retrain"
+    options = RetrainOptions(key=keys[0], gate=False, overrides=["epochs=1"])
+    result = retrain(dataset, forced_out / "bundle", out, options)
+
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["compared_as"].startswith(
+        f"deployed: champion {deployed.version} ({deployed.default_precision}, its decision "
+        "policy); challenger "
+    )
+    checks = {(c["slice"], c["what"]): c for c in doc["checks"]}
+    test = split_records(mf.load(dataset), "test", dataset)
+    ok = [r for r in test if r.label == mf.load(dataset).ok_class]
+    for what, verdict, support in [
+        ("frames sent to review", "uncertain", len(test)),
+        ("OK frames rejected", "defect", len(ok)),
+    ]:
+        check = checks[("test", what)]
+        assert check["lower_is_better"] and check["support"] == support
+        # the champion's figure is what its bundle's model and policy decide on those rows
+        decided = decide_records(deployed, deployed.default_precision, dataset, test)
+        rows = test if what == "frames sent to review" else ok
+        chosen = [v for r, v in zip(test, decided.verdicts, strict=True) if r in rows]
+        assert check["champion"] == pytest.approx(chosen.count(verdict) / len(rows))
+    assert ("test", "macro-F1") in checks
+    # A candidate is signed for the comparison, kept only when promoted or forced.
+    assert not (out / "candidate").exists()
+    assert (out / "bundle").exists() == result.decision.export
+    if not result.decision.export:
+        assert "candidate bundle was deleted" in doc["bundle"]["reason"]
+    assert "- Compared as: deployed: champion" in (out / "comparison.md").read_text()
 
 
 def test_a_worse_challenger_is_refused_and_no_bundle_written(
