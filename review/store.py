@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from lineqc.atomic import atomic_write_bytes
+from lineqc.atomic import atomic_write_many
 from lineqc.edge.wire import Sample
 from lineqc.errors import LineqcError
 
@@ -438,52 +438,84 @@ class Store:
         """The defect map stored with an image (named by the image's sha256)."""
         return self._stored_file(image_sha256, DEFECT_MAP_SUFFIX)
 
-    @staticmethod
-    def _put_once(path: Path, data: bytes) -> None:
-        # Durably (fsync, then an atomic rename); a file already there is kept as it is.
-        if path.exists():
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
+    def _put_new(self, files: dict[Path, bytes]) -> None:
+        # Durably (fsync, then an atomic rename), all together; a file already there is kept.
+        new = [(path, data) for path, data in files.items() if not path.exists()]
+        for folder in {path.parent for path, _ in new}:
+            folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_many(new)
+
+    def _files_of(self, sample: Sample, image_sha256: str | None) -> dict[Path, bytes]:
+        """The files a sample brings: its image and, with one, its defect map."""
+        if sample.image is None or image_sha256 is None:
+            return {}
+        files = {self.image_path(image_sha256): sample.image.jpeg_bytes()}
+        if sample.defect_map is not None:  # no image: nothing to overlay
+            files[self.defect_map_path(image_sha256)] = sample.defect_map.png_bytes()
+        return files
 
     def put_image(self, data: bytes) -> str:
         """Store JPEG bytes by content; their sha256."""
         digest = hashlib.sha256(data).hexdigest()
-        self._put_once(self.image_path(digest), data)
+        self._put_new({self.image_path(digest): data})
         return digest
 
     def put_defect_map(self, image_sha256: str, png: bytes) -> None:
         """Store a frame's defect map (PNG bytes) beside its image."""
-        self._put_once(self.defect_map_path(image_sha256), png)
+        self._put_new({self.defect_map_path(image_sha256): png})
 
     # ---- frames -------------------------------------------------------------------------
 
     def add_sample(self, sample: Sample, received_at: float | None = None) -> Outcome:
-        """Store one wire-format sample, once per frame id: a frame id already stored is a
-        duplicate when its content is the same, a conflict when not (the first is kept)."""
-        jpeg = sample.image.jpeg_bytes() if sample.image else None
-        values = _frame_values(sample, hashlib.sha256(jpeg).hexdigest() if jpeg else None)
+        """Store one wire-format sample (see ``add_samples``)."""
+        return self.add_samples([sample], received_at)[0]
+
+    def add_samples(
+        self, samples: Sequence[Sample], received_at: float | None = None
+    ) -> list[Outcome]:
+        """Store wire-format samples, once per frame id: a frame id already stored (or met
+        earlier in ``samples``) is a duplicate when its content is the same, a conflict when
+        not (the first is kept). The new frames' files are written durably together, then
+        their rows are committed in one transaction: a batch costs about one sample."""
+        values = []
+        for sample in samples:
+            jpeg = sample.image.jpeg_bytes() if sample.image else None
+            values.append(_frame_values(sample, hashlib.sha256(jpeg).hexdigest() if jpeg else None))
+        ids = {v["frame_id"] for v in values}
         with self.session() as s:
-            outcome = _existing_outcome(s, values)
-            if outcome is not None:
-                return outcome
+            stored = (
+                {
+                    row.frame_id: {key: getattr(row, key) for key in values[0]}
+                    for row in s.scalars(select(Frame).where(Frame.frame_id.in_(ids)))
+                }
+                if values
+                else {}
+            )
             share = float(get_setting(s, "double_review_share"))
-        if jpeg is not None:
-            self.put_image(jpeg)
-            if sample.defect_map is not None:  # no image: nothing to overlay
-                self.put_defect_map(values["image_sha256"], sample.defect_map.png_bytes())
-        frame = Frame(
-            **values,
-            received_at=time.time() if received_at is None else received_at,
-            required_reviews=2 if in_share(sample.frame_id, share) else 1,
-        )
+        outcomes: list[Outcome] = []
+        files: dict[Path, bytes] = {}
+        frames: list[Frame] = []
+        now = time.time() if received_at is None else received_at
+        for sample, v in zip(samples, values, strict=True):
+            first = stored.get(v["frame_id"])
+            if first is not None:
+                outcomes.append(Outcome.DUPLICATE if first == v else Outcome.CONFLICT)
+                continue
+            stored[v["frame_id"]] = v
+            files |= self._files_of(sample, v["image_sha256"])
+            double = in_share(sample.frame_id, share)
+            frames.append(Frame(**v, received_at=now, required_reviews=2 if double else 1))
+            outcomes.append(Outcome.STORED)
+        self._put_new(files)
         try:
             with self.session() as s:
-                s.add(frame)
-        except IntegrityError:  # another collector stored it between our check and insert
-            with self.session() as s:
-                return _existing_outcome(s, values) or Outcome.DUPLICATE
-        return Outcome.STORED
+                s.add_all(frames)
+        except IntegrityError:  # another collector stored one between our check and insert
+            if len(samples) == 1:
+                with self.session() as s:
+                    return [_existing_outcome(s, values[0]) or Outcome.DUPLICATE]
+            return [self.add_sample(sample, received_at) for sample in samples]
+        return outcomes
 
     def add_reject(self, topic: str, reason: str, size: int) -> None:
         with self.session() as s:

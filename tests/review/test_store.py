@@ -80,6 +80,39 @@ def test_frames_with_the_same_image_share_one_file(store: Store, make_sample: Ma
     assert len(image_files(store)) == 2
 
 
+def test_a_batch_stores_as_one_sample_at_a_time_would(
+    store: Store, make_sample: MakeSample
+) -> None:
+    """add_samples: one commit for the batch, the same outcomes as one by one, duplicates
+    and conflicts inside the batch and against stored frames included."""
+    assert store.add_sample(make_sample("dev1-cam0-1-0")) is Outcome.STORED
+    first = make_sample("dev1-cam0-1-1", defect_map=defect_map([[0.1, 0.9], [0.0, 0.5]]))
+    batch = [
+        make_sample("dev1-cam0-1-0"),  # stored before: a redelivery
+        make_sample("dev1-cam0-1-0", probabilities=[0.1, 0.1, 0.8]),  # stored before, changed
+        first,
+        first,  # twice in one batch
+        make_sample("dev1-cam0-1-1", probabilities=[0.2, 0.2, 0.6]),  # the batch's own conflict
+        make_sample("dev1-cam0-1-2").model_copy(update={"image": first.image}),  # same image
+        make_sample("dev1-cam0-1-3"),
+    ]
+    assert store.add_samples(batch) == [
+        Outcome.DUPLICATE, Outcome.CONFLICT, Outcome.STORED, Outcome.DUPLICATE,
+        Outcome.CONFLICT, Outcome.STORED, Outcome.STORED,
+    ]  # fmt: skip
+    rows = {r.frame_id: r for r in frames(store)}
+    assert sorted(rows) == [f"dev1-cam0-1-{i}" for i in range(4)]
+    assert rows["dev1-cam0-1-1"].probabilities == [0.5, 0.3, 0.2]  # the first kept
+    assert rows["dev1-cam0-1-1"].image_sha256 == rows["dev1-cam0-1-2"].image_sha256
+    digest = rows["dev1-cam0-1-1"].image_sha256
+    assert first.image is not None and first.defect_map is not None
+    assert store.image_path(digest).read_bytes() == first.image.jpeg_bytes()
+    assert store.defect_map_path(digest).read_bytes() == first.defect_map.png_bytes()
+    # three images (frames 0, 1 and 3) and one defect map, no temporary file left behind
+    assert len(image_files(store)) == 4
+    assert store.add_samples([]) == []
+
+
 def test_image_path_refuses_anything_but_a_sha256(store: Store) -> None:
     for bad in ("../x", "../" + "a" * 61, "A" * 64, "a" * 63, "a" * 65, "g" * 64, "/etc/passwd"):
         with pytest.raises(StoreError, match="not an image id"):
