@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lineqc.cli import main
 from lineqc.edge.decision import softmax
@@ -17,6 +18,7 @@ from lineqc.train import checkpoint
 from lineqc.train.config import TrainConfig
 from lineqc.train.loop import RunError, train
 from lineqc.train.metrics import evaluate
+from lineqc.train.report import loss_text
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +53,10 @@ def test_run_folder_holds_report_checkpoints_and_lineage(
     assert html.count("data:image/png;base64,") >= 3
     card = (trained_run / "model_card.md").read_text()
     assert "Data lineage" in card and "Intended use" in card and "Limits" in card
+    # the loss it trained with, and why the recommended recipe chose its loss
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert loss_text(config) == "focal loss (gamma 2)"  # the smoke recipe's
+    assert f"- Loss: {loss_text(config)}. Focal loss (gamma 2) was measured" in card
     meta = json.loads((trained_run / "best.json").read_text())
     assert meta["temperature"] == pytest.approx(metrics["temperature"])
     assert meta["preprocess"]["height"] == 32 and meta["model"] == "resnet10t"
