@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from lineqc.edge.broker import Mosquitto
 from lineqc.edge.bundle import load_bundle, seal
+from lineqc.edge.mqtt_login import BrokerUrl, MqttLogin
 from lineqc.edge.signing import load_private_key
 from lineqc.review import fleet
 
@@ -132,8 +133,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         shadow_frames = max(20, int(args.fps * args.seconds * args.shadow_share))
         t_deploy = time.time()
         fleet.deploy(
-            "127.0.0.1",
-            broker.port,
+            MqttLogin(BrokerUrl("127.0.0.1", broker.port, tls=False)),
             "lineqc/v1",
             [TARGET],
             args.key,

@@ -327,13 +327,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _broker_address(text: str) -> tuple[str, int]:
-    host, _, port = text.removeprefix("mqtt://").rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise LineqcError(f"--broker {text!r}: expected mqtt://HOST:PORT or HOST:PORT")
-    return host, int(port)
-
-
 def _threshold(text: str) -> tuple[str, float | None]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -349,13 +342,14 @@ def cmd_command(args: argparse.Namespace) -> int:
     import uuid
 
     from .commands import new_command, send_command, sign_command
+    from .mqtt_login import MqttLogin
     from .signing import load_private_key
     from .wire import is_id
 
     site_line_device = args.device.split("/")
     if len(site_line_device) != 3 or not all(map(is_id, site_line_device)):
         raise LineqcError(f"--device {args.device!r}: expected SITE/LINE/DEVICE (the config ids)")
-    host, port = _broker_address(args.broker)
+    login = MqttLogin.from_args(args)  # the broker, the TLS files, the password file
     fields: dict[str, Any] = {}
     if args.action == "set-thresholds":
         fields = {"prob_floor": args.prob_floor, "margin": args.margin}
@@ -373,9 +367,8 @@ def cmd_command(args: argparse.Namespace) -> int:
     except LineqcError as exc:
         raise LineqcError(f"not sent: {exc}") from None
     payload = sign_command(doc, load_private_key(args.key))
-    password = args.password_file.read_text().strip() if args.password_file else None
     root = f"{args.topic_prefix}/{args.device}"
-    reply = send_command(host, port, root, payload, cmd_id, args.timeout, args.username, password)
+    reply = send_command(login, root, payload, cmd_id, args.timeout)
     if reply is None:
         raise LineqcError(
             f"no reply from {args.device} within {args.timeout:g} s (sent as {cmd_id})"
@@ -391,13 +384,19 @@ def cmd_command(args: argparse.Namespace) -> int:
 
 
 def _register_command(sub: Any) -> None:
+    from .mqtt_login import add_login_args
+
     p = sub.add_parser(
         "command",
         help="sign a command with the fleet's key and send it to one device",
         description="Sign a command with the fleet's Ed25519 key (lineqc keys generate) and "
-        "send it to one device's cmd topic; prints the device's reply (exit 1 if refused).",
+        "send it to one device's cmd topic; prints the device's reply (exit 1 if refused). "
+        "Through a TLS broker with client certificates (firmware_config/mosquitto-tls.conf) "
+        "send it with the certificate the ACL lets write commands (lineqc-fleet): "
+        "--broker mqtts://HOST:8883 --tls-ca CA --tls-cert lineqc-fleet.crt "
+        "--tls-key lineqc-fleet.key.",
     )
-    p.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT")
+    add_login_args(p, who="the command sender")
     p.add_argument("--device", required=True, metavar="SITE/LINE/DEVICE")
     p.add_argument("--key", type=Path, required=True, help="the fleet's private key (PREFIX.key)")
     p.add_argument(
@@ -412,8 +411,6 @@ def _register_command(sub: Any) -> None:
         default=10.0,
         help="seconds to wait for the reply (default: %(default)s)",
     )
-    p.add_argument("--username", help="MQTT user name")
-    p.add_argument("--password-file", type=Path, help="file holding the MQTT password")
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
     p.set_defaults(func=cmd_command)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)

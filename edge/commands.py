@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from lineqc.atomic import atomic_write_text
 from lineqc.errors import LineqcError
 
+from .mqtt_login import MqttLogin
 from .signing import sign, verify
 from .wire import (
     AnyCommand,
@@ -137,25 +138,26 @@ def sign_command(doc: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
 
 
 def send_command(
-    host: str,
-    port: int,
+    login: MqttLogin,
     root: str,
     payload: bytes,
     cmd_id: str,
     timeout: float,
-    username: str | None = None,
-    password: str | None = None,
 ) -> dict[str, Any] | None:
     """Publish a signed command on ``<root>/cmd`` (QoS 1) and wait for the device's reply
-    with ``cmd_id``; None when none came within ``timeout`` seconds."""
+    with ``cmd_id``; None when none came within ``timeout`` seconds. LineqcError when the
+    broker cannot be reached, refuses the login, or refuses the subscription to the replies
+    or the command itself (an ACL that does not grant this login those topics)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     reply: dict[str, Any] = {}
+    refused: list[str] = []
     done, subscribed = threading.Event(), threading.Event()
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
+    login.apply(client)
+    host, port = login.broker.host, login.broker.port
+    who = login.username or (f"the certificate {login.tls_cert}" if login.tls_cert else "us")
 
     def on_connect(c: mqtt.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
@@ -173,22 +175,41 @@ def send_command(
             reply.update(doc)
             done.set()
 
+    def on_subscribe(c: mqtt.Client, ud: Any, mid: int, codes: list[Any], props: Any) -> None:
+        refused.extend(str(rc) for rc in codes if rc.is_failure)
+        subscribed.set()
+
+    def on_publish(c: mqtt.Client, ud: Any, mid: int, rc: Any, props: Any) -> None:
+        if rc.is_failure:  # MQTT 5: PUBACK 0x87 (Not authorized) from the broker's ACL
+            refused.append(str(rc))
+
     client.on_connect = on_connect
-    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_subscribe = on_subscribe
+    client.on_publish = on_publish
     client.on_message = on_message
     try:
         client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        raise LineqcError(f"cannot reach the broker at {host}:{port} ({exc})") from None
+    except OSError as exc:  # ssl.SSLError included: a certificate the broker or we refuse
+        raise LineqcError(f"cannot reach the broker at {login.broker} ({exc})") from None
     client.loop_start()
     try:
         if not subscribed.wait(timeout) and not done.is_set():
             return None
         if "connect_error" in reply:
             raise LineqcError(
-                f"broker {host}:{port} refused the connection: {reply['connect_error']}"
+                f"broker {login.broker} refused the connection: {reply['connect_error']}"
+            )
+        if refused:
+            raise LineqcError(
+                f"not sent: broker {login.broker} refuses {who} reading {root}/cmd/reply "
+                f"({refused[0]})"
             )
         client.publish(f"{root}/cmd", payload, qos=1).wait_for_publish(timeout)
+        if refused:
+            raise LineqcError(
+                f"broker {login.broker} refuses {who} publishing on {root}/cmd "
+                f"({refused[0]}): its ACL does not let this login send commands"
+            )
         return reply if done.wait(timeout) else None
     finally:
         client.disconnect()

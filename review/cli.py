@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from lineqc.edge.mqtt_login import add_login_args
 from lineqc.errors import LineqcError
 
 DB_HELP = (
@@ -69,9 +70,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("collect", help="store the devices' flagged frames from MQTT")
     _db_args(p)
-    p.add_argument(
-        "--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT (default: %(default)s)"
-    )
+    add_login_args(p, default_broker="mqtt://127.0.0.1:1883", who="the collector")
     p.add_argument(
         "--topic",
         default="lineqc/v1/+/+/+/sample",
@@ -90,18 +89,6 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="MQTT client id; the broker keeps this collector's session under it "
         "(default: %(default)s)",
     )
-    p.add_argument("--username", default=None)
-    p.add_argument(
-        "--password-file", default=None, help="file holding the MQTT password (not on argv)"
-    )
-    p.add_argument("--tls-ca", default=None, help="CA file: connect with TLS")
-    p.add_argument(
-        "--tls-cert",
-        default=None,
-        help="client certificate (PEM) for a broker that requires one (require_certificate; "
-        "its CN is the collector's MQTT user with use_identity_as_username); implies TLS",
-    )
-    p.add_argument("--tls-key", default=None, help="the client certificate's private key (PEM)")
     p.add_argument(
         "--exit-idle",
         type=float,

@@ -49,15 +49,11 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import signal
-import ssl
 import struct
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -73,6 +69,7 @@ from sqlalchemy.exc import DataError
 
 from lineqc.edge.defect_map import decode_png
 from lineqc.edge.imagesize import ImageSizeError, bounded_size
+from lineqc.edge.mqtt_login import BrokerUrl, MqttLogin
 from lineqc.edge.wire import (
     Alert,
     DefectMapImage,
@@ -109,37 +106,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TS_MIN = 946_684_800.0  # 2000-01-01: a capture time before it is a device clock never set
 TS_AHEAD_S = 86_400.0  # a capture time more than a day ahead of ours is a wrong clock
 MONITOR_KINDS = ("result", "telemetry", "status")  # read beside sample for fleet monitoring
-
-
-@dataclasses.dataclass(frozen=True)
-class BrokerUrl:
-    host: str
-    port: int
-    tls: bool
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` (TLS); LineqcError naming the URL."""
-    shown = repr(re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url))  # never echo a password
-    expected = "expected mqtt://HOST:PORT or mqtts://HOST:PORT"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise LineqcError(f"--broker {shown}: {exc} ({expected})") from None
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise LineqcError(f"--broker {shown}: unknown scheme ({expected})")
-    if parts.username is not None or parts.password is not None:
-        raise LineqcError(
-            f"--broker {shown}: give the user as --username and the password in --password-file"
-        )
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise LineqcError(f"--broker {shown}: not a broker address ({expected})")
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls)
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -418,28 +384,17 @@ class Collector:
         self.store_error: str | None = None  # set by on_message: drop the connection, retry
         self.fatal: str | None = None  # set by on_subscribe: the broker refused us
         self.last_activity = time.monotonic()
-        self.client = self._make_client(username, password, tls_ca, tls_cert, tls_key)
+        self.login = MqttLogin(broker, username, password, tls_ca, tls_cert, tls_key)
+        self.client = self._make_client()
 
-    def _make_client(
-        self,
-        username: str | None,
-        password: str | None,
-        tls_ca: str | None,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-    ) -> mqtt.Client:
+    def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,  # PUBACK only once the frame is committed
         )
-        if username is not None or password is not None:
-            client.username_pw_set(username or "", password)
-        if self.broker.tls:  # a client certificate for a broker with require_certificate
-            client.tls_set(
-                ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key, cert_reqs=ssl.CERT_REQUIRED
-            )
+        self.login.apply(client)  # user, password, TLS with the client certificate
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -769,15 +724,6 @@ class RetryDelay:
         return delay
 
 
-def _read_password(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise LineqcError(f"--password-file {path}: {exc.strerror}") from None
-
-
 def _check_args(args: argparse.Namespace) -> None:
     if not args.client_id:
         raise LineqcError("--client-id: must not be empty (the broker keeps our session under it)")
@@ -785,12 +731,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise LineqcError(f"--group {args.group!r}: must be a name without '/', '+' or '#'")
     if not args.topic or args.topic.startswith("$share/"):
         raise LineqcError(f"--topic {args.topic!r}: give the plain topic filter (see --group)")
-    for option in ("tls_ca", "tls_cert", "tls_key"):
-        path = getattr(args, option)
-        if path is not None and not Path(path).is_file():
-            raise LineqcError(f"--{option.replace('_', '-')} {path}: no such file")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise LineqcError("--tls-cert and --tls-key go together (the client certificate)")
     if args.exit_idle is not None and args.exit_idle <= 0:
         raise LineqcError(f"--exit-idle {args.exit_idle}: must be more than 0 seconds")
     if args.batch < 1:
@@ -801,32 +741,28 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run_collector(args: argparse.Namespace) -> int:
     logs.configure()
-    broker = parse_broker_url(args.broker)
-    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
-    if any(f is not None for f in tls_files) and not broker.tls:  # they mean TLS (--help)
-        broker = BrokerUrl(broker.host, broker.port, True)
+    login = MqttLogin.from_args(args)  # the broker, the TLS files, the password file
     _check_args(args)
-    password = _read_password(args.password_file)
     store = Store(args.db, args.images)
     try:
         collector = Collector(
             store,
-            broker,
+            login.broker,
             topic=args.topic,
             group=args.group,
             client_id=args.client_id,
-            username=args.username,
-            password=password,
-            tls_ca=args.tls_ca,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
+            username=login.username,
+            password=login.password,
+            tls_ca=login.tls_ca,
+            tls_cert=login.tls_cert,
+            tls_key=login.tls_key,
             exit_idle=args.exit_idle,
             monitor=None if args.no_monitor else Monitor(load_config(args.monitor_config)),
             batch=args.batch,
             batch_wait_s=args.batch_wait,
         )
         where = make_url(store.url)  # str() hides a password
-        log.info("collecting %s from %s into %s", ", ".join(collector.subscriptions), broker, where)
+        log.info("collecting %s from %s into %s", ", ".join(collector.subscriptions), login, where)
         code = collector.run()
     finally:
         store.close()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineqc.edge.bundle import BundleError, load_bundle, pack_tar, sha256_file
 from lineqc.edge.commands import new_command, sign_command
+from lineqc.edge.mqtt_login import MqttLogin, add_login_args
 from lineqc.edge.signing import load_private_key
 from lineqc.edge.wire import is_id, topic_ids
 from lineqc.errors import LineqcError
@@ -75,24 +76,27 @@ def publish(bundle: Path, store: Path, public_key: Path) -> dict[str, Any]:
     return entry
 
 
-def _mqtt_client(host: str, port: int) -> Any:
+def _mqtt_client(login: MqttLogin) -> Any:
+    """A connected paho client (its network loop started), logged in as ``login`` says."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    login.apply(client)
+    address = login.broker
     try:
-        client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        raise LineqcError(f"cannot reach the broker at {host}:{port} ({exc})") from None
+        client.connect(address.host, address.port, keepalive=30)
+    except OSError as exc:  # ssl.SSLError included: a certificate the broker or we refuse
+        raise LineqcError(f"cannot reach the broker at {address} ({exc})") from None
     client.loop_start()
     return client
 
 
-def retained_status(host: str, port: int, prefix: str, wait_s: float) -> dict[str, dict[str, Any]]:
+def retained_status(login: MqttLogin, prefix: str, wait_s: float) -> dict[str, dict[str, Any]]:
     """``site/line/device`` -> its retained status, for every device the broker knows."""
     found: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
-    client = _mqtt_client(host, port)
+    client = _mqtt_client(login)
 
     def on_message(c: Any, ud: Any, msg: Any) -> None:
         ids = topic_ids(msg.topic, "status")
@@ -139,8 +143,7 @@ def canary_count(text: str, total: int) -> int:
 
 
 def deploy(
-    host: str,
-    port: int,
+    login: MqttLogin,
     prefix: str,
     targets: list[str],
     key: Path,
@@ -148,7 +151,7 @@ def deploy(
 ) -> list[str]:
     """Sign and publish a retained deploy for each target; returns their command ids."""
     private = load_private_key(key)
-    client = _mqtt_client(host, port)
+    client = _mqtt_client(login)
     ids = []
     try:
         for target in targets:
@@ -239,12 +242,12 @@ def record_message(store: Store, target: str, kind: str, doc: dict[str, Any]) ->
         row.updated_at = now
 
 
-def watch(host: str, port: int, prefix: str, store: Store, stop: threading.Event) -> int:
+def watch(login: MqttLogin, prefix: str, store: Store, stop: threading.Event) -> int:
     """Keep the fleet table from the broker until ``stop``; returns the messages stored."""
     import queue
 
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-    client = _mqtt_client(host, port)
+    client = _mqtt_client(login)
     client.on_message = lambda c, ud, msg: inbox.put((msg.topic, bytes(msg.payload)))
     subscribed = [f"{prefix}/+/+/+/status", f"{prefix}/+/+/+/cmd/reply"]
     client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in subscribed])
@@ -275,13 +278,6 @@ def watch(host: str, port: int, prefix: str, store: Store, stop: threading.Event
 # ---- the command line ----------------------------------------------------------------------
 
 
-def _broker(text: str) -> tuple[str, int]:
-    host, _, port = text.removeprefix("mqtt://").rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise LineqcError(f"--broker {text!r}: expected mqtt://HOST:PORT")
-    return host, int(port)
-
-
 def cmd_publish(args: argparse.Namespace) -> int:
     entry = publish(args.bundle, args.store, args.public_key)
     print(
@@ -295,8 +291,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     entry = read_index(args.store).get(args.bundle)
     if entry is None:
         raise LineqcError(f"--bundle {args.bundle}: not published in {args.store} (fleet publish)")
-    host, port = _broker(args.broker)
-    known = sorted(retained_status(host, port, args.topic_prefix, args.discover_s))
+    login = MqttLogin.from_args(args)
+    known = sorted(retained_status(login, args.topic_prefix, args.discover_s))
     targets = select(args.devices, known)
     if args.stage == "canary":
         targets = targets[: canary_count(args.canary, len(targets))]
@@ -318,7 +314,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in fields.items() if v is not None}
     store = _open_store(args.db) if args.db else None
     for target, cmd_id in zip(
-        targets, deploy(host, port, args.topic_prefix, targets, args.key, fields), strict=True
+        targets, deploy(login, args.topic_prefix, targets, args.key, fields), strict=True
     ):
         print(f"{target}: deploy {entry['version']} ({args.stage}) as {cmd_id}")
         if store is not None:
@@ -352,19 +348,19 @@ def _open_store(db: str) -> Store:
 def cmd_watch(args: argparse.Namespace) -> int:
     import signal
 
-    host, port = _broker(args.broker)
+    login = MqttLogin.from_args(args)
     store, stop = _open_store(args.db), threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    print(f"fleet table of {args.db} kept from {host}:{port}", flush=True)
-    stored = watch(host, port, args.topic_prefix, store, stop)
+    print(f"fleet table of {args.db} kept from {login}", flush=True)
+    stored = watch(login, args.topic_prefix, store, stop)
     print(f"{stored} message(s) stored")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    host, port = _broker(args.broker)
-    rows = status_rows(retained_status(host, port, args.topic_prefix, args.discover_s))
+    login = MqttLogin.from_args(args)
+    rows = status_rows(retained_status(login, args.topic_prefix, args.discover_s))
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -386,7 +382,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_publish)
 
     def broker_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT")
+        add_login_args(p, who="the fleet tool")
         p.add_argument(
             "--topic-prefix", default="lineqc/v1", help="the devices' (default: %(default)s)"
         )

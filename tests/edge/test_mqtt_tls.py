@@ -4,8 +4,11 @@ certificate to its own topics. Certificates are made here with ``cryptography``.
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,9 @@ import pytest
 
 from lineqc.edge.broker import BrokerTLS, Mosquitto, free_port, mosquitto_binary, wait_for_port
 from lineqc.edge.config import DeviceConfig, parse_config
+from lineqc.edge.mqtt_login import BrokerUrl, MqttLogin, add_login_args, parse_broker_url
+from lineqc.errors import LineqcError
+from tests.edge.test_commands import ZERO, _running, _status_after
 from tests.edge.test_publisher import result, wait_until
 from tests.pki import Fleet, make_fleet
 
@@ -26,7 +32,8 @@ SITE, LINE = "plant-a", "line-3"
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
-    return make_fleet(tmp_path / "pki", "dev-a", "dev-b", "lineqc-monitor")
+    # dev1: the device of the `edge` fixture (tests/conftest.py), site1/line1/dev1
+    return make_fleet(tmp_path / "pki", "dev-a", "dev-b", "lineqc-monitor", "dev1", "lineqc-fleet")
 
 
 @pytest.fixture
@@ -155,3 +162,155 @@ def test_the_documented_mosquitto_conf_runs_with_the_documented_acl(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---- lineqc edge command (and lineqc fleet) through the TLS broker ------------------------
+
+
+def _device_tls(fleet: Fleet, name: str) -> dict[str, Any]:
+    """The device config's mqtt section: TLS with ``name``'s certificate."""
+    ident = fleet.clients[name]
+    return {
+        "tls": {"ca_file": str(fleet.ca), "cert_file": str(ident.cert), "key_file": str(ident.key)}
+    }
+
+
+def _tls_options(port: int, fleet: Fleet, name: str) -> list[str]:
+    ident = fleet.clients[name]
+    return [
+        "--broker", f"mqtts://127.0.0.1:{port}", "--tls-ca", str(fleet.ca),
+        "--tls-cert", str(ident.cert), "--tls-key", str(ident.key),
+    ]  # fmt: skip
+
+
+def _lineqc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lineqc", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _command(edge: Any, port: int, fleet: Fleet, name: str, *action: str, cmd_id: str) -> Any:
+    """`lineqc edge command` to the `edge` fixture's device, with ``name``'s certificate."""
+    return _lineqc(
+        "edge", "command", *_tls_options(port, fleet, name), "--device", edge.TARGET,
+        "--key", str(edge.bundle.private_key), "--id", cmd_id, "--timeout", "10", *action,
+    )  # fmt: skip
+
+
+ZERO_POLICY = (
+    "set-thresholds", "--prob-floor", "0", "--margin", "0",
+    *[a for c in ZERO for a in ("--threshold", f"{c}=0")],
+)  # fmt: skip
+
+
+def test_edge_command_reaches_a_device_over_tls_with_the_fleet_certificate(
+    edge, tls_broker, fleet, subscriber_factory
+) -> None:
+    """A real device on the TLS broker with its own certificate (CN dev1); the command sent
+    with lineqc-fleet's certificate is applied and its reply comes back. lineqc fleet status
+    reads the device's status with the same certificate."""
+    sub = subscriber_factory(tls_broker.port, tls=fleet.paho_tls("lineqc-monitor"))
+    proc = _running(edge, sub, tls_broker.port, mqtt=_device_tls(fleet, "dev1"))
+    n = len(sub.docs("status"))
+    sent = _command(edge, tls_broker.port, fleet, "lineqc-fleet", *ZERO_POLICY, cmd_id="t1")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.strip() == f"{edge.TARGET}: set_thresholds t1: done"
+    decision = _status_after(sub, n)["decision"]
+    assert decision["prob_floor"] == decision["margin"] == 0.0
+    assert decision["thresholds"] == ZERO
+    (reply,) = sub.docs("cmd/reply")
+    assert reply["id"] == "t1" and reply["ok"] is True
+    log = tls_broker.log.read_text()
+    assert re.search(r"\(p5.*u'lineqc-fleet'\)", log)  # the sender, known by its CN
+    # lineqc fleet with the same options: the device's retained status over TLS
+    status = _lineqc(
+        "fleet", "status", *_tls_options(tls_broker.port, fleet, "lineqc-fleet"), "--json"
+    )
+    assert status.returncode == 0, status.stderr
+    assert [r["device"] for r in json.loads(status.stdout)] == [edge.TARGET]
+    edge.terminate(proc)
+
+
+def test_edge_command_with_a_certificate_not_allowed_to_send_commands_is_refused(
+    edge, tls_broker, fleet, subscriber_factory
+) -> None:
+    """The monitor's and the device's own certificates may not write cmd topics: the broker
+    refuses the command (a clear error, exit 2), nothing reaches the device, and its
+    policy stays."""
+    sub = subscriber_factory(tls_broker.port, tls=fleet.paho_tls("lineqc-monitor"))
+    proc = _running(edge, sub, tls_broker.port, mqtt=_device_tls(fleet, "dev1"))
+    before = sub.docs("status")[-1]["decision"]
+    assert before["thresholds"] != ZERO, before
+    for name in ("lineqc-monitor", "dev1"):
+        sent = _command(edge, tls_broker.port, fleet, name, *ZERO_POLICY, cmd_id=f"x-{name}")
+        assert sent.returncode == 2, (sent.stdout, sent.stderr)
+        assert "Not authorized" in sent.stderr and "Traceback" not in sent.stderr, sent.stderr
+        assert f"certificate {fleet.clients[name].cert}" in sent.stderr
+    time.sleep(0.5)
+    assert not [t for t, _, _ in sub.messages if t.endswith("/cmd")]
+    assert not sub.docs("cmd/reply")
+    log = tls_broker.log.read_text()
+    assert re.search(r"Denied PUBLISH from .*'lineqc/v1/site1/line1/dev1/cmd'", log)
+    # the fleet's certificate asks for the device's status: the policy it had
+    n = len(sub.docs("status"))
+    asked = _command(edge, tls_broker.port, fleet, "lineqc-fleet", "status", cmd_id="s1")
+    assert asked.returncode == 0, asked.stderr
+    assert _status_after(sub, n)["decision"] == before
+    assert [r["id"] for r in sub.docs("cmd/reply")] == ["s1"]
+    edge.terminate(proc)
+
+
+# ---- the login options (lineqc.edge.mqtt_login) -------------------------------------------
+
+
+def _login(*argv: str) -> MqttLogin:
+    parser = argparse.ArgumentParser()
+    add_login_args(parser)
+    return MqttLogin.from_args(parser.parse_args(argv))
+
+
+def test_broker_addresses() -> None:
+    assert parse_broker_url("broker.plant:1884") == BrokerUrl("broker.plant", 1884, False)
+    assert parse_broker_url("mqtt://broker.plant:1884") == BrokerUrl("broker.plant", 1884, False)
+    assert parse_broker_url("mqtts://broker.plant") == BrokerUrl("broker.plant", 8883, True)
+    assert parse_broker_url("mqtts://broker.plant:9883") == BrokerUrl("broker.plant", 9883, True)
+    assert str(parse_broker_url("mqtts://broker.plant")) == "mqtts://broker.plant:8883"
+    for bad in ("broker.plant", "broker.plant:port", "tcp://h:1883", "h:1883/x"):
+        with pytest.raises(LineqcError, match=re.escape(f"--broker {bad!r}")):
+            parse_broker_url(bad)
+
+
+def test_login_options_are_checked_and_name_what_is_wrong(fleet, tmp_path: Path) -> None:
+    assert _login("--broker", "127.0.0.1:1883") == MqttLogin(BrokerUrl("127.0.0.1", 1883, False))
+    me = fleet.clients["lineqc-fleet"]
+    pem = ("--tls-ca", str(fleet.ca), "--tls-cert", str(me.cert), "--tls-key", str(me.key))
+    login = _login("--broker", "mqtt://broker.plant:8883", *pem)
+    assert login.broker == BrokerUrl("broker.plant", 8883, True)  # the certificate means TLS
+    assert (login.tls_ca, login.tls_cert, login.tls_key) == tuple(pem[1::2])
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    login = _login("--broker", "h:1883", "--username", "ops", "--password-file", str(password))
+    assert (login.username, login.password, login.broker.tls) == ("ops", "s3cret", False)
+    assert "s3cret" not in repr(login) + str(login)
+    missing = tmp_path / "nope.pem"
+    for argv, message in [
+        (("--tls-cert", str(me.cert)), f"--tls-cert {me.cert}: --tls-cert and --tls-key go"),
+        (("--tls-key", str(me.key)), f"--tls-key {me.key}: --tls-cert and --tls-key go"),
+        (("--tls-ca", str(missing)), f"--tls-ca {missing}: no such file"),
+        (("--tls-cert", str(missing), "--tls-key", str(me.key)), f"--tls-cert {missing}: no"),
+        (("--password-file", str(missing)), f"--password-file {missing}: No such file"),
+        (("--broker", "mqtt://u:pw@h:1883"), "'mqtt://u:***@h:1883': give the user"),
+    ]:
+        with pytest.raises(LineqcError, match=re.escape(message)):
+            _login("--broker", "h:1883", *argv)
+    # the same checks, through every tool that reaches a broker: refused before connecting
+    for tool in (
+        ["edge", "command", "--device", "s/l/d", "--key", "k", "status"],
+        ["fleet", "status"],
+        ["review", "collect", "--db", str(tmp_path / "review.db")],
+    ):
+        done = _lineqc(*tool[:2], "--broker", "h:1883", "--tls-ca", str(missing), *tool[2:])
+        assert done.returncode == 2 and f"--tls-ca {missing}: no such file" in done.stderr, (
+            done.stderr
+        )
+    assert not (tmp_path / "review.db").exists()

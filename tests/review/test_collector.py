@@ -29,9 +29,9 @@ from sqlalchemy import func, select
 
 from lineqc.edge.broker import BrokerTLS
 from lineqc.edge.defect_map import decode_png, png
+from lineqc.edge.mqtt_login import BrokerUrl, parse_broker_url
 from lineqc.edge.wire import Sample, defect_map_part, dumps, image_part, result_message
 from lineqc.errors import LineqcError
-from lineqc.review.collector import BrokerUrl, parse_broker_url
 from lineqc.review.store import Frame, Reject, Store, normalize_url
 from tests.bombs import BOMB_SIDE, bomb_jpeg
 from tests.pki import make_fleet
@@ -610,7 +610,8 @@ def test_broker_urls() -> None:
     assert parse_broker_url("mqtt://broker.plant:1884") == BrokerUrl("broker.plant", 1884, False)
     assert parse_broker_url("mqtts://10.0.0.2") == BrokerUrl("10.0.0.2", 8883, True)
     assert parse_broker_url("mqtt://[::1]") == BrokerUrl("::1", 1883, False)
-    for bad in ("127.0.0.1:1883", "tcp://h:1883", "mqtt://h:port", "mqtt://", "mqtt://h/x"):
+    assert parse_broker_url("127.0.0.1:1883") == BrokerUrl("127.0.0.1", 1883, False)  # bare
+    for bad in ("tcp://h:1883", "mqtt://h:port", "mqtt://", "mqtt://h/x"):
         with pytest.raises(LineqcError, match=re.escape(f"--broker {bad!r}")):
             parse_broker_url(bad)
     with pytest.raises(LineqcError, match=re.escape("'mqtt://u:***@h:1883': give the user")):
