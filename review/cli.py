@@ -114,7 +114,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=500,
         metavar="N",
-        help="monitoring messages committed (then acknowledged) together (default: %(default)s)",
+        help="messages (samples and monitoring) committed, then acknowledged, together "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--batch-wait",

@@ -3,23 +3,25 @@
 One MQTT 5 client with a persistent session (clean start off, a session expiry of days)
 under ``--client-id``, subscribed at QoS 1 to ``$share/<group>/<topic>``: collectors in one
 group split the messages (``--group ''``: the plain topic, for a single collector). Each
-message is validated against the wire format and stored by ``frame_id`` (image file first,
-then the row), and only then acknowledged: paho runs with ``manual_ack``, so a PUBACK
-leaves after the commit. A collector killed at any point leaves the broker holding every
-message it had not acknowledged, and the broker sends them again when the same client id
-comes back; what was committed but not yet acknowledged arrives twice and is counted as a
-duplicate. A malformed message is logged, recorded as a reject (without its payload) and
-acknowledged: sending it again would not make it valid.
+message is validated against the wire format and stored by ``frame_id``, and only then
+acknowledged: paho runs with ``manual_ack``, so a PUBACK leaves after the commit. Messages
+are stored in batches: up to ``--batch`` of them (or what arrived in ``--batch-wait``
+seconds), the samples' image files written and fsynced together, then their rows in one
+transaction, then every message of the batch acknowledged; a failed commit leaves the whole
+batch unacknowledged, and the broker sends it again. A collector killed at any point
+leaves the broker holding every message it had not acknowledged, and the broker sends
+them again when the same client id comes back; what was committed but not yet
+acknowledged arrives twice and is counted as a duplicate. A malformed message is logged,
+recorded as a reject (without its payload) and acknowledged with its batch: sending it
+again would not make it valid.
 
-When the store fails (database down, disk full) the message is not acknowledged: the
+When the store fails (database down, disk full) the batch is not acknowledged: the
 collector drops the connection, so the broker keeps it in the session, waits until the
 database answers again and reconnects, and the broker sends it again.
 
 Fleet monitoring (``monitor.py``; off with ``--no-monitor``): the collector also reads the
-``result``, ``telemetry`` and ``status`` topics beside ``sample`` and keeps them as rollups.
-Those messages are acknowledged in batches: up to ``--batch`` of them (or what arrived in
-``--batch-wait`` seconds) are summed in memory, committed in one transaction, and only then
-acknowledged; a failed commit drops the batch unacknowledged, and the broker sends it again.
+``result``, ``telemetry`` and ``status`` topics beside ``sample`` and keeps them as rollups,
+summed in memory and committed with the batch they arrived in.
 Every ``evaluate_every_s`` the monitor judges the cameras and publishes each alarm that
 changed state on ``<prefix>/<site>/<line>/<device>/alert`` (QoS 1).
 
@@ -373,7 +375,11 @@ class Collector:
                 base = self.subscription.removesuffix("/sample")
                 self.subscriptions += [f"{base}/{kind}" for kind in MONITOR_KINDS]
             self.rollups = Rollups(monitor.config.bucket_s)
-        self.unacked: list[tuple[int, int]] = []  # (mid, qos) of the batch not committed yet
+        # The batch not committed yet: every message's (mid, qos), the samples' (topic,
+        # payload), and how many results, telemetry and status went into the rollups.
+        self.unacked: list[tuple[int, int]] = []
+        self.samples: list[tuple[str, bytes]] = []
+        self.monitored = 0
         self.batch_started = 0.0
         self.alert_roots: dict[str, str] = {}  # device -> its topic root (for its alerts)
         self.next_evaluation = 0.0
@@ -401,8 +407,8 @@ class Collector:
         client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        if self.monitor is not None:  # unacknowledged at once: a batch must fit in flight
-            props.ReceiveMaximum = min(65535, max(self.batch, 20))
+        # unacknowledged at once: a batch must fit in flight
+        props.ReceiveMaximum = min(65535, max(self.batch, 20))
         # Only records the address; run() connects (and reconnects) itself.
         client.connect_async(
             self.broker.host,
@@ -461,36 +467,61 @@ class Collector:
         if self.monitor is not None and kind in MONITOR_KINDS:
             self._monitor_message(msg)
             return
-        try:
-            self._handle(msg.topic, bytes(msg.payload))
-        except Exception as exc:  # the store failed: keep the message with the broker
-            self._store_failed(exc)
-            return
-        client.ack(msg.mid, msg.qos)
+        self.samples.append((msg.topic, bytes(msg.payload)))
+        self._join_batch(msg)
 
-    def _handle(self, topic: str, payload: bytes) -> None:
-        """Store or reject one message; raises only when the store fails."""
+    def _join_batch(self, msg: mqtt.MQTTMessage) -> None:
+        """The message waits for its batch's commit to be acknowledged."""
+        if not self.unacked:
+            self.batch_started = time.monotonic()
+        self.unacked.append((msg.mid, msg.qos))
+        if len(self.unacked) >= self.batch:
+            self._commit_batch()
+
+    def _checked(self, topic: str, payload: bytes) -> tuple[Sample, str | None] | None:
+        """The sample and why its defect map was dropped; None when it is rejected (raises
+        only when recording the reject fails)."""
         try:
             sample, map_problem = decode_sample(payload)
         except Exception as exc:  # whatever a payload makes the parser raise is its own fault
             reason = str(exc) if isinstance(exc, WireError) else f"unparseable: {exc!r}"
             self._reject(topic, payload, reason)
-            return
+            return None
         problem = identity_problem(topic, sample)
         if problem is not None:
             self._reject(topic, payload, problem)
-            return
+            return None
+        return sample, map_problem
+
+    def _store_samples(self) -> None:
+        """Store the batch's samples: each checked alone (a bad one is a counted reject),
+        the good ones written together (their files, then one commit); raises only when the
+        store fails."""
+        good = [
+            (topic, payload, *checked)
+            for topic, payload in self.samples
+            if (checked := self._checked(topic, payload)) is not None
+        ]
         try:
-            outcome = self.store.add_sample(sample)
+            outcomes: list[Outcome | None] = list(self.store.add_samples([g[2] for g in good]))
+        except DataError:  # a value this database refuses: find it, one by one
+            outcomes = [
+                self._add_alone(topic, payload, sample) for topic, payload, sample, _ in good
+            ]
+        for (topic, payload, sample, map_problem), outcome in zip(good, outcomes, strict=True):
+            if outcome is Outcome.DUPLICATE:
+                self.counts.duplicates += 1
+            elif outcome is Outcome.CONFLICT:
+                self._conflict(topic, payload, sample)
+            elif outcome is Outcome.STORED:
+                self._stored(topic, sample, map_problem)
+
+    def _add_alone(self, topic: str, payload: bytes, sample: Sample) -> Outcome | None:
+        try:
+            return self.store.add_sample(sample)
         except DataError as exc:  # a value this database refuses; it would never go in
             self._reject(topic, payload, f"the database refused it: {exc.orig}")
-            return
-        if outcome is Outcome.DUPLICATE:
-            self.counts.duplicates += 1
-        elif outcome is Outcome.CONFLICT:
-            self._conflict(topic, payload, sample)
-        else:
-            self._stored(topic, sample, map_problem)
+            return None
 
     # ---- fleet monitoring: batched into rollups ------------------------------------------
 
@@ -527,27 +558,29 @@ class Collector:
             self.rollups.add_telemetry(site, line, doc)
         else:
             self.rollups.add_status(site, line, doc)
-        if not self.unacked:
-            self.batch_started = time.monotonic()
-        self.unacked.append((msg.mid, msg.qos))
-        if len(self.unacked) >= self.batch:
-            self._commit_batch()
+        self.monitored += 1
+        self._join_batch(msg)
 
     def _commit_batch(self) -> None:
-        """Commit the batch's rollups, then acknowledge its messages."""
+        """Store the batch's samples and commit its rollups, then acknowledge its messages."""
         if not self.unacked:
             return
         try:
-            self.rollups.flush(self.store)
+            self._store_samples()
+            if self.monitor is not None:
+                self.rollups.flush(self.store)
         except Exception as exc:  # not acknowledged: the broker sends them all again
-            self.rollups.discard()
-            self.unacked.clear()
+            if self.monitor is not None:
+                self.rollups.discard()
             self._store_failed(exc)
-            return
-        for mid, qos in self.unacked:
-            self.client.ack(mid, qos)
-        self.counts.monitored += len(self.unacked)
+        else:
+            for mid, qos in self.unacked:
+                self.client.ack(mid, qos)
+            self.counts.monitored += self.monitored
         self.unacked.clear()
+        self.samples.clear()
+        self.monitored = 0
+        self.last_activity = time.monotonic()  # a long commit is work, not idleness
 
     def _store_failed(self, exc: Exception) -> None:
         self.counts.store_errors += 1
@@ -643,16 +676,16 @@ class Collector:
                         next_connect = now + delay
                     continue
                 rc = self.client.loop(TICK_S)
-                if self.monitor is not None:
-                    self._monitor_tick(time.monotonic())
+                self._tick(time.monotonic())
                 if self.client.is_connected():
                     retry.reset()
                 elif rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     connected_socket = False
                     next_connect = time.monotonic() + retry.next()
-            if self.monitor is not None and self.store_error is None and self.client.is_connected():
+            if self.store_error is None and self.client.is_connected():
                 self._commit_batch()  # what is committed is acknowledged before we leave
-                self._evaluate()
+                if self.monitor is not None:
+                    self._evaluate()
                 self.client.loop(TICK_S)  # the acknowledgements and alerts go out
         finally:
             for sig, handler in previous.items():
@@ -660,9 +693,11 @@ class Collector:
             self._drop_connection()
         return 0
 
-    def _monitor_tick(self, now: float) -> None:
+    def _tick(self, now: float) -> None:
         if self.unacked and now - self.batch_started >= self.batch_wait_s:
             self._commit_batch()
+        if self.monitor is None:
+            return
         if now >= self.next_evaluation and self.store_error is None and self.client.is_connected():
             assert self.monitor is not None
             self.next_evaluation = now + self.monitor.config.evaluate_every_s

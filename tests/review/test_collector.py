@@ -419,10 +419,13 @@ def test_defect_maps_are_stored_and_a_malformed_one_costs_only_the_map(
 def test_sigkill_mid_stream_then_restart_loses_nothing(
     broker, collector, sample_doc, sqlite_db: str, tmp_path: Path
 ) -> None:
-    """Kill -9 twice while frames flow; every frame the broker took is stored exactly once."""
+    """Kill -9 twice while frames flow; every frame the broker took is stored exactly once.
+
+    Small batches, so that the kills land between commits and inside an unacknowledged batch."""
     n = 300
     payloads = [dumps(sample_doc(i)) for i in range(n)]
-    run = collector(broker.port, sqlite_db)
+    batch = ("--batch", "10")
+    run = collector(broker.port, sqlite_db, *batch)
     sender = threading.Thread(target=publish, args=(broker.port, payloads))
     sender.start()
     at_kill = []
@@ -433,7 +436,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
         at_kill.append(count(sqlite_db))
         # The same client id: its session. With a session present the broker sends what it
         # holds before the SUBACK, so do not wait for the subscription here.
-        run = collector(broker.port, sqlite_db, ready="connected to")
+        run = collector(broker.port, sqlite_db, *batch, ready="connected to")
     sender.join()
     assert wait_until(lambda: count(sqlite_db) >= n)
     summary = run.stop()
