@@ -1,6 +1,7 @@
 """The review app as inspectors use it: the real `lineqc review serve` process, driven by
 Debian's headless Chromium through Selenium. Sign in, label three frames by keyboard, watch
-the queue shrink, then check the database."""
+the queue shrink, then check the database; adjudicate; and the admins' line-health and fleet
+pages, fed through Mosquitto and the collector. LINEQC_SCREENSHOTS keeps the screenshots."""
 
 from __future__ import annotations
 
@@ -480,3 +481,107 @@ def test_adjudication_with_the_viewer_and_keys(shift: Shift, chrome: object) -> 
     finally:
         store.close()
     assert sorted(rows) == sorted(zip(decided, ["dent", "scratch"], strict=True))
+
+
+def test_line_health_and_fleet_pages_as_an_admin_sees_them(
+    tmp_path: Path,
+    chrome: object,
+    broker_factory: Callable[..., Any],
+    lineqc: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """Two cameras' results go through Mosquitto into the collector's rollups; the second
+    camera's lamp brightens half way. In the browser, /health shows that camera's drift
+    alarm and every camera's four plots drawn, and /fleet shows the devices' rollout."""
+    import time
+
+    import yaml
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    from lineqc.edge.wire import dumps, result_message
+    from lineqc.review.fleet import record_deploy, record_message
+    from tests.review.test_collector import publish
+
+    assert isinstance(chrome, WebDriver)
+    driver = chrome
+    broker = broker_factory(extra="max_queued_messages 10000")  # all held for the session
+    db, images = f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images"
+    config = tmp_path / "monitor.yaml"
+    thresholds = {"min_frames": 100, "drift_psi": 0.25, "uncertain_share": 0.3}
+    config.write_text(
+        yaml.safe_dump({"bucket_s": 300, "reference_frames": 150, "defaults": thresholds})
+    )
+    collect = [
+        "review", "collect", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--db", db,
+        "--images", str(images), "--group", "", "--client-id", "health",
+        "--monitor-config", str(config),
+    ]  # fmt: skip
+    lineqc(*collect, "--exit-idle", "0.5")  # opens the persistent session
+    n = 600  # one frame every 5 s: the ten buckets before the current one
+    start = (time.time() // 300 - 10) * 300
+    for device in ("dev1", "dev2"):
+        results = []
+        for seq in range(n):
+            relit = device == "dev2" and seq >= n // 2
+            results.append(
+                dumps(
+                    result_message(
+                        frame_id=f"{device}-cam0-1-{seq}", device=device, camera="cam0",
+                        seq=seq, ts=start + seq * 5.0, model_version="m1",
+                        verdict="uncertain" if seq % 10 == 0 else "ok", label="ok",
+                        confidence=0.9, reason=None, latency_ms=4.0 + seq % 7, sampled=None,
+                        brightness=(160.0 if relit else 100.0) + seq % 9,
+                    )
+                )
+            )  # fmt: skip
+        publish(broker.port, results, topic=f"lineqc/v1/site1/line1/{device}/result")
+    done = lineqc(*collect, "--exit-idle", "2")
+    assert f"monitored {2 * n}" in done.stdout, done.stdout + done.stderr
+
+    store = Store(db, images)
+    try:
+        record_deploy(store, "site1/line1/dev2", "cmd-1", "m2", "canary")
+        for device, rollout in (
+            ("dev1", None),
+            ("dev2", {"state": "rolled_back", "reason": "p99 41 ms > 30 ms", "active": "m1",
+                      "active_slot": "a", "candidate": None}),
+        ):  # fmt: skip
+            status = {"state": "running", "model_version": "m1", "rollout": rollout}
+            record_message(store, f"site1/line1/{device}", "status", status)
+    finally:
+        store.close()
+    lineqc_review("add-user", "root", "--password-stdin", "--admin", "--db", db,
+                  stdin=PASSWORD + "\n")  # fmt: skip
+    shots = Path(SHOTS) if SHOTS else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    serve = ["--db", db, "--images", str(images), "--host", "127.0.0.1"]
+    with review_serve([*serve, "--monitor-config", str(config)], tmp_path / "serve.log") as url:
+        sign_in(driver, url, "root")
+        driver.get(url + "health")
+        alarms = driver.find_elements(By.CSS_SELECTOR, "#alarms tr.alarm")
+        assert [a.get_attribute("data-alarm") for a in alarms] == ["site1/line1/dev2/cam0/drift"]
+        assert alarms[0].is_displayed()
+        for device in ("dev1", "dev2"):
+            card = driver.find_element(By.ID, f"camera-site1-line1-{device}-cam0")
+            plots = card.find_elements(By.CSS_SELECTOR, "svg.plot")
+            assert len(plots) == 4
+            assert all(p.is_displayed() and p.size["width"] > 100 for p in plots)
+            # throughput, uncertain share and latency: a line over the ten buckets
+            lines = card.find_elements(By.CSS_SELECTOR, "svg.plot polyline")
+            assert len(lines) == 3
+            assert all(len((p.get_attribute("points") or "").split()) == 10 for p in lines)
+        driver.save_screenshot(str(shots / "health.png"))
+
+        driver.get(url + "fleet")
+        rows = {
+            r.get_attribute("data-device") or "": r
+            for r in driver.find_elements(By.CSS_SELECTOR, "#fleet tr[data-device]")
+        }
+        assert sorted(rows) == ["site1/line1/dev1", "site1/line1/dev2"]
+        dev2 = rows["site1/line1/dev2"]
+        assert dev2.find_element(By.CSS_SELECTOR, "td.rollout").text == "rolled_back"
+        assert "error" in (dev2.find_element(By.CSS_SELECTOR, "td.rollout").get_attribute(
+            "class") or "")  # fmt: skip
+        assert dev2.find_element(By.CSS_SELECTOR, "td.reason").text == "p99 41 ms > 30 ms"
+        assert "m2 (canary)" in dev2.text
+        driver.save_screenshot(str(shots / "fleet.png"))
