@@ -167,9 +167,10 @@ def main() -> int:
     args = p.parse_args()
     jpeg, size = sample_jpeg(args.sample_kib)  # trailing bytes after EOI keep each image distinct
     backends = ["SQLite"] + ([] if args.postgres == "none" else ["PostgreSQL"])
+    messages = results(args.results)
     cases = [
-        ("results", "result", 1, results(args.results)),
-        ("results", "result", args.batch, results(args.results)),
+        ("results", "result", 1, messages),
+        ("results", "result", args.batch, messages),
         ("samples", "sample", 1, samples(args.samples // 4, jpeg, size)),  # the slow baseline
         ("samples", "sample", args.batch, samples(args.samples, jpeg, size)),
     ]

@@ -375,11 +375,10 @@ class Collector:
                 base = self.subscription.removesuffix("/sample")
                 self.subscriptions += [f"{base}/{kind}" for kind in MONITOR_KINDS]
             self.rollups = Rollups(monitor.config.bucket_s)
-        # The batch not committed yet: every message's (mid, qos), the samples' (topic,
-        # payload), and how many results, telemetry and status went into the rollups.
+        # The batch not committed yet: every message's (mid, qos) and the samples' (topic,
+        # payload); the rest of its messages went into the rollups.
         self.unacked: list[tuple[int, int]] = []
         self.samples: list[tuple[str, bytes]] = []
-        self.monitored = 0
         self.batch_started = 0.0
         self.alert_roots: dict[str, str] = {}  # device -> its topic root (for its alerts)
         self.next_evaluation = 0.0
@@ -558,7 +557,6 @@ class Collector:
             self.rollups.add_telemetry(site, line, doc)
         else:
             self.rollups.add_status(site, line, doc)
-        self.monitored += 1
         self._join_batch(msg)
 
     def _commit_batch(self) -> None:
@@ -576,10 +574,9 @@ class Collector:
         else:
             for mid, qos in self.unacked:
                 self.client.ack(mid, qos)
-            self.counts.monitored += self.monitored
+            self.counts.monitored += len(self.unacked) - len(self.samples)
         self.unacked.clear()
         self.samples.clear()
-        self.monitored = 0
         self.last_activity = time.monotonic()  # a long commit is work, not idleness
 
     def _store_failed(self, exc: Exception) -> None:
@@ -699,7 +696,6 @@ class Collector:
         if self.monitor is None:
             return
         if now >= self.next_evaluation and self.store_error is None and self.client.is_connected():
-            assert self.monitor is not None
             self.next_evaluation = now + self.monitor.config.evaluate_every_s
             self._evaluate()
 

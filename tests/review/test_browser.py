@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from sqlalchemy import select
 
-from lineqc.edge.wire import Sample
+from lineqc.edge.wire import Sample, dumps, result_message
+from lineqc.review.fleet import record_deploy, record_message
 from lineqc.review.store import Adjudication, Review, ReviewHistory, Store, User, set_setting
 from tests.review.kit import CLASSES as KIT_CLASSES
 from tests.review.kit import HOUR, NOW, Seeder, defect_map, line_frames, review_serve
+from tests.review.test_collector import publish
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -492,15 +496,8 @@ def test_line_health_and_fleet_pages_as_an_admin_sees_them(
     """Two cameras' results go through Mosquitto into the collector's rollups; the second
     camera's lamp brightens half way. In the browser, /health shows that camera's drift
     alarm and every camera's four plots drawn, and /fleet shows the devices' rollout."""
-    import time
-
-    import yaml
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
-
-    from lineqc.edge.wire import dumps, result_message
-    from lineqc.review.fleet import record_deploy, record_message
-    from tests.review.test_collector import publish
 
     assert isinstance(chrome, WebDriver)
     driver = chrome
