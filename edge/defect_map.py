@@ -2,8 +2,9 @@
 
 A DefectNet's ONNX file has a second output ``defect_map``: per-cell defect probability,
 N x 1 x (H / stride) x (W / stride) over the *model input*. With letterboxing the input also
-holds padding, so ``frame_cells`` cuts out the cells that cover the frame itself: drawn
-stretched over the frame, they show where the model saw defects. ``png`` makes the small
+holds padding, so ``frame_cells`` cuts out the cells that cover the frame itself (turned back
+when the input holds the frame turned): drawn stretched over the frame, they show where the
+model saw defects. ``png`` makes the small
 8-bit image that a ``sample`` message carries (value / 255 = probability).
 numpy and OpenCV only: this module runs on the device.
 """
@@ -29,7 +30,7 @@ def frame_cells(
     top, left = int(place.top / stride), int(place.left / stride)
     bottom = max(top + 1, math.ceil((place.top + place.height) / stride))
     right = max(left + 1, math.ceil((place.left + place.width) / stride))
-    return cells[top:bottom, left:right]
+    return np.ascontiguousarray(place.unorient(cells[top:bottom, left:right]))
 
 
 def png(cells: np.ndarray) -> bytes:

@@ -4,7 +4,9 @@ Training evaluates through this function and the device runs it, so the two can 
 disagree. Its parameters travel in the bundle's manifest as a PreprocessSpec.
 numpy and OpenCV only: this module runs on the device.
 
-The steps, in order: colour to the model's channels; geometry (``resize``: ``stretch``
+The steps, in order: colour to the model's channels; orientation (``orient``: ``landscape``
+turns a frame taller than wide a quarter turn clockwise, so that a wide input holds every
+tile, tall or wide, at the larger scale); geometry (``resize``: ``stretch``
 squashes the frame to the input size, ``letterbox`` scales it to fit with its aspect kept
 and pads the rest with the mean, so a thin crack on a 2:1 tile stays as thin as it is);
 illumination correction of the frame's pixels (``illumination``: ``clahe``, local
@@ -24,6 +26,7 @@ import numpy as np
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 RESIZES = ("stretch", "letterbox")
+ORIENTS = ("keep", "landscape")
 ILLUMINATIONS = ("none", "clahe", "flatfield")
 
 
@@ -38,6 +41,7 @@ class PreprocessSpec:
     std: tuple[float, ...] = (0.25,)
     interpolation: str = "area"
     resize: str = "stretch"  # or "letterbox": aspect kept, padded with the mean
+    orient: str = "keep"  # or "landscape": a portrait frame is turned a quarter clockwise
     illumination: str = "none"  # or "clahe", "flatfield"
     clahe_clip_limit: float = 2.0  # clahe: contrast limit per tile
     clahe_tiles: int = 8  # clahe: tiles along each side
@@ -56,6 +60,8 @@ class PreprocessSpec:
             raise ValueError(f"input size {self.height}x{self.width} is too small")
         if self.resize not in RESIZES:
             raise ValueError(f"resize must be one of {list(RESIZES)}, not {self.resize!r}")
+        if self.orient not in ORIENTS:
+            raise ValueError(f"orient must be one of {list(ORIENTS)}, not {self.orient!r}")
         if self.illumination not in ILLUMINATIONS:
             raise ValueError(
                 f"illumination must be one of {list(ILLUMINATIONS)}, not {self.illumination!r}"
@@ -111,24 +117,37 @@ def to_model_colour(frame: np.ndarray, channels: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a frame's pixels land in the model input: a ``height`` x ``width`` block at
-    (``top``, ``left``); the rest of the input is padding."""
+    """Where a frame's pixels land in the model input: turned a quarter clockwise first when
+    ``turned``, then a ``height`` x ``width`` block at (``top``, ``left``); the rest of the
+    input is padding."""
 
     top: int
     left: int
     height: int
     width: int
+    turned: bool = False
+
+    def orient(self, image: np.ndarray) -> np.ndarray:
+        """A frame-shaped array (image, mask; HxW or HxWxC) as it enters the input."""
+        return np.rot90(image, k=-1) if self.turned else image
+
+    def unorient(self, image: np.ndarray) -> np.ndarray:
+        """An oriented array (a map over the frame's cells) back in the frame's orientation."""
+        return np.rot90(image, k=1) if self.turned else image
 
 
 def placement(frame_hw: tuple[int, int], spec: PreprocessSpec) -> Placement:
     """The geometry of ``preprocess`` for a frame of ``frame_hw`` (height, width)."""
-    h, w = frame_hw
+    h, w = frame_hw[:2]
+    turned = spec.orient == "landscape" and h > w
+    if turned:
+        h, w = w, h
     if spec.resize == "stretch":
-        return Placement(0, 0, spec.height, spec.width)
+        return Placement(0, 0, spec.height, spec.width, turned)
     scale = min(spec.height / h, spec.width / w)
     ph = min(spec.height, max(1, round(h * scale)))
     pw = min(spec.width, max(1, round(w * scale)))
-    return Placement((spec.height - ph) // 2, (spec.width - pw) // 2, ph, pw)
+    return Placement((spec.height - ph) // 2, (spec.width - pw) // 2, ph, pw, turned)
 
 
 def resize_to(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
@@ -165,6 +184,7 @@ def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         raise ValueError(f"expected a uint8 frame, got {frame.dtype}")
     image = to_model_colour(frame, spec.channels)
     place = placement(image.shape[:2], spec)
+    image = np.ascontiguousarray(place.orient(image))
     image = resize_to(image, place.height, place.width, INTERPOLATIONS[spec.interpolation])
     image = correct_illumination(image, spec)
     scale = np.float32(1.0 / 255.0)

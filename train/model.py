@@ -235,6 +235,7 @@ def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
             std=tuple(std),
             interpolation=cfg.interpolation,
             resize=cfg.resize,
+            orient=cfg.orient,
             illumination=cfg.illumination,
             clahe_clip_limit=cfg.clahe_clip_limit,
             flatfield_sigma=cfg.flatfield_sigma,

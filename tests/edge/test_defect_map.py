@@ -23,6 +23,15 @@ def test_frame_cells_drop_the_letterbox_padding() -> None:
     assert stretched.shape == (8, 8)  # no padding: every cell covers the frame
 
 
+def test_frame_cells_of_a_turned_frame_are_turned_back() -> None:
+    spec = PreprocessSpec(32, 64, 1, resize="letterbox", orient="landscape")
+    grid = np.zeros((1, 4, 8), np.float32)  # stride 8; a 128x64 frame fills the input turned
+    grid[0, 0, 7] = 0.9  # top right of the input: the frame's top left, turned back
+    cells = frame_cells(grid, (128, 64), spec)
+    assert cells.shape == (8, 4)  # the frame's own orientation: tall
+    assert cells[0, 0] == np.float32(0.9) and cells.sum() == np.float32(0.9)
+
+
 def test_png_round_trip_and_sample_field() -> None:
     cells = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
     data = png(cells)

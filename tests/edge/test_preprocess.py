@@ -108,5 +108,8 @@ def test_clahe_and_spec_json_with_and_without_the_new_fields() -> None:
     assert PreprocessSpec.from_json(old).resize == "stretch"  # bundles made before the fields
     with pytest.raises(ValueError, match="resize must be one of"):
         PreprocessSpec(resize="crop")
+    assert PreprocessSpec.from_json(old).orient == "keep"
+    with pytest.raises(ValueError, match="orient must be one of"):
+        PreprocessSpec(orient="portrait")
     with pytest.raises(ValueError, match="illumination must be one of"):
         PreprocessSpec(illumination="gamma")

@@ -73,8 +73,9 @@ def test_sqrt_sampling_lies_between_natural_and_balanced() -> None:
     np.testing.assert_allclose(share, [30 / 40, 10 / 40], atol=0.03)  # sqrt(900) : sqrt(100)
 
 
-def _wide_frames(tmp_path: Path) -> tuple[FrameStore, np.ndarray]:
-    """A 1:3 frame whose mask marks a blemish near its right end (on disk, as a dataset)."""
+def _wide_frames(tmp_path: Path, tall: bool = False) -> tuple[FrameStore, np.ndarray]:
+    """A 1:3 frame whose mask marks a blemish near its right end (on disk, as a dataset);
+    ``tall``: the same frame turned a quarter anticlockwise (3:1, the blemish at the top)."""
     import cv2
 
     from lineqc.datasets.ingest import Candidate, ingest
@@ -83,6 +84,8 @@ def _wide_frames(tmp_path: Path) -> tuple[FrameStore, np.ndarray]:
     frame[25:35, 150:160] = 20
     mask = np.zeros_like(frame)
     mask[25:35, 150:160] = 255
+    if tall:
+        frame, mask = np.ascontiguousarray(np.rot90(frame)), np.ascontiguousarray(np.rot90(mask))
     ok, image = cv2.imencode(".png", frame)
     ok2, mask_png = cv2.imencode(".png", mask)
     assert ok and ok2
@@ -116,6 +119,27 @@ def test_training_and_device_inputs_agree_on_a_non_square_frame(tmp_path: Path) 
     cells = x.numpy()[0].reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(8, 8, -1)
     darkest = np.unravel_index(cells.min(axis=2).argmin(), (8, 8))
     assert tuple(darkest) in {tuple(c) for c in hot}
+
+
+def test_a_portrait_frame_is_turned_alike_for_training_and_the_device(tmp_path: Path) -> None:
+    """orient: landscape puts a tall frame in a wide input as its wide twin, mask included."""
+    wide_dir, tall_dir = tmp_path / "wide", tmp_path / "tall"
+    wide_frames, wide = _wide_frames(wide_dir)
+    tall_frames, tall = _wide_frames(tall_dir, tall=True)
+    assert tall.shape == (180, 60)
+    spec = PreprocessSpec(32, 96, 1, resize="letterbox", orient="landscape")
+    kept = PreprocessSpec(32, 96, 1, resize="letterbox")
+    assert placement(tall.shape, spec).turned and not placement(wide.shape, spec).turned
+    assert placement(tall.shape, kept).width == 11  # unturned, the tall frame is a sliver
+    device = preprocess(tall, spec)
+    np.testing.assert_array_equal(device, preprocess(wide, kept))
+    plain = build_train_transform(AugmentConfig(enabled=False), (32, 96), "letterbox")
+    labels = np.array([1])
+    x, _, target, _ = TrainImages(tall_frames, labels, plain, spec, 8, 0)[(0, 3)]
+    _, _, wide_target, _ = TrainImages(wide_frames, labels, plain, kept, 8, 0)[(0, 3)]
+    np.testing.assert_array_equal(x.numpy(), device)
+    np.testing.assert_array_equal(target.numpy(), wide_target.numpy())
+    assert target.numpy()[0, :, 9:].any()  # the blemish, at the tall frame's top, lands right
 
 
 def test_map_target_marks_a_defect_smaller_than_a_cell() -> None:
