@@ -4,8 +4,8 @@ A DefectNet's ONNX file has a second output ``defect_map``: per-cell defect prob
 N x 1 x (H / stride) x (W / stride) over the *model input*. With letterboxing the input also
 holds padding, so ``frame_cells`` cuts out the cells that cover the frame itself (turned back
 when the input holds the frame turned): drawn stretched over the frame, they show where the
-model saw defects. ``png`` makes the small
-8-bit image that a ``sample`` message carries (value / 255 = probability).
+model saw defects. ``png`` makes the small 8-bit image that a ``sample`` message carries
+(value / 255 = probability).
 numpy and OpenCV only: this module runs on the device.
 """
 
