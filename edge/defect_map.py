@@ -30,7 +30,7 @@ def frame_cells(
     top, left = int(place.top / stride), int(place.left / stride)
     bottom = max(top + 1, math.ceil((place.top + place.height) / stride))
     right = max(left + 1, math.ceil((place.left + place.width) / stride))
-    return np.ascontiguousarray(place.unorient(cells[top:bottom, left:right]))
+    return place.unorient(cells[top:bottom, left:right])
 
 
 def png(cells: np.ndarray) -> bytes:

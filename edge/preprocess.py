@@ -128,12 +128,13 @@ class Placement:
     turned: bool = False
 
     def orient(self, image: np.ndarray) -> np.ndarray:
-        """A frame-shaped array (image, mask; HxW or HxWxC) as it enters the input."""
-        return np.rot90(image, k=-1) if self.turned else image
+        """A frame-shaped array (image, mask; HxW or HxWxC) as it enters the input (a turned
+        copy is contiguous, as OpenCV needs)."""
+        return np.ascontiguousarray(np.rot90(image, k=-1)) if self.turned else image
 
     def unorient(self, image: np.ndarray) -> np.ndarray:
         """An oriented array (a map over the frame's cells) back in the frame's orientation."""
-        return np.rot90(image, k=1) if self.turned else image
+        return np.ascontiguousarray(np.rot90(image, k=1)) if self.turned else image
 
 
 def placement(frame_hw: tuple[int, int], spec: PreprocessSpec) -> Placement:
@@ -184,7 +185,7 @@ def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         raise ValueError(f"expected a uint8 frame, got {frame.dtype}")
     image = to_model_colour(frame, spec.channels)
     place = placement(image.shape[:2], spec)
-    image = np.ascontiguousarray(place.orient(image))
+    image = place.orient(image)
     image = resize_to(image, place.height, place.width, INTERPOLATIONS[spec.interpolation])
     image = correct_illumination(image, spec)
     scale = np.float32(1.0 / 255.0)

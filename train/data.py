@@ -76,7 +76,7 @@ def map_target(
     its cell. float32 (1, H / stride, W / stride), 1 where any defect pixel falls."""
     place = placement(frame_hw, spec)
     cover = cv2.resize(
-        np.ascontiguousarray(place.orient((mask > 0).astype(np.float32))),
+        place.orient((mask > 0).astype(np.float32)),
         (place.width, place.height),
         interpolation=cv2.INTER_AREA,
     )
