@@ -69,27 +69,13 @@ def build_train_transform(
     return A.Compose(ops)
 
 
-KEEP_TRIES = 8  # draws of a defect sample's augmentation before the last one is taken as is
-
-
 def augment(
-    transform: A.Compose,
-    frame: np.ndarray,
-    seed: int,
-    mask: np.ndarray | None = None,
-    keep_defect: float = 0.0,
+    transform: A.Compose, frame: np.ndarray, seed: int, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Augment one uint8 frame (and its mask, moved alike) with randomness from ``seed`` only.
 
     Seeding per sample makes an epoch's images independent of worker count, DDP rank and
     resumption, which is what lets a resumed run reach the same weights.
-
-    ``keep_defect``: with a mask that marks a defect, the augmented mask must hold at least
-    this share of its pixels, or the augmentation is drawn again (from ``seed`` and the
-    attempt). Many magnetic-tile defects sit on the frame's border, where a shift, zoom or
-    turn of a few percent takes them out of view: the sample would still say "defect" with
-    none in sight, which teaches the model to call clean tile a defect and a border defect
-    noise.
     """
     image = frame[:, :, None] if frame.ndim == 2 else frame
     transform.set_random_seed(seed)
@@ -97,11 +83,5 @@ def augment(
         out = transform(image=image)["image"]
         return (out if out.ndim == 3 else out[:, :, None]), None
     done = transform(image=image, mask=mask)
-    defect = int(np.count_nonzero(mask)) if keep_defect > 0 else 0
-    for attempt in range(1, KEEP_TRIES):
-        if not defect or np.count_nonzero(done["mask"]) >= keep_defect * defect:
-            break
-        transform.set_random_seed(int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0]))
-        done = transform(image=image, mask=mask)
     out = done["image"]
     return (out if out.ndim == 3 else out[:, :, None]), done["mask"]

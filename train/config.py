@@ -63,10 +63,6 @@ class AugmentConfig(_Strict):
     # the share of OK samples given a labelled defect pasted from a training row's mask
     # (train/copy_paste.py); rows without masks are never donors
     copy_paste: float = Field(default=0.0, ge=0, le=1)
-    # a defect sample's geometric augmentation must keep at least this share of its defect
-    # pixels in view, else it is drawn again (train/augment.py); 0 lets a shift or a turn
-    # move a border defect out of the frame while the label still says defect
-    keep_defect: float = Field(default=0.0, ge=0, le=1)
 
 
 class OptimConfig(_Strict):

@@ -106,11 +106,9 @@ class TrainImages(Dataset[Sample]):
         map_stride: int | None = None,
         ok_index: int | None = None,
         copy_paste: CopyPaste | None = None,
-        keep_defect: float = 0.0,
     ):
         self.frames, self.labels, self.transform, self.spec = frames, labels, transform, spec
         self.map_stride, self.ok_index, self.copy_paste = map_stride, ok_index, copy_paste
-        self.keep_defect = keep_defect
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -119,14 +117,14 @@ class TrainImages(Dataset[Sample]):
         i, seed = item
         label = int(self.labels[i])
         frame = self.frames[i]
-        mask = self.frames.mask(i) if self.map_stride or self.keep_defect else None
+        mask = self.frames.mask(i) if self.map_stride else None
         if self.copy_paste is not None and label == self.ok_index:
             pasted = self.copy_paste(frame, seed, lambda j: (self.frames[j], self.frames.mask(j)))
             if pasted is not None:
                 frame, mask, label = pasted
         if self.map_stride and mask is None and label == self.ok_index:
             mask = np.zeros(frame.shape[:2], np.uint8)  # an OK part has no defect pixels
-        image, mask = augment(self.transform, frame, seed, mask, self.keep_defect)
+        image, mask = augment(self.transform, frame, seed, mask)
         x = torch.from_numpy(preprocess(image, self.spec))
         if not self.map_stride:
             return x, label, torch.zeros(0), 0.0

@@ -226,7 +226,6 @@ class Trainer:
                 DefectNet.stride if cfg.defect_map.weight > 0 else None,
                 self.ok_index,
                 self._copy_paste(),
-                cfg.augment.keep_defect,
             ),
             batch_sampler=self.sampler,
             num_workers=workers,
