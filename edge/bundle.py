@@ -13,8 +13,9 @@ No torch or onnx here: this module runs on the device.
 ``models`` maps a precision to its entry; ``file`` is the ONNX that ONNX Runtime runs. An
 entry may also name a ``tensorrt_file``: the ONNX that TensorRT compiles, where that differs
 (the INT8 model: signed symmetric activations for TensorRT, the same quantization grid
-re-expressed as UINT8 activations for ONNX Runtime's fast CPU kernels; see
-``lineqc.export.quantize.unsigned_activations``). Without it TensorRT compiles ``file``.
+re-expressed as UINT8 activations and weights for ONNX Runtime's CPU kernels; see
+``lineqc.export.quantize.unsigned_activations`` and ``unsigned_weights``). Without it
+TensorRT compiles ``file``.
 An entry's ``decision`` is the policy chosen on that model's own outputs; the top-level
 ``decision`` repeats the default precision's, for devices that read only it. Both keys are
 optional, so schema version 1 covers bundles with and without them. ``engines`` records the

@@ -73,10 +73,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--keep-sensitive",
         type=int,
-        default=0,
+        default=8,
         metavar="K",
-        help="on a failing gate, keep up to K most sensitive layers in FP32 and retry "
-        "(default: %(default)s)",
+        help="on a failing gate, keep the 1, 2, 4, ... most sensitive layers in FP32, up to K, "
+        "until it passes; 0: no retry (default: %(default)s)",
     )
     d = parser.add_argument_group("decision thresholds")
     d.add_argument(

@@ -3,7 +3,7 @@
 What an engine of each precision compiles, its builder flags and its name are
 ``lineqc.edge.tensorrt_engine``'s, the definition the device uses when it builds one itself.
 INT8 compiles the INT8 entry's ``tensorrt_file`` (signed symmetric Q/DQ, as TensorRT
-requires), not the UINT8-activation file ONNX Runtime runs: ``Bundle.tensorrt_model_path``
+requires), not the UINT8 file ONNX Runtime runs: ``Bundle.tensorrt_model_path``
 picks it.
 
 Runs where ``tensorrt`` exists (the device, or any NVIDIA GPU machine); everything before the

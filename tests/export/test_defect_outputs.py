@@ -3,13 +3,16 @@ logits, checked against PyTorch (FP32) and by the INT8 gate, and the policy uses
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
+import pytest
 
 from lineqc.datasets.manifest import load
 from lineqc.edge.bundle import load_bundle
-from lineqc.edge.outputs import ORDER
-from lineqc.export import data, runtime
+from lineqc.edge.outputs import ANOMALY, DEFECT_MAP, LOGITS, ORDER
+from lineqc.export import data, onnx_export, quantize, runtime
 from lineqc.train import checkpoint
 from lineqc.train.model import ExportHeads
 
@@ -45,3 +48,31 @@ def test_defect_map_and_anomaly_travel_in_the_bundle(defect_bundle, defect_run) 
     np.testing.assert_allclose(fp32["anomaly"], ref[2].numpy(), rtol=1e-4, atol=1e-4)
     assert np.abs(int8["defect_map"] - fp32["defect_map"]).mean() < 0.02
     assert np.corrcoef(int8["anomaly"], fp32["anomaly"])[0, 1] > 0.95
+
+
+def test_sensitivity_weighs_every_output_the_gate_checks(defect_run, tmp_path: Path) -> None:
+    """The gate checks the logits, the defect map and the anomaly score, so the ranking of
+    layers to keep in FP32 does too: a layer the anomaly score depends on ranks higher than
+    the logits alone would put it, and layers past the score's stride-16 tap count only
+    through the other outputs."""
+    dataset, run = defect_run
+    model, meta = checkpoint.load_model(run)
+    spec = checkpoint.spec_of(meta)
+    fp32 = onnx_export.export_onnx(model, spec, tmp_path / "fp32.onnx")
+    inputs = data.split_inputs(dataset, load(dataset), "val", meta, spec).inputs[:16]
+    cal = quantize.calibrate(fp32, tmp_path / "q", inputs)
+    reference = runtime.outputs(runtime.session(fp32), inputs)
+
+    def ranking(names: tuple[str, ...]) -> list[tuple[str, float]]:
+        return quantize.sensitivity(cal, inputs, {n: reference[n] for n in names}, tmp_path)
+
+    every, logits = ranking(ORDER), ranking((LOGITS,))
+    anomaly, defect_map = dict(ranking((ANOMALY,))), dict(ranking((DEFECT_MAP,)))
+    for node, score in every:
+        assert score == pytest.approx(dict(logits)[node] + defect_map[node] + anomaly[node])
+    # past the tap a layer moves the logits, not the score; a layer the score depends on
+    # more than the logits do ranks higher once the score counts
+    layer4 = [n for n in cal.weighted_nodes if "/layer4/" in n]
+    assert any(anomaly[n] == 0 < dict(logits)[n] for n in layer4)
+    order_every, order_logits = [n for n, _ in every], [n for n, _ in logits]
+    assert any(order_every.index(n) < order_logits.index(n) for n in cal.weighted_nodes)

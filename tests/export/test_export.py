@@ -151,7 +151,7 @@ def test_keeping_layers_in_fp32(tiny_run: Path, val_split, tmp_path: Path) -> No
     fp32 = onnx_export.export_onnx(model, spec_of(meta), tmp_path / "fp32.onnx")
     cal = quantize.calibrate(fp32, tmp_path / "q", val_split.inputs[:32])
     full = quantize.qdq_counts(quantize.quantize(cal, tmp_path / "all.onnx"))
-    ref = runtime.logits(runtime.session(fp32), val_split.inputs[:16])
+    ref = runtime.outputs(runtime.session(fp32), val_split.inputs[:16])
     ranking = quantize.sensitivity(cal, val_split.inputs[:16], ref, tmp_path)
     assert sorted(n for n, _ in ranking) == sorted(cal.weighted_nodes)
     assert [s for _, s in ranking] == sorted((s for _, s in ranking), reverse=True)
@@ -248,3 +248,40 @@ def test_cli_errors_name_the_input(lineqc, tiny_run: Path, tmp_path: Path) -> No
     assert no_run.returncode == 2 and "k.key" in no_run.stderr
     engine = lineqc("export", "build-engine", check=False)
     assert engine.returncode == 2 and "which bundle" in engine.stderr
+
+
+def test_a_failing_gate_keeps_the_sensitive_layer_in_fp32(
+    tiny_run: Path, export_dataset: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch
+) -> None:
+    """One layer's input range broken (1% of what calibration saw, so it saturates): the
+    gate fails, the sensitivity pass ranks that layer first, and with the most sensitive
+    layers in FP32 the gate passes; the bundle says which layers it kept."""
+    real = quantize.calibrate
+    broken: list[str] = []
+
+    def one_range_broken(fp32_path, workdir, inputs, method="minmax", batch_size=16):  # type: ignore[no-untyped-def]
+        cal = real(fp32_path, workdir, inputs, method, batch_size)
+        graph = onnx.load(str(cal.prepared)).graph
+        node = next(n for n in graph.node if n.name == cal.weighted_nodes[1])
+        doc = json.loads(cal.cache.read_text())
+        for side in ("lowest", "highest"):
+            entry = doc["data"][node.input[0]][side]
+            entry["data"] = [v * 0.01 for v in entry["data"]]
+        cal.cache.write_text(json.dumps(doc))
+        broken[:] = [node.name]
+        return cal
+
+    monkeypatch.setattr(quantize, "calibrate", one_range_broken)
+    out = tmp_path / "bundle"
+    options = ExportOptions(calib_method="minmax", keep_sensitive=4, **FAST)
+    result = export_run(tiny_run, export_dataset, out, keys[0], options)
+    assert result.gate is not None and result.gate.passed
+    kept = result.gate.kept_fp32
+    assert kept[0] == broken[0] and len(kept) <= 4  # ranked first, among the few kept
+    bundle = load_bundle(out, keys[1])
+    assert bundle.manifest.models["int8"].gate_passed is True
+    assert bundle.manifest.models["int8"].kept_fp32 == kept
+
+    without = ExportOptions(calib_method="minmax", keep_sensitive=0, overwrite=True, **FAST)
+    gate = export_run(tiny_run, export_dataset, out, keys[0], without).gate
+    assert gate is not None and not gate.passed and gate.kept_fp32 == []

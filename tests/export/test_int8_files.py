@@ -61,7 +61,7 @@ def test_onnxruntime_file_equals_tensorrt_source_on_real_images(
     assert np.abs(softmax(fast, 1.5) - softmax(ref, 1.5)).max() < 0.2
 
 
-def test_rewrite_touches_activation_zero_points_only(
+def test_rewrite_moves_activations_and_weights_to_uint8(
     signed_bundle: Path, keys: tuple[Path, Path]
 ) -> None:
     bundle = load_bundle(signed_bundle, keys[1])
@@ -70,26 +70,73 @@ def test_rewrite_touches_activation_zero_points_only(
     assert [(op, reads) for op, reads, _, _ in trt] == [(op, reads) for op, reads, _, _ in ort]
     assert {reads for _, reads, _, _ in ort} == {"activation", "weight"}
     for (_, reads, dtype_trt, v_trt), (_, _, dtype_ort, v_ort) in zip(trt, ort, strict=True):
-        if reads == "activation":  # signed symmetric for TensorRT, UINT8 128 for ONNX Runtime
-            assert (dtype_trt, v_trt, dtype_ort, v_ort) == ("INT8", {0}, "UINT8", {128})
-        else:  # weights (INT8, per-channel) and biases (INT32) are untouched
-            assert dtype_trt in ("INT8", "INT32") and (dtype_ort, v_ort) == (dtype_trt, v_trt)
-    # the weights themselves are byte for byte the same
+        if dtype_trt == "INT8":  # signed symmetric for TensorRT, UINT8 128 for ONNX Runtime
+            assert (v_trt, dtype_ort, v_ort) == ({0}, "UINT8", {128})
+        else:  # biases (INT32) are untouched
+            assert (dtype_trt, reads, dtype_ort, v_ort) == ("INT32", "weight", "INT32", v_trt)
+    # each weight is the same grid point, moved by 128
     t_graph = onnx.load(str(bundle.tensorrt_model_path("int8"))).graph
     o_graph = onnx.load(str(bundle.model_path("int8"))).graph
-    weights = {t.name: t.raw_data for t in t_graph.initializer if t.data_type == TensorProto.INT8}
-    weights = {k: v for k, v in weights.items() if not k.endswith("zero_point")}
-    o_inits = {t.name: t.raw_data for t in o_graph.initializer}
-    assert weights and all(o_inits[k] == v for k, v in weights.items())
+    o_inits = {t.name: t for t in o_graph.initializer}
+    weights = [t for t in t_graph.initializer if t.data_type == TensorProto.INT8 and t.dims]
+    assert weights
+    for w in weights:
+        assert o_inits[w.name].data_type == TensorProto.UINT8
+        moved = numpy_helper.to_array(o_inits[w.name]).astype(np.int16) - 128
+        np.testing.assert_array_equal(moved, numpy_helper.to_array(w))
     # Relus between Q/DQ pairs are LeakyRelu(alpha=0) in the ONNX Runtime file, nothing else
     t_ops = [n.op_type for n in t_graph.node]
     o_ops = [n.op_type for n in o_graph.node]
     assert t_ops.count("Relu") > 0 and "LeakyRelu" not in t_ops
     assert o_ops == [{"Relu": "LeakyRelu"}.get(op, op) for op in t_ops]
-    # rewriting again changes nothing (no signed activation quantizer is left)
+    # rewriting again changes nothing (no signed quantizer or weight is left)
     model = onnx.load(str(bundle.model_path("int8")))
     assert quantize.unsigned_activations(model) == 0
+    assert quantize.unsigned_weights(model) == 0
     assert quantize.relus_as_lookup_tables(model) == 0
+
+
+def test_fused_kernels_compute_the_grid_without_saturating(tmp_path: Path) -> None:
+    """Large activations times large weights: ONNX Runtime's UINT8 x INT8 kernels on x86
+    CPUs without VNNI add product pairs in 16 bits with saturation; the file it runs must
+    give what the Q/DQ graph defines on any CPU."""
+    x_scale, w_scale, y_scale = 0.01, 0.01, 0.1
+    w = np.full((2, 8, 3, 3), 127, np.int8)
+    w[1] = -127
+    inits = [
+        numpy_helper.from_array(np.array(x_scale, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+        numpy_helper.from_array(np.full(2, w_scale, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(2, np.int8), "w_zp"),
+        numpy_helper.from_array(w, "w_q"),
+        numpy_helper.from_array(np.array(y_scale, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "y_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_dq"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["y"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 6, 6])],
+        inits,
+    )
+    signed = tmp_path / "signed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), signed)
+    ours = quantize.write_onnxruntime_model(signed, tmp_path / "ours.onnx")
+    # activations at +-1.27 (the grid's ends) and a few below: products of 127 x 127
+    x = {"x": np.random.default_rng(0).choice([-1.27, -0.6, 0.9, 1.27], (1, 8, 6, 6))}
+    x["x"] = x["x"].astype(np.float32)
+    ref = runtime.session(signed, optimize=False).run(None, x)[0]
+    assert np.abs(ref).max() > 5  # far past what 16-bit pair sums could hold
+    got = runtime.session(ours).run(None, x)[0]  # fused, as devices run it
+    np.testing.assert_allclose(got, ref, atol=y_scale + 1e-6)  # at most one step (ties)
 
 
 def test_onnxruntime_runs_its_file_as_integer_kernels(
@@ -147,7 +194,7 @@ def test_tensorrt_build_picks_the_tensorrt_source(
 
 
 def test_rewrite_splits_a_zero_point_shared_with_weights(tmp_path: Path) -> None:
-    """One INT8 zero point read by an activation Q/DQ pair and by a weight DQ: copied."""
+    """One INT8 zero point read by an activation Q/DQ pair and by a weight DQ: split."""
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, size=(4, 3, 3, 3), dtype=np.int8)
     inits = [
@@ -175,11 +222,10 @@ def test_rewrite_splits_a_zero_point_shared_with_weights(tmp_path: Path) -> None
     unsigned = quantize.write_onnxruntime_model(signed, tmp_path / "unsigned.onnx")
     rewritten = onnx.load(str(unsigned)).graph
     by_name = {t.name: t for t in rewritten.initializer}
-    assert by_name["shared_zp"].data_type == TensorProto.INT8  # the weight's, untouched
     q, dq_x, dq_w, _ = rewritten.node
-    assert q.input[2] == dq_x.input[2] != "shared_zp" and dq_w.input[2] == "shared_zp"
-    copy = by_name[q.input[2]]
-    assert copy.data_type == TensorProto.UINT8 and numpy_helper.to_array(copy) == 128
+    assert q.input[2] == dq_x.input[2] != dq_w.input[2]  # each its own UINT8 128 now
+    for zp in (by_name[q.input[2]], by_name[dq_w.input[2]]):
+        assert zp.data_type == TensorProto.UINT8 and numpy_helper.to_array(zp) == 128
     x = {"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32) * 2}
     got = runtime.session(unsigned, optimize=False).run(None, x)[0]
     ref = runtime.session(signed, optimize=False).run(None, x)[0]
