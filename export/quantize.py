@@ -258,10 +258,7 @@ def unsigned_activations(model: onnx.ModelProto) -> int:
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-    for node in graph.node:
-        for slot, name in enumerate(node.input):
-            consumers[name].append((node, slot))
+    consumers = _readers(graph)
     outputs = {o.name for o in graph.output}
 
     def signed_zero_point(node: onnx.NodeProto) -> str | None:
@@ -305,16 +302,9 @@ def unsigned_activations(model: onnx.ModelProto) -> int:
     rewriting = {(id(node), zp) for node, zp in targets}
     replacement: dict[str, str] = {}
     for zp in dict.fromkeys(zp for _, zp in targets):
-        values = onnx.numpy_helper.to_array(inits[zp]).astype(np.int16) + 128
-        unsigned = onnx.numpy_helper.from_array(values.astype(np.uint8), zp)
         others = [n for n, slot in consumers[zp] if (id(n), zp) not in rewriting or slot != 2]
-        if others or zp in outputs:  # also read by a weight DQ (or anything else): split
-            unsigned.name = _fresh_name(f"{zp}_u8", inits)
-            graph.initializer.append(unsigned)
-            inits[unsigned.name] = unsigned
-        else:
-            inits[zp].CopyFrom(unsigned)
-        replacement[zp] = unsigned.name
+        # a copy where a weight DQ (or anything else) also reads it
+        replacement[zp] = _unsigned(graph, inits, zp, in_place=not (others or zp in outputs))
     for node, zp in targets:
         node.input[2] = replacement[zp]
         for attr in node.attribute:  # opset 21+: an explicit output type must follow
@@ -345,10 +335,7 @@ def unsigned_weights(model: onnx.ModelProto) -> int:
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-    for node in graph.node:
-        for slot, name in enumerate(node.input):
-            readers[name].append((node, slot))
+    readers = _readers(graph)
     weights = {
         name
         for name, t in inits.items()
@@ -356,11 +343,6 @@ def unsigned_weights(model: onnx.ModelProto) -> int:
         and readers[name]
         and all(n.op_type == "DequantizeLinear" and slot == 0 for n, slot in readers[name])
     }
-
-    def shifted(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
-        values = onnx.numpy_helper.to_array(tensor).astype(np.int16) + 128
-        return onnx.numpy_helper.from_array(values.astype(np.uint8), name)
-
     replacement: dict[str, str] = {}  # INT8 zero point -> its UINT8 one
     for name in sorted(weights):
         for node, _ in readers[name]:
@@ -374,17 +356,36 @@ def unsigned_weights(model: onnx.ModelProto) -> int:
                     n.op_type == "DequantizeLinear" and slot == 2 and n.input[0] in weights
                     for n, slot in readers[zp]
                 )
-                if only_weights:
-                    inits[zp].CopyFrom(shifted(inits[zp], zp))
-                    replacement[zp] = zp
-                else:  # also an activation's zero point (or anything else's): a copy
-                    copy = shifted(inits[zp], _fresh_name(f"{zp}_u8", inits))
-                    graph.initializer.append(copy)
-                    inits[copy.name] = copy
-                    replacement[zp] = copy.name
+                # a copy where an activation (or anything else) also reads it
+                replacement[zp] = _unsigned(graph, inits, zp, in_place=only_weights)
             node.input[2] = replacement[zp]
-        inits[name].CopyFrom(shifted(inits[name], name))
+        _unsigned(graph, inits, name, in_place=True)
     return len(weights)
+
+
+def _readers(graph: onnx.GraphProto) -> defaultdict[str, list[tuple[onnx.NodeProto, int]]]:
+    """Tensor name -> the (node, input slot) pairs that read it (empty for none)."""
+    readers: defaultdict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            readers[name].append((node, slot))
+    return readers
+
+
+def _unsigned(
+    graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], name: str, in_place: bool
+) -> str:
+    """The INT8 initializer ``name`` on the same grid as UINT8 (q + 128): rewritten in place,
+    or added as a copy under a fresh name that other readers do not see. Returns its name."""
+    values = onnx.numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+    target = name if in_place else _fresh_name(f"{name}_u8", inits)
+    unsigned = onnx.numpy_helper.from_array(values.astype(np.uint8), target)
+    if in_place:
+        inits[name].CopyFrom(unsigned)
+    else:
+        graph.initializer.append(unsigned)
+        inits[target] = unsigned
+    return target
 
 
 def _fresh_name(base: str, taken: dict[str, onnx.TensorProto]) -> str:

@@ -40,6 +40,26 @@ def zero_points(path: Path) -> list[tuple[str, str, str, set[int]]]:
     return found
 
 
+def save_model(
+    path: Path,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    x: tuple[str, list[int]],
+    y: tuple[str, list[int]],
+) -> Path:
+    """A hand-built Q/DQ graph (opset 17) with one float input and one float output."""
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info(x[0], TensorProto.FLOAT, x[1])],
+        [helper.make_tensor_value_info(y[0], TensorProto.FLOAT, y[1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, path)
+    return path
+
+
 def test_onnxruntime_file_equals_tensorrt_source_on_real_images(
     signed_bundle: Path, keys: tuple[Path, Path], val_split
 ) -> None:
@@ -120,15 +140,9 @@ def test_fused_kernels_compute_the_grid_without_saturating(tmp_path: Path) -> No
         helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["y_q"]),
         helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["out"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 6, 6])],
-        inits,
+    signed = save_model(
+        tmp_path / "signed.onnx", nodes, inits, ("x", [1, 8, 6, 6]), ("out", [1, 2, 6, 6])
     )
-    signed = tmp_path / "signed.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), signed)
     ours = quantize.write_onnxruntime_model(signed, tmp_path / "ours.onnx")
     # activations at +-1.27 (the grid's ends) and a few below: products of 127 x 127
     x = {"x": np.random.default_rng(0).choice([-1.27, -0.6, 0.9, 1.27], (1, 8, 6, 6))}
@@ -209,16 +223,9 @@ def test_rewrite_splits_a_zero_point_shared_with_weights(tmp_path: Path) -> None
         helper.make_node("DequantizeLinear", ["w_q", "w_scale", "shared_zp"], ["w_dq"]),
         helper.make_node("Conv", ["x_dq", "w_dq"], ["y"], pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "shared",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
-        inits,
+    signed = save_model(
+        tmp_path / "signed.onnx", nodes, inits, ("x", [1, 3, 8, 8]), ("y", [1, 4, 8, 8])
     )
-    signed = tmp_path / "signed.onnx"
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    onnx.save(model, signed)
     unsigned = quantize.write_onnxruntime_model(signed, tmp_path / "unsigned.onnx")
     rewritten = onnx.load(str(unsigned)).graph
     by_name = {t.name: t for t in rewritten.initializer}
