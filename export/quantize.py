@@ -408,10 +408,7 @@ def relus_as_lookup_tables(model: onnx.ModelProto) -> int:
     """
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    consumers = _readers(graph)
     outputs = {o.name for o in graph.output}
     replaced = 0
     for node in graph.node:
@@ -423,7 +420,7 @@ def relus_as_lookup_tables(model: onnx.ModelProto) -> int:
             source is None
             or source.op_type != "DequantizeLinear"
             or not readers
-            or any(r.op_type != "QuantizeLinear" for r in readers)
+            or any(r.op_type != "QuantizeLinear" for r, _ in readers)
             or node.output[0] in outputs
         ):
             continue
