@@ -40,7 +40,8 @@ from lineqc.edge.decision import softmax
 from lineqc.edge.signing import generate_keys
 from lineqc.export.judge import decide_records
 from lineqc.export.pipeline import ExportOptions, export_run
-from lineqc.train.config import load_config
+from lineqc.train import checkpoint
+from lineqc.train.config import SCORING_KEYS, load_config
 from lineqc.train.crossval import LEFT_OUT, FoldPredictions, fold_views, pooled
 from lineqc.train.intervals import cluster_ids, fmt_ci, intervals, parts_of
 from lineqc.train.loop import train
@@ -96,7 +97,8 @@ def run_fold(
 ) -> Fold:
     """Train, export and judge one fold; its figures go to ``out/fold.json``. ``reuse``: a
     fold computed with the same cache key is kept. ``rejudge``: a model trained by the same
-    recipe on the same data (any commit) is exported and judged again without training."""
+    recipe on the same data (any commit; overrides of ``SCORING_KEYS`` aside) is exported
+    and judged again without training, finished again first where those keys differ."""
     done = out / "fold.json"
     previous = json.loads(done.read_text()) if done.exists() else {}
     if reuse and previous.get("cache_key") == cache_key:
@@ -107,6 +109,10 @@ def run_fold(
         train_wall, train_cpu = previous["train_wall_s"], previous["train_cpu_s"]
         trained_at = previous.get("trained_at", previous["cache_key"]["commit"])
         print(f"rejudging the model trained at commit {trained_at}", file=sys.stderr)
+        cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
+        scored = checkpoint.load_meta(run_dir / "best.pt")["config"]
+        if any(scored.get(k) != getattr(cfg, k) for k in SCORING_KEYS):
+            train(cfg, view, run_dir, resume=True)  # the same weights, scored otherwise
     else:
         cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
         if run_dir.exists():
@@ -162,9 +168,16 @@ def run_fold(
 
 
 def _same_training(previous: dict[str, Any], cache_key: dict[str, Any]) -> bool:
-    """Whether a fold's stored model came from the same recipe, data, folds and seed."""
+    """Whether a fold's stored model came from the same recipe, data, folds and seed (how it
+    is scored, ``SCORING_KEYS``, aside)."""
     before = previous.get("cache_key") or {}
-    return bool(before) and all(before.get(k) == v for k, v in cache_key.items() if k != "commit")
+
+    def training(key: dict[str, Any]) -> dict[str, Any]:
+        kept = key.get("overrides", [])
+        overrides = [o for o in kept if o.split("=")[0].strip() not in SCORING_KEYS]
+        return {**key, "commit": None, "overrides": overrides}
+
+    return bool(before) and training(before) == training(cache_key)
 
 
 def judge(bundle: Bundle, precision: str, view: Path, records: list[Record]) -> dict[str, Any]:

@@ -87,6 +87,7 @@ def load_model(
         model_kwargs=meta.get("model_kwargs"),
         defect_map=bool(meta.get("defect_map")),
         ok_index=list(meta["classes"]).index(meta["ok_class"]),
+        flip_views=int(meta.get("flip_views", 1)),
     )
     state = load_state(path, device)
     bank = state["model"].get("memory.bank")

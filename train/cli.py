@@ -16,7 +16,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the killed run in --out from its last checkpoint",
+        help="continue the killed run in --out from its last checkpoint; a finished run is "
+        "finished again, e.g. to score it with other --set flip_views",
     )
     parser.set_defaults(func=run)
 

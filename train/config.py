@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lineqc.errors import LineqcError
 
@@ -135,6 +142,11 @@ class TrainConfig(_Strict):
     # power 1/2, between natural and balanced (a rare class is seen less often repeated)
     balanced_sampling: bool | Literal["sqrt"] = False
     defect_map: DefectMapConfig = Field(default_factory=DefectMapConfig)
+    # Each frame scored as itself and its mirror images, outputs averaged (one batch on the
+    # device; 2: also mirrored left-right, 4: also upside down and both). Training and its
+    # per-epoch validation see single frames; the final evaluation and the bundle score the
+    # views. Needs a defect map (``defect_map.weight`` > 0).
+    flip_views: Literal[1, 2, 4] = 1
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -155,6 +167,12 @@ class TrainConfig(_Strict):
             raise ValueError("sides must be at least 8 pixels")
         return v
 
+    @model_validator(mode="after")
+    def _flips_need_a_defect_net(self) -> TrainConfig:
+        if self.flip_views > 1 and self.defect_map.weight <= 0:
+            raise ValueError("flip_views > 1 needs a defect-map model (defect_map.weight > 0)")
+        return self
+
     @property
     def size_hw(self) -> tuple[int, int]:
         return (self.img_size, self.img_size) if isinstance(self.img_size, int) else self.img_size
@@ -171,6 +189,8 @@ def _format_error(err: ValidationError, source: str) -> str:
             lines.append(f"unknown config key '{key}'")
         elif e["type"] == "missing":
             lines.append(f"missing config key '{key}'")
+        elif not key:  # a rule across keys: its message names them
+            lines.append(e["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
     return f"{source}: " + "; ".join(lines)
@@ -235,6 +255,11 @@ def _flat(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+# Keys that change how the trained weights are scored, not the weights: a finished run can be
+# finished again with other values (``train --resume``), without training it again.
+SCORING_KEYS = ("flip_views",)
 
 
 def differing_keys(a: TrainConfig, b: TrainConfig) -> list[str]:

@@ -31,7 +31,14 @@ from lineqc.errors import LineqcError
 from . import checkpoint, report
 from .augment import build_train_transform
 from .calibration import fit_temperature
-from .config import TrainConfig, TrainConfigError, differing_keys, from_dict, save_config
+from .config import (
+    SCORING_KEYS,
+    TrainConfig,
+    TrainConfigError,
+    differing_keys,
+    from_dict,
+    save_config,
+)
 from .copy_paste import CopyPaste, Donor
 from .data import EpochBatches, FrameStore, TrainImages, eval_inputs
 from .devices import choose_device, choose_precision, init_distributed
@@ -107,13 +114,14 @@ class Trainer:
             if not last.exists():
                 raise RunError(f"{self.out}: nothing to resume (no last.pt); drop --resume")
             saved = from_dict(checkpoint.load_meta(last)["config"], f"{self.out}/last.json")
-            diff = differing_keys(saved, cfg)
+            diff = [k for k in differing_keys(saved, cfg) if k not in SCORING_KEYS]
             if diff:
                 raise RunError(
                     f"{self.out}: --resume needs the run's own config; keys differ: "
                     + ", ".join(diff)
                 )
-            return saved
+            # how the weights are scored may change: a finished run is finished again
+            return saved.model_copy(update={k: getattr(cfg, k) for k in SCORING_KEYS})
         if last.exists():
             raise RunError(
                 f"{self.out} already holds a run; "
@@ -360,6 +368,7 @@ class Trainer:
             "model": self.cfg.model,
             "model_kwargs": self.cfg.model_kwargs,
             "defect_map": self.cfg.defect_map.weight > 0,
+            "flip_views": self.cfg.flip_views,
             "classes": self.classes,
             "ok_class": self.ok_class,
             "preprocess": self.spec.to_json(),
@@ -533,6 +542,10 @@ class Trainer:
         (val when there is no test split)."""
         assert self.val_inputs is not None
         model, meta = checkpoint.load_model(self.out / "best.pt", self.device)
+        if isinstance(model, DefectNet):  # a resumed run may score the views otherwise
+            model.flip_views = meta["flip_views"] = self.cfg.flip_views
+        meta["config"] = self.cfg.to_json()
+        save_config(self.cfg, self.out / "config.yaml")
         if self.cfg.anomaly.bank_size and isinstance(model, DefectNet):
             self.fill_memory(model)
             checkpoint.save(self.out / "best.pt", {"model": model.state_dict()}, meta)

@@ -23,6 +23,9 @@ from .config import TrainConfig, TrainConfigError
 
 IMAGENET_GRAY = ((0.449,), (0.226,))  # ImageNet mean/std averaged over RGB
 MAP_CHANNELS = 64
+# The views of ``flip_views``, as the image axes each mirrors: the frame, left-right, upside
+# down, both. A tile mirrored is still the same tile, with the same defects.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
 class DefectNet(nn.Module):
@@ -35,14 +38,18 @@ class DefectNet(nn.Module):
     mean and mean), so a small defect the map found weighs in the decision. ``forward``
     returns ``(class logits, map logits)``; the map is ``input / 8`` on each side.
     ``memory``, once filled from OK frames after training, scores anomalies on the stride-16
-    features.
+    features. ``flip_views`` > 1: ``outputs`` scores the frame and its mirror images
+    (``FLIPS``) as one batch and averages them; training (``forward``) sees single frames.
     """
 
     stride = 8
     top_k = 4
 
-    def __init__(self, backbone: Any, ok_index: int = 0) -> None:  # a timm model (untyped API)
-        super().__init__()
+    def __init__(self, backbone: Any, ok_index: int = 0, flip_views: int = 1) -> None:
+        super().__init__()  # backbone: a timm model (untyped API)
+        if flip_views not in (1, 2, 4):
+            raise ValueError(f"flip_views must be 1, 2 or 4 (got {flip_views})")
+        self.flip_views = flip_views
         num_classes = int(backbone.num_classes)
         backbone.reset_classifier(0)
         self.backbone = backbone
@@ -61,10 +68,20 @@ class DefectNet(nn.Module):
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What the device gets: logits, defect probability per cell, and (with a filled
-        memory) the anomaly score."""
+        memory) the anomaly score; with ``flip_views`` > 1 each averaged over the views, the
+        maps mirrored back onto the frame first."""
+        flips = FLIPS[: self.flip_views]
+        if len(flips) > 1:
+            x = torch.cat([x.flip(axes) if axes else x for axes in flips])
         logits, defect_map, f16 = self.run(x)
-        out = (logits, torch.sigmoid(defect_map))
-        return (*out, self.memory(f16)) if self.memory.ready else out
+        out: tuple[torch.Tensor, ...] = (logits, torch.sigmoid(defect_map))
+        out = (*out, self.memory(f16)) if self.memory.ready else out
+        if len(flips) == 1:
+            return out
+        # (views * N, ...) -> (views, N, ...): the batch size stays dynamic in ONNX
+        logits, maps, *score = (o.reshape(len(flips), -1, *o.shape[1:]) for o in out)
+        maps = torch.stack([maps[i].flip(a) if a else maps[i] for i, a in enumerate(flips)])
+        return tuple(o.mean(dim=0) for o in (logits, maps, *score))
 
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-16 features that ``memory`` compares (N, C, h, w)."""
@@ -167,9 +184,10 @@ def build_model(
     model_kwargs: dict[str, Any] | None = None,
     defect_map: bool = False,
     ok_index: int = 0,
+    flip_views: int = 1,
 ) -> torch.nn.Module:
     """A timm model, wrapped in a ``DefectNet`` when ``defect_map`` (``ok_index``: which of
-    the classes means OK).
+    the classes means OK; ``flip_views``: how many views its outputs average).
 
     ``pretrained``: False, True (timm hub), a named source (``pretrained_sources.NAMED``) or
     a local weights file. timm adapts the first convolution to ``in_chans`` and drops a
@@ -200,7 +218,7 @@ def build_model(
     if named:
         assert isinstance(pretrained, str)
         pretrained_sources.load_named(pretrained, name, model, in_chans)
-    return DefectNet(model, ok_index) if defect_map else model
+    return DefectNet(model, ok_index, flip_views) if defect_map else model
 
 
 def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:

@@ -16,6 +16,8 @@ from lineqc.export import data, onnx_export, quantize, runtime
 from lineqc.train import checkpoint
 from lineqc.train.model import ExportHeads
 
+from .conftest import FAST
+
 
 def test_defect_map_and_anomaly_travel_in_the_bundle(defect_bundle, defect_run) -> None:
     dataset, run = defect_run
@@ -75,3 +77,41 @@ def test_sensitivity_weighs_every_output_the_gate_checks(defect_run, tmp_path: P
     layer4 = [n for n in cal.weighted_nodes if "/layer4/" in n]
     assert any(anomaly[n] == 0 < logits[n] for n in layer4)
     assert sorted(anomaly, key=anomaly.__getitem__) != sorted(logits, key=logits.__getitem__)
+
+
+def test_flip_views_are_one_onnx_pass_in_fp32_and_int8(defect_run, keys, tmp_path: Path) -> None:
+    """A run finished with flip_views=2 exports the averaged views as its ONNX function: a
+    frame and its mirror image get the same logits, anomaly score and (mirrored) defect map
+    from the FP32 and the INT8 file, for a batch of any size, and PyTorch agrees."""
+    import shutil
+
+    import torch
+
+    from lineqc.export.pipeline import ExportOptions, export_run
+    from lineqc.train.config import load_config
+    from lineqc.train.loop import train
+
+    dataset, run = defect_run
+    again = tmp_path / "run"
+    shutil.copytree(run, again)
+    train(load_config(run / "config.yaml", ["flip_views=2"]), dataset, again, resume=True)
+    export_run(again, dataset, tmp_path / "bundle", keys[0], ExportOptions(**FAST))
+    bundle = load_bundle(tmp_path / "bundle", keys[1])
+    model, meta = checkpoint.load_model(again)
+    test = data.split_inputs(dataset, load(dataset), "test", meta, bundle.spec)
+    x = test.inputs[:5]
+    with torch.no_grad():
+        ref = ExportHeads(model)(torch.from_numpy(x))
+    for precision in ("fp32", "int8"):
+        sess = runtime.session(bundle.model_path(precision))
+        got = runtime.outputs(sess, x)
+        mirrored = runtime.outputs(sess, np.ascontiguousarray(x[..., ::-1]))
+        one = runtime.outputs(sess, x[:1])
+        for out in (mirrored, one):  # another batch, another order of views: same sums
+            rows = len(out[LOGITS])
+            np.testing.assert_allclose(out[LOGITS], got[LOGITS][:rows], atol=1e-4)
+            np.testing.assert_allclose(out[ANOMALY], got[ANOMALY][:rows], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(mirrored[DEFECT_MAP][..., ::-1], got[DEFECT_MAP], atol=1e-4)
+        if precision == "fp32":
+            np.testing.assert_allclose(got[LOGITS], ref[0].numpy(), atol=1e-4)
+            np.testing.assert_allclose(got[DEFECT_MAP], ref[1].numpy(), atol=1e-4)

@@ -53,6 +53,12 @@ def test_missing_and_bad_values_are_named(tmp_path: Path) -> None:
         load_config(write(tmp_path, BASE + "loss:\n  gamma: -1\n"))
     with pytest.raises(TrainConfigError, match="config key 'img_size'"):
         load_config(write(tmp_path, BASE.replace("32", "4")))
+    with pytest.raises(TrainConfigError, match="config key 'flip_views'"):
+        load_config(write(tmp_path, BASE + "flip_views: 3\n"))
+    with pytest.raises(TrainConfigError, match=r"flip_views > 1 needs a defect-map model"):
+        load_config(write(tmp_path, BASE + "flip_views: 2\n"))
+    views = load_config(write(tmp_path, BASE), ["flip_views=4", "defect_map.weight=1"])
+    assert views.flip_views == 4
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:

@@ -97,3 +97,33 @@ def test_defect_net_outputs_and_its_anomaly_memory() -> None:
         heads = ExportHeads(net)(torch.cat([ok[:1], x]))
     assert len(heads) == 3 and heads[1].min() >= 0 and heads[1].max() <= 1
     assert heads[2][0] < 1e-3 < heads[2][1]  # an OK frame sits on the bank; noise does not
+
+
+@pytest.mark.parametrize("views", [2, 4])
+def test_flip_views_score_a_frame_and_its_mirror_images_alike(views: int) -> None:
+    """With flip_views the device's outputs are the mean over the frame's mirror images:
+    a mirrored frame gets the same logits and anomaly score, and its defect map mirrored."""
+    from lineqc.train.model import FLIPS, ExportHeads
+
+    torch.manual_seed(0)
+    net = build_model("resnet10t", 3, 1, defect_map=True).eval()
+    x = torch.randn(3, 1, 64, 96)
+    net.memory.fill(net.memory.patches(net.patch_features(x[:1])).flatten(0, 1), size=16)
+    with torch.no_grad():
+        single = [ExportHeads(net)(x.flip(axes) if axes else x) for axes in FLIPS[:views]]
+        net.flip_views = views
+        got = ExportHeads(net)(x)
+        for axes in FLIPS[1:views]:
+            mirrored = ExportHeads(net)(x.flip(axes))
+            torch.testing.assert_close(mirrored[0], got[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(mirrored[1].flip(axes), got[1], rtol=0, atol=1e-6)
+            torch.testing.assert_close(mirrored[2], got[2], rtol=1e-5, atol=1e-5)
+    mean_logits = torch.stack([s[0] for s in single]).mean(0)
+    unflipped = [s[1].flip(a) if a else s[1] for s, a in zip(single, FLIPS[:views], strict=True)]
+    mean_map = torch.stack(unflipped).mean(0)
+    torch.testing.assert_close(got[0], mean_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[1], mean_map, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[2], torch.stack([s[2] for s in single]).mean(0))
+    assert not torch.allclose(single[0][0], single[1][0], atol=1e-3)  # the views do differ
+    training = net(x)  # training sees single frames
+    torch.testing.assert_close(training[0], single[0][0], rtol=0, atol=1e-5)

@@ -209,3 +209,40 @@ def test_calibrated_probabilities_sum_to_one(trained_run: Path) -> None:
     sums = [sum(float(v) for k, v in r.items() if k.startswith("p_")) for r in rows]
     np.testing.assert_allclose(sums, 1.0, atol=1e-4)
     assert softmax(np.zeros((1, 3)))[0, 0] == pytest.approx(1 / 3)
+
+
+def test_a_finished_run_is_finished_again_with_other_flip_views(
+    defect_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--resume`` on a finished run with another ``flip_views`` scores the same weights
+    again (temperature, metrics, report), without training; other keys are still refused."""
+    import shutil
+
+    from lineqc.train.config import load_config
+    from lineqc.train.model import DefectNet
+
+    dataset, run = defect_run
+    again = tmp_path / "run"
+    shutil.copytree(run, again)
+    cfg = load_config(run / "config.yaml", ["flip_views=4"])
+    with pytest.raises(RunError, match=r"keys differ: epochs$"):
+        train(cfg.model_copy(update={"epochs": 9}), dataset, again, resume=True)
+    args = ["--dataset", str(dataset), "--out", str(again), "--resume", "--set", "flip_views=4"]
+    assert main(["train", *args]) == 0
+
+    before, _ = checkpoint.load_model(run)
+    model, meta = checkpoint.load_model(again)
+    assert isinstance(model, DefectNet) and model.flip_views == 4 and meta["flip_views"] == 4
+    assert meta["config"]["flip_views"] == 4
+    assert yaml.safe_load((again / "config.yaml").read_text())["flip_views"] == 4
+    for name, value in before.state_dict().items():  # the same weights, not trained again
+        assert torch.equal(value, model.state_dict()[name]), name
+    old = json.loads((run / "metrics.json").read_text())
+    new = json.loads((again / "metrics.json").read_text())
+    assert new["split"] == old["split"] and new["support"] == old["support"]
+    assert new["temperature"] != old["temperature"]  # fitted again, on the views' logits
+    with open(again / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == new["support"]["images"]
+    assert "Scoring: each frame once." in (run / "model_card.md").read_text()
+    assert "4 views in one batch" in (again / "model_card.md").read_text()
