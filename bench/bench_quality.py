@@ -105,16 +105,15 @@ def run_fold(
         print(f"reusing {done}", file=sys.stderr)
         return Fold(previous)
     run_dir = out / "run"
+    cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
     if rejudge and _same_training(previous, cache_key) and (run_dir / "best.pt").is_file():
         train_wall, train_cpu = previous["train_wall_s"], previous["train_cpu_s"]
         trained_at = previous.get("trained_at", previous["cache_key"]["commit"])
         print(f"rejudging the model trained at commit {trained_at}", file=sys.stderr)
-        cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
         scored = checkpoint.load_meta(run_dir / "best.pt")["config"]
         if any(scored.get(k) != getattr(cfg, k) for k in SCORING_KEYS):
             train(cfg, view, run_dir, resume=True)  # the same weights, scored otherwise
     else:
-        cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a fold cut short: train it again
         wall, cpu = time.perf_counter(), cpu_seconds()
