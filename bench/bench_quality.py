@@ -12,15 +12,15 @@ saw it. Figures carry 95% bootstrap intervals resampling parts, and their suppor
         [--out runs/bench-quality] [--reuse | --rejudge] [--json]
 
 ``--folds 1`` is a quick look: one part-grouped train/val/test split. ``--reuse`` keeps a
-fold already computed with the same recipe file, dataset, folds, seed and code commit;
-``--rejudge`` keeps each fold's trained model (any commit) and exports and judges it again.
+fold already computed with the same resolved config (recipe and ``--set`` overrides),
+dataset, folds, seed and code commit; ``--rejudge`` keeps each fold's trained model (any
+commit) and exports and judges it again.
 Written to ``--out``: ``quality.json`` and ``quality.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import resource
 import shutil
@@ -41,7 +41,7 @@ from lineqc.edge.signing import generate_keys
 from lineqc.export.judge import decide_records
 from lineqc.export.pipeline import ExportOptions, export_run
 from lineqc.train import checkpoint
-from lineqc.train.config import SCORING_KEYS, load_config
+from lineqc.train.config import SCORING_KEYS, TrainConfig, load_config
 from lineqc.train.crossval import LEFT_OUT, FoldPredictions, fold_views, pooled
 from lineqc.train.intervals import cluster_ids, fmt_ci, intervals, parts_of
 from lineqc.train.loop import train
@@ -86,8 +86,7 @@ class Fold:
 
 
 def run_fold(
-    recipe: Path,
-    overrides: list[str],
+    cfg: TrainConfig,
     view: Path,
     out: Path,
     key: Path,
@@ -96,16 +95,15 @@ def run_fold(
     rejudge: bool = False,
 ) -> Fold:
     """Train, export and judge one fold; its figures go to ``out/fold.json``. ``reuse``: a
-    fold computed with the same cache key is kept. ``rejudge``: a model trained by the same
-    recipe on the same data (any commit; overrides of ``SCORING_KEYS`` aside) is exported
-    and judged again without training, finished again first where those keys differ."""
+    fold computed with the same cache key is kept. ``rejudge``: a model trained with the same
+    config on the same data (any commit; ``SCORING_KEYS`` aside) is exported and judged
+    again without training, finished again first where those keys differ."""
     done = out / "fold.json"
     previous = json.loads(done.read_text()) if done.exists() else {}
     if reuse and previous.get("cache_key") == cache_key:
         print(f"reusing {done}", file=sys.stderr)
         return Fold(previous)
     run_dir = out / "run"
-    cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
     if rejudge and _same_training(previous, cache_key) and (run_dir / "best.pt").is_file():
         train_wall, train_cpu = previous["train_wall_s"], previous["train_cpu_s"]
         trained_at = previous.get("trained_at", previous["cache_key"]["commit"])
@@ -166,17 +164,25 @@ def run_fold(
     return Fold(doc)
 
 
+def fold_cache_key(cfg: TrainConfig, base_key: dict[str, Any]) -> dict[str, Any]:
+    """What a fold's figures depend on: the data, folds and seed, the code commit, and the
+    resolved training config (a recipe's comments or the way an override is spelt aside;
+    tracking is not training)."""
+    config = {k: v for k, v in cfg.to_json().items() if k != "tracking"}
+    return {**base_key, "config": config}
+
+
 def _same_training(previous: dict[str, Any], cache_key: dict[str, Any]) -> bool:
-    """Whether a fold's stored model came from the same recipe, data, folds and seed (how it
-    is scored, ``SCORING_KEYS``, aside)."""
+    """Whether a fold's stored model came from the same config, data, folds and seed (any
+    commit; how it is scored, ``SCORING_KEYS``, aside). Folds stored before the config was
+    the key (a recipe hash and override strings) never match: they are trained again."""
     before = previous.get("cache_key") or {}
 
     def training(key: dict[str, Any]) -> dict[str, Any]:
-        kept = key.get("overrides", [])
-        overrides = [o for o in kept if o.split("=")[0].strip() not in SCORING_KEYS]
-        return {**key, "commit": None, "overrides": overrides}
+        config = {k: v for k, v in key["config"].items() if k not in SCORING_KEYS}
+        return {**key, "commit": None, "config": config}
 
-    return bool(before) and training(before) == training(cache_key)
+    return "config" in before and training(before) == training(cache_key)
 
 
 def judge(bundle: Bundle, precision: str, view: Path, records: list[Record]) -> dict[str, Any]:
@@ -202,17 +208,13 @@ def evaluate_recipe(
     reuse: bool = False,
     rejudge: bool = False,
 ) -> dict[str, Any]:
-    text = recipe.read_text()
-    cache_key = {
-        **base_key,
-        "recipe": hashlib.sha256(text.encode()).hexdigest(),
-        "overrides": overrides,
-    }
+    cfg = load_config(recipe, [*overrides, "tracking.mlflow=false"])
+    cache_key = fold_cache_key(cfg, base_key)
     folds = []
     for f, view in enumerate(views):
         print(f"== {name}: fold {f + 1}/{len(views)} ({recipe})", file=sys.stderr)
         fold_out = out / name / f"fold{f}"
-        folds.append(run_fold(recipe, overrides, view, fold_out, key, cache_key, reuse, rejudge))
+        folds.append(run_fold(cfg, view, fold_out, key, cache_key, reuse, rejudge))
     records = {r.id: r for r in load(views[0])}
     classes, ok_class = folds[0].doc["classes"], folds[0].doc["ok_class"]
     ok_index = classes.index(ok_class)
@@ -404,7 +406,7 @@ def main() -> int:
     parser.add_argument(
         "--rejudge",
         action="store_true",
-        help="keep each fold's trained model (same recipe, data, folds and seed, any commit) "
+        help="keep each fold's trained model (same config, data, folds and seed, any commit) "
         "and export and judge it again with this code: for changes to the export or the "
         "decision policy",
     )
