@@ -88,6 +88,7 @@ def load_model(
         defect_map=bool(meta.get("defect_map")),
         ok_index=list(meta["classes"]).index(meta["ok_class"]),
         flip_views=int(meta.get("flip_views", 1)),
+        defect_score=str(meta.get("defect_score", "head")),
     )
     state = load_state(path, device)
     bank = state["model"].get("memory.bank")

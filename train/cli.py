@@ -17,7 +17,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="continue the killed run in --out from its last checkpoint; a finished run is "
-        "finished again, e.g. to score it with other --set flip_views",
+        "finished again, to score it with other --set flip_views or defect_score",
     )
     parser.set_defaults(func=run)
 

@@ -147,6 +147,10 @@ class TrainConfig(_Strict):
     # per-epoch validation see single frames; the final evaluation and the bundle score the
     # views. Needs a defect map (``defect_map.weight`` > 0).
     flip_views: Literal[1, 2, 4] = 1
+    # Where the scored defect logit comes from: "head" (the class head, reading the pooled
+    # features and the map's evidence) or "map" (the defect map's maximum alone). Training
+    # is the same either way. Needs a defect map for "map".
+    defect_score: Literal["head", "map"] = "head"
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -168,9 +172,13 @@ class TrainConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _flips_need_a_defect_net(self) -> TrainConfig:
-        if self.flip_views > 1 and self.defect_map.weight <= 0:
+    def _scoring_needs_a_defect_net(self) -> TrainConfig:
+        if self.defect_map.weight > 0:
+            return self
+        if self.flip_views > 1:
             raise ValueError("flip_views > 1 needs a defect-map model (defect_map.weight > 0)")
+        if self.defect_score == "map":
+            raise ValueError("defect_score 'map' needs a defect-map model (defect_map.weight > 0)")
         return self
 
     @property
@@ -259,7 +267,7 @@ def _flat(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Keys that change how the trained weights are scored, not the weights: a finished run can be
 # finished again with other values (``train --resume``), without training it again.
-SCORING_KEYS = ("flip_views",)
+SCORING_KEYS = ("flip_views", "defect_score")
 
 
 def differing_keys(a: TrainConfig, b: TrainConfig) -> list[str]:

@@ -368,7 +368,7 @@ class Trainer:
             "model": self.cfg.model,
             "model_kwargs": self.cfg.model_kwargs,
             "defect_map": self.cfg.defect_map.weight > 0,
-            "flip_views": self.cfg.flip_views,
+            **{key: getattr(self.cfg, key) for key in SCORING_KEYS},
             "classes": self.classes,
             "ok_class": self.ok_class,
             "preprocess": self.spec.to_json(),
@@ -542,8 +542,10 @@ class Trainer:
         (val when there is no test split)."""
         assert self.val_inputs is not None
         model, meta = checkpoint.load_model(self.out / "best.pt", self.device)
-        if isinstance(model, DefectNet):  # a resumed run may score the views otherwise
-            model.flip_views = meta["flip_views"] = self.cfg.flip_views
+        if isinstance(model, DefectNet):  # a resumed run may score its weights otherwise
+            for key in SCORING_KEYS:
+                setattr(model, key, getattr(self.cfg, key))
+                meta[key] = getattr(self.cfg, key)
         meta["config"] = self.cfg.to_json()
         save_config(self.cfg, self.out / "config.yaml")
         if self.cfg.anomaly.bank_size and isinstance(model, DefectNet):

@@ -26,6 +26,9 @@ MAP_CHANNELS = 64
 # The views of ``flip_views``, as the image axes each mirrors: the frame, left-right, upside
 # down, both. A tile mirrored is still the same tile, with the same defects.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+# Where a DefectNet's defect logit comes from when it scores (``outputs``): the class head,
+# which reads the pooled features and the map's evidence, or the map's maximum alone.
+DEFECT_SCORES = ("head", "map")
 
 
 class DefectNet(nn.Module):
@@ -45,11 +48,16 @@ class DefectNet(nn.Module):
     stride = 8
     top_k = 4
 
-    def __init__(self, backbone: Any, ok_index: int = 0, flip_views: int = 1) -> None:
+    def __init__(
+        self, backbone: Any, ok_index: int = 0, flip_views: int = 1, defect_score: str = "head"
+    ) -> None:
         super().__init__()  # backbone: a timm model (untyped API)
         if flip_views not in (1, 2, 4):
             raise ValueError(f"flip_views must be 1, 2 or 4 (got {flip_views})")
+        if defect_score not in DEFECT_SCORES:
+            raise ValueError(f"defect_score must be one of {DEFECT_SCORES} (got {defect_score!r})")
         self.flip_views = flip_views
+        self.defect_score = defect_score
         num_classes = int(backbone.num_classes)
         backbone.reset_classifier(0)
         self.backbone = backbone
@@ -69,11 +77,12 @@ class DefectNet(nn.Module):
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What the device gets: logits, defect probability per cell, and (with a filled
         memory) the anomaly score; with ``flip_views`` > 1 each averaged over the views, the
-        maps mirrored back onto the frame first."""
+        maps mirrored back onto the frame first. ``defect_score`` "map": the defect logit is
+        the map's maximum."""
         flips = FLIPS[: self.flip_views]
         if len(flips) > 1:
             x = torch.cat([x.flip(axes) if axes else x for axes in flips])
-        logits, defect_map, f16 = self.run(x)
+        logits, defect_map, f16 = self.run(x, defect_from_map=self.defect_score == "map")
         out: tuple[torch.Tensor, ...] = (logits, torch.sigmoid(defect_map))
         out = (*out, self.memory(f16)) if self.memory.ready else out
         if len(flips) == 1:
@@ -87,7 +96,9 @@ class DefectNet(nn.Module):
         """The stride-16 features that ``memory`` compares (N, C, h, w)."""
         return self.run(x)[2]
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run(
+        self, x: torch.Tensor, defect_from_map: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         final, (f8, f16) = self.backbone.forward_intermediates(
             x, indices=self.indices, intermediates_only=False
         )
@@ -102,7 +113,8 @@ class DefectNet(nn.Module):
             dim=1,
         )
         pooled = self.backbone.forward_head(final)
-        return self.head(torch.cat([pooled, evidence], dim=1)), defect_map, f16
+        defect = evidence[:, :1] if defect_from_map else None
+        return self.head(torch.cat([pooled, evidence], dim=1), defect), defect_map, f16
 
 
 class MapHead(nn.Module):
@@ -148,8 +160,9 @@ class DefectHead(nn.Module):
             self.defect.weight.zero_()
             self.defect.weight[0, features - 3] = 1.0  # the map's maximum
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        d = self.defect(h)
+    def forward(self, h: torch.Tensor, defect: torch.Tensor | None = None) -> torch.Tensor:
+        """``defect``: a defect logit (N x 1) to use instead of the learnt one."""
+        d = self.defect(h) if defect is None else defect
         defects = F.logsigmoid(d) + F.log_softmax(self.kind(h), dim=1)
         i = self.ok_index
         return torch.cat([defects[:, :i], F.logsigmoid(-d), defects[:, i:]], dim=1)
@@ -185,9 +198,11 @@ def build_model(
     defect_map: bool = False,
     ok_index: int = 0,
     flip_views: int = 1,
+    defect_score: str = "head",
 ) -> torch.nn.Module:
     """A timm model, wrapped in a ``DefectNet`` when ``defect_map`` (``ok_index``: which of
-    the classes means OK; ``flip_views``: how many views its outputs average).
+    the classes means OK; ``flip_views``: how many views its outputs average;
+    ``defect_score``: where its scored defect logit comes from).
 
     ``pretrained``: False, True (timm hub), a named source (``pretrained_sources.NAMED``) or
     a local weights file. timm adapts the first convolution to ``in_chans`` and drops a
@@ -218,7 +233,7 @@ def build_model(
     if named:
         assert isinstance(pretrained, str)
         pretrained_sources.load_named(pretrained, name, model, in_chans)
-    return DefectNet(model, ok_index, flip_views) if defect_map else model
+    return DefectNet(model, ok_index, flip_views, defect_score) if defect_map else model
 
 
 def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:

@@ -339,13 +339,18 @@ def loss_text(cfg: dict[str, Any]) -> str:
     return "cross-entropy" + (f" with label smoothing {smoothing:g}" if smoothing else "")
 
 
-def views_text(views: int) -> str:
-    if views == 1:
-        return "each frame once."
-    return (
-        f"each frame and its mirror images, {views} views in one batch, outputs averaged "
-        "(`flip_views`; inside the ONNX model, so the device needs nothing else)."
+def scoring_text(meta: dict[str, Any]) -> str:
+    """How the model scores a frame (``SCORING_KEYS``), for the model card."""
+    views = int(meta.get("flip_views", 1))
+    text = (
+        "each frame once"
+        if views == 1
+        else f"each frame and its mirror images, {views} views in one batch, outputs averaged "
+        "(`flip_views`)"
     )
+    if meta.get("defect_score", "head") == "map":
+        text += "; p(defect) from the defect map's maximum cell (`defect_score: map`)"
+    return text + ". Inside the ONNX model: the device needs nothing else."
 
 
 def model_card(m: dict[str, Any], run_info: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -365,7 +370,7 @@ def model_card(m: dict[str, Any], run_info: dict[str, Any], meta: dict[str, Any]
   {spec["height"]}x{spec["width"]} px, trained {origin}.
 - Classes: {", ".join(m["classes"])}; the OK class is `{m["ok_class"]}`.
 - Preprocessing: `lineqc.edge.preprocess` with {spec} (the device runs the same function).
-- Scoring: {views_text(meta.get("flip_views", 1))}
+- Scoring: {scoring_text(meta)}
 - Loss: {loss_text(cfg)}. {LOSS_CHOICE}
 - Calibration: temperature {m["temperature"]:.3f}, fitted on the validation split.
 - Run: `{run_info.get("run_id")}`, git commit `{git.get("commit")}`{dirty},

@@ -79,10 +79,11 @@ def test_sensitivity_weighs_every_output_the_gate_checks(defect_run, tmp_path: P
     assert sorted(anomaly, key=anomaly.__getitem__) != sorted(logits, key=logits.__getitem__)
 
 
-def test_flip_views_are_one_onnx_pass_in_fp32_and_int8(defect_run, keys, tmp_path: Path) -> None:
-    """A run finished with flip_views=2 exports the averaged views as its ONNX function: a
-    frame and its mirror image get the same logits, anomaly score and (mirrored) defect map
-    from the FP32 and the INT8 file, for a batch of any size, and PyTorch agrees."""
+def test_scoring_keys_are_one_onnx_pass_in_fp32_and_int8(defect_run, keys, tmp_path: Path) -> None:
+    """A run finished with flip_views=2 and defect_score=map exports the averaged views, with
+    p(defect) from the map, as its ONNX function: a frame and its mirror image get the same
+    logits, anomaly score and (mirrored) defect map from the FP32 and the INT8 file, for a
+    batch of any size, and PyTorch agrees."""
     import shutil
 
     import torch
@@ -94,10 +95,12 @@ def test_flip_views_are_one_onnx_pass_in_fp32_and_int8(defect_run, keys, tmp_pat
     dataset, run = defect_run
     again = tmp_path / "run"
     shutil.copytree(run, again)
-    train(load_config(run / "config.yaml", ["flip_views=2"]), dataset, again, resume=True)
+    scoring = ["flip_views=2", "defect_score=map"]
+    train(load_config(run / "config.yaml", scoring), dataset, again, resume=True)
     export_run(again, dataset, tmp_path / "bundle", keys[0], ExportOptions(**FAST))
     bundle = load_bundle(tmp_path / "bundle", keys[1])
     model, meta = checkpoint.load_model(again)
+    assert meta["flip_views"] == 2 and meta["defect_score"] == "map"
     test = data.split_inputs(dataset, load(dataset), "test", meta, bundle.spec)
     x = test.inputs[:5]
     with torch.no_grad():

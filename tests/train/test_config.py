@@ -59,6 +59,12 @@ def test_missing_and_bad_values_are_named(tmp_path: Path) -> None:
         load_config(write(tmp_path, BASE + "flip_views: 2\n"))
     views = load_config(write(tmp_path, BASE), ["flip_views=4", "defect_map.weight=1"])
     assert views.flip_views == 4
+    with pytest.raises(TrainConfigError, match="config key 'defect_score'"):
+        load_config(write(tmp_path, BASE + "defect_score: pooled\n"))
+    with pytest.raises(TrainConfigError, match=r"defect_score 'map' needs a defect-map model"):
+        load_config(write(tmp_path, BASE + "defect_score: map\n"))
+    scored = load_config(write(tmp_path, BASE), ["defect_score=map", "defect_map.weight=1"])
+    assert scored.defect_score == "map"
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:

@@ -127,3 +127,34 @@ def test_flip_views_score_a_frame_and_its_mirror_images_alike(views: int) -> Non
     assert not torch.allclose(single[0][0], single[1][0], atol=1e-3)  # the views do differ
     training = net(x)  # training sees single frames
     torch.testing.assert_close(training[0], single[0][0], rtol=0, atol=1e-5)
+
+
+def test_defect_score_map_takes_p_defect_from_the_maps_maximum() -> None:
+    """``defect_score: map``: the scored p(defect) is sigmoid(the map's largest logit), the
+    defect classes share it as the class head's kind split says, and training (``forward``)
+    and the weights stay as they were."""
+    from lineqc.train.model import DefectNet, ExportHeads
+
+    torch.manual_seed(0)
+    net = build_model("resnet10t", 3, 1, defect_map=True, ok_index=1).eval()
+    assert isinstance(net, DefectNet)
+    with torch.no_grad():
+        net.head.defect.weight.normal_()  # a head that learnt more than the map's maximum
+        x = torch.randn(4, 1, 64, 96)
+        head_logits, head_map = ExportHeads(net)(x)
+        net.defect_score = "map"
+        logits, defect_map = ExportHeads(net)(x)
+        trained_logits, map_logits = net(x)
+    torch.testing.assert_close(defect_map, head_map)
+    p_defect = 1.0 - logits.softmax(dim=1)[:, 1]
+    expected = torch.sigmoid(map_logits.flatten(1).max(dim=1).values)
+    torch.testing.assert_close(p_defect, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(trained_logits, head_logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(logits, head_logits, atol=1e-3)  # the head's own score differs
+    kinds = logits.softmax(dim=1)[:, [0, 2]]  # the defect classes split p(defect) alike
+    head_kinds = head_logits.softmax(dim=1)[:, [0, 2]]
+    torch.testing.assert_close(
+        kinds / kinds.sum(1, keepdim=True), head_kinds / head_kinds.sum(1, keepdim=True)
+    )
+    with pytest.raises(ValueError, match="defect_score must be one of"):
+        build_model("resnet10t", 3, 1, defect_map=True, defect_score="pooled")

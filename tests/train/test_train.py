@@ -211,11 +211,12 @@ def test_calibrated_probabilities_sum_to_one(trained_run: Path) -> None:
     assert softmax(np.zeros((1, 3)))[0, 0] == pytest.approx(1 / 3)
 
 
-def test_a_finished_run_is_finished_again_with_other_flip_views(
+def test_a_finished_run_is_finished_again_with_other_scoring_keys(
     defect_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """``--resume`` on a finished run with another ``flip_views`` scores the same weights
-    again (temperature, metrics, report), without training; other keys are still refused."""
+    """``--resume`` on a finished run with another ``flip_views`` and ``defect_score`` scores
+    the same weights again (temperature, metrics, report), without training; other keys are
+    still refused."""
     import shutil
 
     from lineqc.train.config import load_config
@@ -227,14 +228,16 @@ def test_a_finished_run_is_finished_again_with_other_flip_views(
     cfg = load_config(run / "config.yaml", ["flip_views=4"])
     with pytest.raises(RunError, match=r"keys differ: epochs$"):
         train(cfg.model_copy(update={"epochs": 9}), dataset, again, resume=True)
-    args = ["--dataset", str(dataset), "--out", str(again), "--resume", "--set", "flip_views=4"]
-    assert main(["train", *args]) == 0
+    args = ["--dataset", str(dataset), "--out", str(again), "--resume"]
+    assert main(["train", *args, "--set", "flip_views=4", "--set", "defect_score=map"]) == 0
 
     before, _ = checkpoint.load_model(run)
     model, meta = checkpoint.load_model(again)
     assert isinstance(model, DefectNet) and model.flip_views == 4 and meta["flip_views"] == 4
-    assert meta["config"]["flip_views"] == 4
-    assert yaml.safe_load((again / "config.yaml").read_text())["flip_views"] == 4
+    assert model.defect_score == "map" and meta["defect_score"] == "map"
+    assert meta["config"]["flip_views"] == 4 and meta["config"]["defect_score"] == "map"
+    saved = yaml.safe_load((again / "config.yaml").read_text())
+    assert saved["flip_views"] == 4 and saved["defect_score"] == "map"
     for name, value in before.state_dict().items():  # the same weights, not trained again
         assert torch.equal(value, model.state_dict()[name]), name
     old = json.loads((run / "metrics.json").read_text())
@@ -245,4 +248,5 @@ def test_a_finished_run_is_finished_again_with_other_flip_views(
         rows = list(csv.DictReader(f))
     assert len(rows) == new["support"]["images"]
     assert "Scoring: each frame once." in (run / "model_card.md").read_text()
-    assert "4 views in one batch" in (again / "model_card.md").read_text()
+    card = (again / "model_card.md").read_text()
+    assert "4 views in one batch" in card and "defect map's maximum" in card
