@@ -109,7 +109,7 @@ def run_fold(
         trained_at = previous.get("trained_at", previous["cache_key"]["commit"])
         print(f"rejudging the model trained at commit {trained_at}", file=sys.stderr)
         scored = checkpoint.load_meta(run_dir / "best.pt")["config"]
-        if any(scored.get(k) != getattr(cfg, k) for k in SCORING_KEYS):
+        if any(scored.get(k) != v for k, v in cfg.scoring.items()):
             train(cfg, view, run_dir, resume=True)  # the same weights, scored otherwise
     else:
         if run_dir.exists():

@@ -182,6 +182,11 @@ class TrainConfig(_Strict):
         return self
 
     @property
+    def scoring(self) -> dict[str, Any]:
+        """The values of ``SCORING_KEYS``: how the trained weights are scored."""
+        return {key: getattr(self, key) for key in SCORING_KEYS}
+
+    @property
     def size_hw(self) -> tuple[int, int]:
         return (self.img_size, self.img_size) if isinstance(self.img_size, int) else self.img_size
 

@@ -121,7 +121,7 @@ class Trainer:
                     + ", ".join(diff)
                 )
             # how the weights are scored may change: a finished run is finished again
-            return saved.model_copy(update={k: getattr(cfg, k) for k in SCORING_KEYS})
+            return saved.model_copy(update=cfg.scoring)
         if last.exists():
             raise RunError(
                 f"{self.out} already holds a run; "
@@ -368,7 +368,7 @@ class Trainer:
             "model": self.cfg.model,
             "model_kwargs": self.cfg.model_kwargs,
             "defect_map": self.cfg.defect_map.weight > 0,
-            **{key: getattr(self.cfg, key) for key in SCORING_KEYS},
+            **self.cfg.scoring,
             "classes": self.classes,
             "ok_class": self.ok_class,
             "preprocess": self.spec.to_json(),
@@ -543,9 +543,9 @@ class Trainer:
         assert self.val_inputs is not None
         model, meta = checkpoint.load_model(self.out / "best.pt", self.device)
         if isinstance(model, DefectNet):  # a resumed run may score its weights otherwise
-            for key in SCORING_KEYS:
-                setattr(model, key, getattr(self.cfg, key))
-                meta[key] = getattr(self.cfg, key)
+            for key, value in self.cfg.scoring.items():
+                setattr(model, key, value)
+            meta.update(self.cfg.scoring)
         meta["config"] = self.cfg.to_json()
         save_config(self.cfg, self.out / "config.yaml")
         if self.cfg.anomaly.bank_size and isinstance(model, DefectNet):
