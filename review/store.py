@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -337,11 +338,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     # WAL lets the web app read while the collector writes; FULL syncs each commit, so a
     # frame acknowledged to the broker survives a power cut.
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    _switch_to_wal(cur)
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+def _switch_to_wal(cur: Any, tries: int = 500) -> None:
+    # Switching a new file to WAL can answer "database is locked" at once, without the busy
+    # handler, while another process switches it too (two commands opening a new database
+    # together); the mode persists in the file, so retrying until one of them has done it ends.
+    for attempt in range(tries):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.02)
 
 
 def connect(db: str) -> Engine:
