@@ -41,7 +41,13 @@ from lineqc.edge.signing import generate_keys
 from lineqc.export.judge import decide_records
 from lineqc.export.pipeline import ExportOptions, export_run
 from lineqc.train import checkpoint
-from lineqc.train.config import SCORING_KEYS, TrainConfig, load_config
+from lineqc.train.config import (
+    SCORING_KEYS,
+    TrainConfig,
+    TrainConfigError,
+    from_dict,
+    load_config,
+)
 from lineqc.train.crossval import LEFT_OUT, FoldPredictions, fold_views, pooled
 from lineqc.train.intervals import cluster_ids, fmt_ci, intervals, parts_of
 from lineqc.train.loop import train
@@ -100,7 +106,7 @@ def run_fold(
     again without training, finished again first where those keys differ."""
     done = out / "fold.json"
     previous = json.loads(done.read_text()) if done.exists() else {}
-    if reuse and previous.get("cache_key") == cache_key:
+    if reuse and stored_key(previous) == cache_key:
         print(f"reusing {done}", file=sys.stderr)
         return Fold(previous)
     run_dir = out / "run"
@@ -172,17 +178,32 @@ def fold_cache_key(cfg: TrainConfig, base_key: dict[str, Any]) -> dict[str, Any]
     return {**base_key, "config": config}
 
 
+def stored_key(previous: dict[str, Any]) -> dict[str, Any] | None:
+    """A fold's stored cache key with its config read by today's ``TrainConfig``: a key
+    added since reads as its default, which is how the fold trained (a new key's default
+    keeps the old behaviour), so a new knob does not throw every cached fold away. None: no
+    key, a key from before the config was the key (a recipe hash and override strings), or
+    a config today's code cannot read (a key removed or renamed): trained again."""
+    before = previous.get("cache_key") or {}
+    if "config" not in before:
+        return None
+    try:
+        cfg = from_dict(before["config"])
+    except TrainConfigError:
+        return None
+    return fold_cache_key(cfg, {k: v for k, v in before.items() if k != "config"})
+
+
 def _same_training(previous: dict[str, Any], cache_key: dict[str, Any]) -> bool:
     """Whether a fold's stored model came from the same config, data, folds and seed (any
-    commit; how it is scored, ``SCORING_KEYS``, aside). Folds stored before the config was
-    the key (a recipe hash and override strings) never match: they are trained again."""
-    before = previous.get("cache_key") or {}
+    commit; how it is scored, ``SCORING_KEYS``, aside)."""
+    before = stored_key(previous)
 
     def training(key: dict[str, Any]) -> dict[str, Any]:
         config = {k: v for k, v in key["config"].items() if k not in SCORING_KEYS}
         return {**key, "commit": None, "config": config}
 
-    return "config" in before and training(before) == training(cache_key)
+    return before is not None and training(before) == training(cache_key)
 
 
 def judge(bundle: Bundle, precision: str, view: Path, records: list[Record]) -> dict[str, Any]:
