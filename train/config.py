@@ -92,9 +92,6 @@ class DefectMapConfig(_Strict):
 
     weight: float = Field(default=0.0, ge=0)  # 0: no head; else the map loss's weight
     pos_weight: float = Field(default=10.0, gt=0)  # BCE weight of defect pixels (rare)
-    # Weight of a per-image loss on the map's largest cell against "has a defect", on every
-    # frame (masked or not): what ``defect_score: map`` scores, trained as such; 0: none.
-    image_weight: float = Field(default=0.0, ge=0)
 
 
 class AnomalyConfig(_Strict):
@@ -175,17 +172,13 @@ class TrainConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _map_keys_need_a_defect_net(self) -> TrainConfig:
+    def _scoring_needs_a_defect_net(self) -> TrainConfig:
         if self.defect_map.weight > 0:
             return self
         if self.flip_views > 1:
             raise ValueError("flip_views > 1 needs a defect-map model (defect_map.weight > 0)")
         if self.defect_score == "map":
             raise ValueError("defect_score 'map' needs a defect-map model (defect_map.weight > 0)")
-        if self.defect_map.image_weight > 0:
-            raise ValueError(
-                "defect_map.image_weight needs a defect-map model (defect_map.weight > 0)"
-            )
         return self
 
     @property

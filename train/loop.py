@@ -51,7 +51,7 @@ from .evaluate import (
     tensor_batches,
 )
 from .intervals import parts_of
-from .losses import build_loss, map_loss, max_cell_loss
+from .losses import build_loss, map_loss
 from .metrics import anomaly_figures, evaluate, summary
 from .model import DefectNet, build_model, class_logits, preprocess_spec
 from .optim import freeze, lr_factor, param_groups
@@ -303,10 +303,6 @@ class Trainer:
                         target_weight.to(self.device, dtype=torch.float32),
                         cfg.defect_map.pos_weight,
                     )
-                    if cfg.defect_map.image_weight:
-                        loss = loss + cfg.defect_map.image_weight * max_cell_loss(
-                            out[1], y != self.ok_index
-                        )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.optim.grad_clip:

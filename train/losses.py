@@ -88,11 +88,3 @@ def map_loss(
     )
     per_image = per_cell.flatten(1).mean(1)
     return (per_image * weight).sum() / weight.sum()
-
-
-def max_cell_loss(logits: torch.Tensor, defective: torch.Tensor) -> torch.Tensor:
-    """BCE of each image's largest defect-map logit against whether it has a defect (1) or
-    not (0): a single hot cell on an OK part costs as much as a missed defect, where the
-    per-cell loss spreads it over every cell of the image."""
-    top = logits.float().flatten(1).max(dim=1).values
-    return F.binary_cross_entropy_with_logits(top, defective.float())

@@ -60,12 +60,12 @@ def test_a_key_added_since_a_fold_was_stored_reads_as_its_default() -> None:
     today = _key(bench)
     before = {**today, "config": {**today["config"]}}
     before["config"]["defect_map"] = {
-        k: v for k, v in today["config"]["defect_map"].items() if k != "image_weight"
-    }  # stored before defect_map.image_weight existed
+        k: v for k, v in today["config"]["defect_map"].items() if k != "pos_weight"
+    }  # as if stored before defect_map.pos_weight existed
     stored = {"cache_key": before}
     assert bench.stored_key(stored) == today  # --reuse keeps it
     assert bench._same_training(stored, today)  # --rejudge too
-    assert not bench._same_training(stored, _key(bench, "defect_map.image_weight=1"))
+    assert not bench._same_training(stored, _key(bench, "defect_map.pos_weight=5"))
     # a key today's config does not know (removed or renamed) cannot be read: trained again
     renamed = {"cache_key": {**today, "config": {**today["config"], "epoch": 3}}}
     assert bench.stored_key(renamed) is None

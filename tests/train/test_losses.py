@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lineqc.train.config import LossConfig, TrainConfigError
-from lineqc.train.losses import FocalLoss, balanced_weights, build_loss, map_loss, max_cell_loss
+from lineqc.train.losses import FocalLoss, balanced_weights, build_loss
 
 
 def test_focal_matches_hand_computed_reference() -> None:
@@ -76,21 +76,3 @@ def test_build_loss_variants() -> None:
         build_loss(LossConfig(class_weights=[1.0, 1.0, 1.0]), counts)
     with pytest.raises(TrainConfigError, match="label_smoothing"):
         build_loss(LossConfig(name="focal", label_smoothing=0.1), counts)
-
-
-def test_max_cell_loss_scores_each_images_hottest_cell_against_its_label() -> None:
-    logits = torch.full((2, 1, 16, 16), -5.0, requires_grad=True)
-    with torch.no_grad():
-        logits[0, 0, 3, 7] = 3.0  # an OK part with one hot cell
-        logits[1, 0, 9, 2] = 1.0  # a defect part, found weakly
-    loss = max_cell_loss(logits, torch.tensor([False, True]))
-    expected = -(math.log(1 - 1 / (1 + math.exp(-3.0))) + math.log(1 / (1 + math.exp(-1.0)))) / 2
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
-    loss.backward()
-    assert logits.grad is not None
-    hot = logits.grad[:, 0] != 0
-    assert hot.sum() == 2 and hot[0, 3, 7] and hot[1, 9, 2]  # only the scored cells learn
-    # the per-cell loss spreads the OK part's hot cell over its 256 cells
-    ok = logits[:1].detach()
-    per_cell = map_loss(ok, torch.zeros_like(ok), torch.ones(1), pos_weight=10.0)
-    assert max_cell_loss(ok, torch.tensor([False])) > 50 * per_cell
