@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from lineqc.train.config import load_config
+from lineqc.train.config import DefectMapConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "train" / "configs" / "default.yaml"
@@ -58,6 +58,8 @@ def test_rejudge_keeps_a_model_only_for_the_same_training() -> None:
 def test_a_key_added_since_a_fold_was_stored_reads_as_its_default() -> None:
     bench = _bench()
     today = _key(bench)
+    # the recipe keeps pos_weight's default, so a fold stored without the key reads as today's
+    assert today["config"]["defect_map"]["pos_weight"] == DefectMapConfig().pos_weight
     before = {**today, "config": {**today["config"]}}
     before["config"]["defect_map"] = {
         k: v for k, v in today["config"]["defect_map"].items() if k != "pos_weight"
