@@ -8,13 +8,10 @@ The steps, in order: colour to the model's channels; orientation (``orient``: ``
 turns a frame taller than wide a quarter turn clockwise, so that a wide input holds every
 tile, tall or wide, at the larger scale); geometry (``resize``: ``stretch``
 squashes the frame to the input size, ``letterbox`` scales it to fit with its aspect kept
-and pads the rest, so a thin crack on a 2:1 tile stays as thin as it is; ``margin`` keeps
-that many input pixels of padding on every side, and ``pad`` fills the padding with the mean
-or with the frame mirrored at its edges, so that a defect on the frame's border lies inside
-the input with the tile's texture around it, not against a flat band); illumination
-correction of the frame's pixels (``illumination``: ``clahe``, local histogram equalisation,
-or ``flatfield``, division by a heavily blurred copy, which takes out the lighting's
-brightness and gradients); normalisation by mean and std; padding. ``placement``
+and pads the rest with the mean, so a thin crack on a 2:1 tile stays as thin as it is);
+illumination correction of the frame's pixels (``illumination``: ``clahe``, local
+histogram equalisation, or ``flatfield``, division by a heavily blurred copy, which takes
+out the lighting's brightness and gradients); normalisation by mean and std. ``placement``
 gives the geometry alone, so that masks and defect maps map between frame and input.
 """
 
@@ -29,7 +26,6 @@ import numpy as np
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 RESIZES = ("stretch", "letterbox")
-PADS = ("mean", "mirror")
 ORIENTS = ("keep", "landscape")
 ILLUMINATIONS = ("none", "clahe", "flatfield")
 
@@ -44,9 +40,7 @@ class PreprocessSpec:
     mean: tuple[float, ...] = (0.5,)  # per channel, on the 0..1 scale
     std: tuple[float, ...] = (0.25,)
     interpolation: str = "area"
-    resize: str = "stretch"  # or "letterbox": aspect kept, the rest padded
-    margin: int = 0  # input pixels of padding kept on every side of the frame
-    pad: str = "mean"  # or "mirror": the padding mirrors the frame at its edges
+    resize: str = "stretch"  # or "letterbox": aspect kept, padded with the mean
     orient: str = "keep"  # or "landscape": a portrait frame is turned a quarter clockwise
     illumination: str = "none"  # or "clahe", "flatfield"
     clahe_clip_limit: float = 2.0  # clahe: contrast limit per tile
@@ -66,13 +60,6 @@ class PreprocessSpec:
             raise ValueError(f"input size {self.height}x{self.width} is too small")
         if self.resize not in RESIZES:
             raise ValueError(f"resize must be one of {list(RESIZES)}, not {self.resize!r}")
-        if self.pad not in PADS:
-            raise ValueError(f"pad must be one of {list(PADS)}, not {self.pad!r}")
-        if not 0 <= 2 * self.margin <= min(self.height, self.width) - 8:
-            raise ValueError(
-                f"margin {self.margin} leaves less than 8 pixels of a "
-                f"{self.height}x{self.width} input for the frame"
-            )
         if self.orient not in ORIENTS:
             raise ValueError(f"orient must be one of {list(ORIENTS)}, not {self.orient!r}")
         if self.illumination not in ILLUMINATIONS:
@@ -156,29 +143,12 @@ def placement(frame_hw: tuple[int, int], spec: PreprocessSpec) -> Placement:
     turned = spec.orient == "landscape" and h > w
     if turned:
         h, w = w, h
-    m = spec.margin
-    room_h, room_w = spec.height - 2 * m, spec.width - 2 * m
     if spec.resize == "stretch":
-        return Placement(m, m, room_h, room_w, turned)
-    scale = min(room_h / h, room_w / w)
-    ph = min(room_h, max(1, round(h * scale)))
-    pw = min(room_w, max(1, round(w * scale)))
-    return Placement(m + (room_h - ph) // 2, m + (room_w - pw) // 2, ph, pw, turned)
-
-
-def pad_to_input(body: np.ndarray, place: Placement, spec: PreprocessSpec) -> np.ndarray:
-    """A placed float32 block (height x width x C, 0 is the mean) padded to the whole input
-    as the spec says: zeros (the mean), or the block mirrored at its edges."""
-    if body.shape[:2] == (spec.height, spec.width):
-        return body
-    below = spec.height - place.top - place.height
-    right = spec.width - place.left - place.width
-    if spec.pad == "mirror":
-        out = cv2.copyMakeBorder(body, place.top, below, place.left, right, cv2.BORDER_REFLECT_101)
-        return out.reshape(spec.height, spec.width, body.shape[2])
-    out = np.zeros((spec.height, spec.width, body.shape[2]), np.float32)
-    out[place.top : place.top + place.height, place.left : place.left + place.width] = body
-    return out
+        return Placement(0, 0, spec.height, spec.width, turned)
+    scale = min(spec.height / h, spec.width / w)
+    ph = min(spec.height, max(1, round(h * scale)))
+    pw = min(spec.width, max(1, round(w * scale)))
+    return Placement((spec.height - ph) // 2, (spec.width - pw) // 2, ph, pw, turned)
 
 
 def resize_to(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
@@ -222,7 +192,12 @@ def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
     body = (image.astype(np.float32) * scale - mean) / std
-    return np.ascontiguousarray(pad_to_input(body, place, spec).transpose(2, 0, 1))
+    if (place.height, place.width) == (spec.height, spec.width):
+        out = body
+    else:  # letterbox: the padding is the mean, 0 after normalisation
+        out = np.zeros((spec.height, spec.width, spec.channels), np.float32)
+        out[place.top : place.top + place.height, place.left : place.left + place.width] = body
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 def preprocess_batch(frames: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:

@@ -135,8 +135,6 @@ class TrainConfig(_Strict):
     interpolation: Literal["area", "linear", "cubic"] = "area"
     resize: Literal["stretch", "letterbox"] = "stretch"  # letterbox: aspect kept (edge spec)
     orient: Literal["keep", "landscape"] = "keep"  # landscape: portrait frames turned (edge spec)
-    margin: int = Field(default=0, ge=0)  # input pixels of padding on every side (edge spec)
-    pad: Literal["mean", "mirror"] = "mean"  # mirror: the padding mirrors the frame (edge spec)
     illumination: Literal["none", "clahe", "flatfield"] = "none"  # correction in the edge spec
     clahe_clip_limit: float = Field(default=2.0, gt=0)
     flatfield_sigma: float = Field(default=0.1, gt=0, le=1)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from lineqc.datasets.manifest import Record
 from lineqc.datasets.storage import read_image, read_mask
-from lineqc.edge.preprocess import PreprocessSpec, pad_to_input, placement, preprocess
+from lineqc.edge.preprocess import PreprocessSpec, placement, preprocess
 
 from .augment import augment
 from .copy_paste import CopyPaste
@@ -73,16 +73,16 @@ def map_target(
 ) -> np.ndarray:
     """A frame's defect mask in the model's defect-map grid: placed as ``preprocess`` places
     the frame, then max-pooled by ``stride``, so that a defect a few pixels wide still marks
-    its cell; mirrored padding mirrors the defect too. float32 (1, H / stride, W / stride),
-    1 where any defect pixel falls."""
+    its cell. float32 (1, H / stride, W / stride), 1 where any defect pixel falls."""
     place = placement(frame_hw, spec)
     cover = cv2.resize(
         place.orient((mask > 0).astype(np.float32)),
         (place.width, place.height),
         interpolation=cv2.INTER_AREA,
     )
-    full = pad_to_input(cover.reshape(place.height, place.width, 1), place, spec)
-    pooled = F.max_pool2d(torch.from_numpy(full[:, :, 0])[None, None], stride, ceil_mode=True)
+    full = np.zeros((spec.height, spec.width), np.float32)
+    full[place.top : place.top + place.height, place.left : place.left + place.width] = cover
+    pooled = F.max_pool2d(torch.from_numpy(full)[None, None], stride, ceil_mode=True)
     return (pooled[0] > 0).numpy().astype(np.float32)
 
 

@@ -269,8 +269,6 @@ def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
             interpolation=cfg.interpolation,
             resize=cfg.resize,
             orient=cfg.orient,
-            margin=cfg.margin,
-            pad=cfg.pad,
             illumination=cfg.illumination,
             clahe_clip_limit=cfg.clahe_clip_limit,
             flatfield_sigma=cfg.flatfield_sigma,

@@ -49,12 +49,3 @@ def test_png_round_trip_and_sample_field() -> None:
     del doc["defect_map"], doc["anomaly"]  # an older device: both fields are optional
     older = parse_message(dumps(doc))
     assert older.type == "sample" and older.defect_map is None and older.anomaly is None
-
-
-def test_frame_cells_drop_a_mirrored_margin() -> None:
-    spec = PreprocessSpec(64, 64, 1, resize="letterbox", margin=8, pad="mirror")
-    grid = np.zeros((1, 8, 8), np.float32)
-    grid[0, 1:7, 1:7] = 0.5  # the frame: input rows and columns 8 to 56
-    grid[0, 0, :] = grid[0, :, 7] = 0.9  # the margin (the frame mirrored) is not the frame
-    cells = frame_cells(grid, (100, 100), spec)
-    assert cells.shape == (6, 6) and np.all(cells == np.float32(0.5))

@@ -79,39 +79,6 @@ def test_letterbox_keeps_the_aspect_and_pads_with_the_mean() -> None:
     assert placement(frame.shape, PreprocessSpec(64, 64, 1)).height == 64
 
 
-def test_mirror_padding_puts_tile_texture_around_a_defect_on_the_frames_border() -> None:
-    frame = np.full((50, 200), 200, np.uint8)
-    frame[:, ::7] = 120  # texture, so that a mirror differs from a copy
-    frame[15:35, 184:] = 40  # a dark defect touching the frame's right border
-    spec = PreprocessSpec(64, 64, 1, mean=(0.5,), std=(0.25,), resize="letterbox")
-    mirrored = PreprocessSpec(64, 64, 1, mean=(0.5,), std=(0.25,), resize="letterbox",
-                              margin=8, pad="mirror")  # fmt: skip
-    place = placement(frame.shape, mirrored)
-    # the margin on every side: the frame fits 48x48 at (8, 8) and keeps its aspect
-    assert (place.top, place.left, place.height, place.width) == (26, 8, 12, 48)
-    out = preprocess(frame, mirrored)[0]
-    body = out[place.top : place.top + place.height, place.left : place.left + place.width]
-    np.testing.assert_array_equal(out[place.top : place.top + place.height, :8],
-                                  body[:, 8:0:-1])  # fmt: skip
-    for k in range(1, place.height):  # rows above mirror the frame's top rows
-        np.testing.assert_array_equal(out[place.top - k, place.left : place.left + 48], body[k])
-    # the defect, on the frame's right border, is mirrored into the right margin: dark there
-    right = out[place.top : place.top + place.height, place.left + place.width :]
-    assert right[5:7, :2].max() < body[:3].min() - 1.0
-    # with the mean, the same margin is flat: the defect sits against a featureless band
-    flat = preprocess(frame, PreprocessSpec(64, 64, 1, mean=(0.5,), std=(0.25,),
-                                            resize="letterbox", margin=8))[0]  # fmt: skip
-    assert np.all(flat[:, place.left + place.width :] == 0) and np.all(flat[:8] == 0)
-    assert preprocess(frame, spec).shape == out[None].shape
-
-
-def test_a_bad_margin_or_pad_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="margin 29 leaves"):
-        PreprocessSpec(64, 64, 1, margin=29)
-    with pytest.raises(ValueError, match="pad must be one of"):
-        PreprocessSpec(64, 64, 1, pad="wrap")
-
-
 def test_flatfield_takes_out_a_lighting_gradient_but_keeps_a_defect() -> None:
     h, w = 120, 160
     light = np.linspace(60, 220, w, dtype=np.float32)[None, :].repeat(h, 0)  # uneven lighting

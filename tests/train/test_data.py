@@ -148,24 +148,3 @@ def test_map_target_marks_a_defect_smaller_than_a_cell() -> None:
     mask[100:102, 200:202] = 255  # 2 px: a blowhole, under a tenth of a cell once scaled
     target = map_target(mask, mask.shape, spec, 8)
     assert target.sum() == 1 and target[0, 2, 5] == 1
-
-
-def test_mirror_padding_mirrors_input_and_target_alike(tmp_path: Path) -> None:
-    """With a margin of mirrored frame, training's input is the device's, and the target
-    marks a defect on the frame's border on both sides of it, as the input shows it."""
-    frames, frame = _wide_frames(tmp_path)
-    spec = PreprocessSpec(64, 64, 1, resize="letterbox", margin=8, pad="mirror")
-    plain = build_train_transform(AugmentConfig(enabled=False), (64, 64), "letterbox")
-    x, _, target, weight = TrainImages(frames, np.array([1]), plain, spec, 8, 0)[(0, 3)]
-    np.testing.assert_array_equal(x.numpy(), preprocess(frame, spec))
-    assert weight == 1.0 and target.shape == (1, 8, 8)
-    mask = np.zeros((60, 180), np.uint8)
-    mask[25:35, 170:] = 255  # touches the frame's right border (input column 55)
-    mirrored = map_target(mask, mask.shape, spec, 8)[0]
-    meaned = PreprocessSpec(64, 64, 1, resize="letterbox", margin=8)
-    flat = map_target(mask, mask.shape, meaned, 8)[0]
-    # the frame covers rows 24 to 40 (cells 3 and 4): its own cells are marked alike, and
-    # only the mirror marks the right margin's cells (and the mirrored rows above and below)
-    np.testing.assert_array_equal(mirrored[3:5, :7], flat[3:5, :7])
-    assert mirrored[3:5, 7].all() and not flat[:, 7].any() and not flat[:3].any()
-    assert mirrored[:3, 6].all()
