@@ -136,6 +136,15 @@ class Placement:
         """An oriented array (a map over the frame's cells) back in the frame's orientation."""
         return np.ascontiguousarray(np.rot90(image, k=1)) if self.turned else image
 
+    def into_input(self, block: np.ndarray, height: int, width: int) -> np.ndarray:
+        """A block of this placement's size (HxW or HxWxC) in a ``height`` x ``width`` input
+        whose padding is 0: one geometry for the frame and its mask target."""
+        if block.shape[:2] == (height, width):
+            return block
+        out = np.zeros((height, width, *block.shape[2:]), block.dtype)
+        out[self.top : self.top + self.height, self.left : self.left + self.width] = block
+        return out
+
 
 def placement(frame_hw: tuple[int, int], spec: PreprocessSpec) -> Placement:
     """The geometry of ``preprocess`` for a frame of ``frame_hw`` (height, width)."""
@@ -192,11 +201,7 @@ def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
     body = (image.astype(np.float32) * scale - mean) / std
-    if (place.height, place.width) == (spec.height, spec.width):
-        out = body
-    else:  # letterbox: the padding is the mean, 0 after normalisation
-        out = np.zeros((spec.height, spec.width, spec.channels), np.float32)
-        out[place.top : place.top + place.height, place.left : place.left + place.width] = body
+    out = place.into_input(body, spec.height, spec.width)  # letterbox: padded with the mean
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 

@@ -80,8 +80,7 @@ def map_target(
         (place.width, place.height),
         interpolation=cv2.INTER_AREA,
     )
-    full = np.zeros((spec.height, spec.width), np.float32)
-    full[place.top : place.top + place.height, place.left : place.left + place.width] = cover
+    full = place.into_input(cover, spec.height, spec.width)
     pooled = F.max_pool2d(torch.from_numpy(full)[None, None], stride, ceil_mode=True)
     return (pooled[0] > 0).numpy().astype(np.float32)
 

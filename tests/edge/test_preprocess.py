@@ -79,6 +79,17 @@ def test_letterbox_keeps_the_aspect_and_pads_with_the_mean() -> None:
     assert placement(frame.shape, PreprocessSpec(64, 64, 1)).height == 64
 
 
+def test_a_frame_and_its_mask_land_in_the_same_cells_of_the_input() -> None:
+    place = placement((30, 60), PreprocessSpec(40, 40, 1, resize="letterbox"))
+    frame = np.full((place.height, place.width, 3), 2.0, np.float32)
+    mask = np.ones((place.height, place.width), np.uint8)
+    framed, masked = place.into_input(frame, 40, 40), place.into_input(mask, 40, 40)
+    assert framed.shape == (40, 40, 3) and masked.shape == (40, 40) and masked.dtype == np.uint8
+    np.testing.assert_array_equal(framed[:, :, 0] != 0, masked == 1)
+    assert (masked.sum(axis=1) > 0).tolist() == [10 <= r < 30 for r in range(40)]
+    assert place.into_input(frame, place.height, place.width) is frame  # nothing to pad
+
+
 def test_flatfield_takes_out_a_lighting_gradient_but_keeps_a_defect() -> None:
     h, w = 120, 160
     light = np.linspace(60, 220, w, dtype=np.float32)[None, :].repeat(h, 0)  # uneven lighting
