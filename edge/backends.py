@@ -19,6 +19,13 @@ from lineqc.errors import LineqcError
 
 from .bundle import Bundle
 
+# ONNX Runtime graph optimizers that change what a model computes. WeightBiasQuantization
+# quantizes the FP32 weights of a layer between a DequantizeLinear and a QuantizeLinear to
+# fuse it into an integer kernel: a layer the export kept in FP32 ran in INT8 after all
+# (magnetic-tile, the depthwise layers kept in FP32: the anomaly score's correlation with
+# the same graph run without optimizations fell to 0.19).
+UNFAITHFUL_ORT_OPTIMIZERS = ["WeightBiasQuantization"]
+
 
 class BackendError(LineqcError):
     """A backend that cannot be used here; the message says why."""
@@ -54,7 +61,10 @@ class OnnxRuntimeBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
-                str(model_path), options, providers=["CPUExecutionProvider"]
+                str(model_path),
+                options,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=UNFAITHFUL_ORT_OPTIMIZERS,
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from None

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from lineqc.edge.backends import UNFAITHFUL_ORT_OPTIMIZERS
 from lineqc.edge.outputs import ANOMALY, DEFECT_MAP
 from lineqc.edge.outputs import LOGITS as OUTPUT_NAME
 
@@ -24,7 +25,12 @@ def session(path: Path, threads: int = 2, optimize: bool = True) -> ort.Inferenc
     options.log_severity_level = 3  # warnings about unused initializers are noise here
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=UNFAITHFUL_ORT_OPTIMIZERS,
+    )
 
 
 def outputs(

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from lineqc.edge.backends import OnnxRuntimeBackend
 from lineqc.edge.bundle import load_bundle, sha256_file
 from lineqc.edge.decision import softmax
 from lineqc.edge.manifest import Manifest
@@ -264,3 +265,36 @@ def test_a_wrong_rewrite_fails_the_check(tiny_run: Path, val_split, tmp_path: Pa
     got = runtime.logits(runtime.session(tmp_path / "broken.onnx", optimize=False), x)
     with pytest.raises(ExportError, match="disagree under ONNX Runtime"):
         quantize.check_rewrite(ref, got, 1.0)
+
+
+def test_a_layer_kept_in_fp32_runs_in_fp32(tmp_path: Path) -> None:
+    """A layer the export keeps in FP32 reads a dequantized input; ONNX Runtime's
+    WeightBiasQuantization would quantize its FP32 weights per tensor and fuse it into an
+    integer kernel: a depthwise filter a thousand times smaller than its neighbour's became
+    zeros. The export's sessions and the device's backend must run it as written."""
+    w = np.ones((2, 1, 3, 3), np.float32)
+    w[1] *= 0.003  # under 0.5 steps of a per-tensor grid for both filters (1 / 127)
+    inits = [
+        numpy_helper.from_array(np.array(0.01, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array([0.1, 0.0003], np.float32), "y_scale"),
+        numpy_helper.from_array(np.zeros(2, np.int8), "y_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"]),
+        helper.make_node("Conv", ["x_dq", "w"], ["y"], group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["y_q"], axis=1),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["logits"], axis=1),
+    ]
+    path = save_model(
+        tmp_path / "kept.onnx", nodes, inits, ("x", [1, 2, 6, 6]), ("logits", [1, 2, 6, 6])
+    )
+    x = np.random.default_rng(0).uniform(0.2, 1.0, (1, 2, 6, 6)).astype(np.float32)
+    ref = runtime.session(path, optimize=False).run(None, {"x": x})[0]
+    assert ref[0, 1].min() > 10 * 0.0003  # the small filter's output: many steps above zero
+    got = runtime.session(path).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, atol=0.0003 + 1e-6)  # at most one step (ties)
+    device = OnnxRuntimeBackend(path).infer(x)["logits"]
+    np.testing.assert_allclose(device, ref, atol=0.0003 + 1e-6)
