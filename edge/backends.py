@@ -20,8 +20,8 @@ from lineqc.errors import LineqcError
 from .bundle import Bundle
 
 # ONNX Runtime graph optimizers that change what a model computes. WeightBiasQuantization
-# quantizes the FP32 weights of a layer between a DequantizeLinear and a QuantizeLinear to
-# fuse it into an integer kernel: a layer the export kept in FP32 ran in INT8 after all
+# quantizes the FP32 weights of a layer between a DequantizeLinear and a QuantizeLinear (to
+# run it as an integer kernel): a layer the export kept in FP32 ran in INT8 after all
 # (magnetic-tile, the depthwise layers kept in FP32: the anomaly score's correlation with
 # the same graph run without optimizations fell to 0.19).
 UNFAITHFUL_ORT_OPTIMIZERS = ["WeightBiasQuantization"]
