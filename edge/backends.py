@@ -24,7 +24,7 @@ from .bundle import Bundle
 # run it as an integer kernel): a layer the export kept in FP32 ran in INT8 after all
 # (magnetic-tile, the depthwise layers kept in FP32: the anomaly score's correlation with
 # the same graph run without optimizations fell to 0.19).
-UNFAITHFUL_ORT_OPTIMIZERS = ["WeightBiasQuantization"]
+UNFAITHFUL_ORT_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
 class BackendError(LineqcError):
